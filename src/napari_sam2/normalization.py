@@ -1,0 +1,276 @@
+"""Contrast normalisation of microscopy frames into the RGB input SAM 2 expects.
+
+SAM 2 was trained on 8-bit RGB photographs. Microscopy frames are 8/12/16-bit or float,
+one to four channels, and often use a small part of their range. :class:`Normalizer`
+maps them into ``[0, 1]`` RGB:
+
+- ``uint8`` frames with 3 channels (or 4, RGBA, whose alpha is dropped) get exactly
+  Meta's treatment, ``x / 255``: mode ``"rgb8"``.
+- Everything else gets robust per-channel percentiles (default 0.5 % and 99.8 %),
+  ``(x - low) / (high - low)`` clipped to ``[0, 1]``: mode ``"percentile"``.
+
+The range is computed ONCE per sequence, from a sample of evenly spaced frames, and then
+applied unchanged to every frame: per-frame normalisation would make the brightness
+flicker from frame to frame, and SAM 2's memory would see that flicker as change.
+
+Channels to RGB (``channels`` picks which source channels are used, in order):
+
+- 1 channel  -> replicated to R, G and B (gray);
+- 2 channels -> c0 -> R, c1 -> G, B = 0 (the usual red/green composite; no channel is
+  duplicated, so neither dominates);
+- 3 channels -> R, G, B as they are;
+- 4 channels -> the first three by default (alpha of RGBA is dropped), or the ones
+  given in ``channels``.
+
+:func:`preprocess` then does what Meta's ``SAM2ImagePredictor`` does with torchvision:
+``ToTensor`` -> ``Resize((1024, 1024))`` (bilinear, antialiased) -> ``Normalize`` with
+the ImageNet mean and std.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .frames import FrameSource, open_frames
+
+__all__ = ["Normalizer", "preprocess", "IMAGENET_MEAN", "IMAGENET_STD"]
+
+#: ImageNet statistics used by SAM 2 (sam2/utils/transforms.py, SAM2Transforms).
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Pixels sampled per frame when fitting: bounds the cost on large frames while keeping
+# the percentile error far below one grey level of the 8-bit range SAM saw in training.
+_MAX_PIXELS_PER_FRAME = 1 << 17
+
+
+def _channel_selection(num_channels: int, channels: int | Sequence[int] | None) -> tuple[int, ...]:
+    if channels is None:
+        return tuple(range(min(num_channels, 3)))
+    if isinstance(channels, (int, np.integer)):
+        channels = (int(channels),)
+    sel = tuple(int(c) for c in channels)
+    if not 1 <= len(sel) <= 3:
+        raise ValueError(f"channels must name 1 to 3 source channels (for R, G, B); got {sel}")
+    for c in sel:
+        if not -num_channels <= c < num_channels:
+            raise ValueError(f"channel {c} does not exist: the frames have {num_channels} channel(s)")
+    return tuple(c % num_channels for c in sel)
+
+
+def _sample_frame_indices(n: int, sample_frames: int) -> tuple[int, ...]:
+    k = max(1, min(int(sample_frames), n))
+    return tuple(int(i) for i in np.unique(np.round(np.linspace(0, n - 1, k)).astype(np.int64)))
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Fixed per-channel intensity mapping from source frames to RGB in ``[0, 1]``.
+
+    Make one with :meth:`fit`; it is immutable, so every frame of a sequence is mapped
+    identically whatever order the frames are read in.
+
+    Attributes:
+        mode: ``"rgb8"`` (``x / 255``) or ``"percentile"`` (``(x - low) / (high - low)``).
+        low, high: per used channel, in source units (``high > low`` always).
+        channels: source channel index for each used channel (1 to 3 of them).
+        num_channels: channels of the source frames (1 for (H, W) frames).
+        percentiles: the (low, high) percentiles used, None for ``"rgb8"``.
+        sampled_frames: indices of the frames the range was computed from.
+        num_frames: frames in the sequence it was fitted on.
+    """
+
+    mode: str
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+    channels: tuple[int, ...]
+    num_channels: int = 1
+    percentiles: tuple[float, float] | None = None
+    sampled_frames: tuple[int, ...] = ()
+    num_frames: int = 0
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("rgb8", "percentile"):
+            raise ValueError(f"unknown normalisation mode {self.mode!r}; expected 'rgb8' or 'percentile'")
+        if not (len(self.low) == len(self.high) == len(self.channels)) or not 1 <= len(self.channels) <= 3:
+            raise ValueError("low, high and channels must have the same length, 1 to 3")
+        for lo, hi in zip(self.low, self.high):
+            if not (np.isfinite(lo) and np.isfinite(hi) and hi > lo):
+                raise ValueError(f"invalid intensity range [{lo}, {hi}]: need finite low < high")
+
+    # -- fitting ----------------------------------------------------------------------------
+    @classmethod
+    def fit(
+        cls,
+        source: FrameSource | Any,
+        *,
+        sample_frames: int = 16,
+        percentiles: tuple[float, float] = (0.5, 99.8),
+        channels: int | Sequence[int] | None = None,
+        seed: int = 0,
+    ) -> Normalizer:
+        """Compute the normalisation of a whole sequence from a sample of its frames.
+
+        Args:
+            source: a :class:`FrameSource` or anything :func:`open_frames` accepts.
+            sample_frames: at most this many evenly spaced frames are read (first and
+                last included).
+            percentiles: (low, high) percentiles mapped to 0 and 1.
+            channels: source channel(s) to use: an index (shown as gray) or 1 to 3
+                indices (for R, G, B); default the first three.
+            seed: seed of the pixel subsampling, so that fitting is reproducible.
+
+        Percentiles ignore NaN (``nanpercentile``); if every sampled pixel of a used
+        channel is NaN a ValueError is raised. A channel whose percentiles coincide
+        (e.g. sparse fluorescence, mostly background) falls back to its sampled min and
+        max; a channel that is constant over the sample, value ``v``, gets the range
+        ``[v, v + 1]`` so that no division by zero (and no NaN) can happen.
+        """
+        src = open_frames(source)
+        plo, phi = (float(percentiles[0]), float(percentiles[1]))
+        if not 0.0 <= plo < phi <= 100.0:
+            raise ValueError(f"percentiles must satisfy 0 <= low < high <= 100; got {percentiles}")
+        nc = src.num_channels
+        sel = _channel_selection(nc, channels)
+        idx = _sample_frame_indices(len(src), sample_frames)
+
+        if src.dtype == np.uint8 and nc in (3, 4) and sel == (0, 1, 2):
+            # Exactly Meta's treatment of 8-bit RGB(A) pictures: no stretching at all.
+            return cls("rgb8", (0.0, 0.0, 0.0), (255.0, 255.0, 255.0), sel, nc, None, (), len(src))
+
+        rng = np.random.default_rng(seed)
+        samples: list[list[np.ndarray]] = [[] for _ in sel]
+        for i in idx:
+            frame = src[i]
+            if frame.ndim == 2:
+                frame = frame[..., None]
+            flat = frame.reshape(-1, frame.shape[-1])
+            if flat.shape[0] > _MAX_PIXELS_PER_FRAME:
+                rows = rng.integers(0, flat.shape[0], _MAX_PIXELS_PER_FRAME)
+                flat = flat[rows]
+            for k, c in enumerate(sel):
+                samples[k].append(np.asarray(flat[:, c], dtype=np.float64))
+
+        lows: list[float] = []
+        highs: list[float] = []
+        for k, c in enumerate(sel):
+            values = np.concatenate(samples[k])
+            values = values[~np.isnan(values)]
+            if values.size == 0:
+                raise ValueError(
+                    f"channel {c} is NaN in every sampled pixel of frames {list(idx)}; cannot compute an intensity range"
+                )
+            finite = values[np.isfinite(values)]
+            if finite.size == 0:
+                raise ValueError(f"channel {c} has no finite values in the sampled frames {list(idx)}")
+            lo, hi = (float(v) for v in np.percentile(finite, [plo, phi]))
+            if not hi > lo:
+                lo, hi = float(finite.min()), float(finite.max())
+            if not hi > lo:
+                hi = lo + 1.0
+                if not hi > lo:  # |lo| so large that +1 is lost to rounding
+                    hi = lo + abs(lo) * 1e-6
+            lows.append(lo)
+            highs.append(hi)
+        return cls("percentile", tuple(lows), tuple(highs), sel, nc, (plo, phi), idx, len(src))
+
+    # -- applying ---------------------------------------------------------------------------
+    def to_rgb(self, frame: np.ndarray, *, frame_index: int | None = None) -> np.ndarray:
+        """Map one source frame, (H, W) or (H, W, C), to float32 RGB (H, W, 3) in [0, 1].
+
+        ``frame_index`` only serves error messages (a NaN frame is named by it).
+        """
+        x = np.asarray(frame)
+        where = f"frame {frame_index}" if frame_index is not None else "the frame"
+        if x.dtype == np.bool_:
+            x = x.astype(np.uint8)
+        if x.ndim == 2:
+            x = x[..., None]
+        if x.ndim != 3:
+            raise ValueError(f"{where} has shape {x.shape}; expected (H, W) or (H, W, C)")
+        if x.shape[-1] != self.num_channels:
+            raise ValueError(
+                f"{where} has {x.shape[-1]} channel(s) but this normaliser was fitted on frames with {self.num_channels}"
+            )
+        if x.dtype.kind not in "uif":
+            raise ValueError(f"{where} has dtype {x.dtype}, which is not an image type")
+        x = x[..., list(self.channels)] if self.channels != tuple(range(x.shape[-1])) else x
+        if x.dtype.kind == "f" and np.isnan(x).any():
+            raise ValueError(
+                f"{where} contains NaN pixels; SAM 2 cannot segment undefined values — fill them first "
+                "(e.g. np.nan_to_num(x, nan=background))"
+            )
+        if self.mode == "rgb8":
+            # Bit-identical to torchvision ToTensor: float32 division by 255.
+            y = x.astype(np.float32) / np.float32(255.0)
+        else:
+            # float64 for wide types: float32 cannot hold int32 / float64 values exactly.
+            work = np.float32 if x.dtype.itemsize <= 2 or x.dtype == np.float32 else np.float64
+            low = np.asarray(self.low, dtype=work)
+            scale = np.asarray(1.0 / (np.asarray(self.high) - np.asarray(self.low)), dtype=work)
+            y = (x.astype(work) - low) * scale
+            np.clip(y, 0.0, 1.0, out=y)
+            y = y.astype(np.float32, copy=False)
+        k = y.shape[-1]
+        if k == 1:
+            y = np.repeat(y, 3, axis=-1)
+        elif k == 2:
+            y = np.concatenate([y, np.zeros_like(y[..., :1])], axis=-1)
+        return np.ascontiguousarray(y, dtype=np.float32)
+
+    def frame_rgb(self, source: FrameSource, index: int) -> np.ndarray:
+        """``to_rgb(source[index])``, with the frame index in error messages."""
+        return self.to_rgb(source[index], frame_index=index)
+
+    # -- reporting --------------------------------------------------------------------------
+    def describe(self) -> str:
+        """One line for UIs and logs."""
+        if self.num_channels == 1:
+            chan = "gray"
+        else:
+            names = {1: "gray", 2: "R, G", 3: "R, G, B"}[len(self.channels)]
+            chan = f"channels {list(self.channels)} of {self.num_channels} -> {names}"
+        if self.mode == "rgb8":
+            return f"8-bit RGB, x / 255 (as SAM 2); {chan}"
+        ranges = ", ".join(f"c{c} [{_fmt(lo)}, {_fmt(hi)}]" for c, lo, hi in zip(self.channels, self.low, self.high))
+        plo, phi = self.percentiles if self.percentiles else (float("nan"), float("nan"))
+        return (
+            f"percentiles {_fmt(plo)}-{_fmt(phi)} % from {len(self.sampled_frames)} of {self.num_frames} frames: "
+            f"{ranges}; {chan}"
+        )
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4g}"
+
+
+def preprocess(frame_rgb: np.ndarray, image_size: int = 1024, device: Any = "cpu") -> "torch.Tensor":  # noqa: F821
+    """The model input for one RGB frame, as Meta's ``SAM2ImagePredictor`` makes it.
+
+    ``frame_rgb`` is float (H, W, 3) in [0, 1] (from :meth:`Normalizer.to_rgb`). Returns a
+    float32 tensor (3, image_size, image_size) on ``device``: resized with bilinear
+    interpolation and antialiasing (torchvision's ``Resize`` on tensors, torchvision >=
+    0.17), then normalised with the ImageNet mean and std, in that order, as in
+    ``sam2/utils/transforms.py``. A frame that is already image_size x image_size is not
+    resampled.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    x = np.asarray(frame_rgb)
+    if x.ndim != 3 or x.shape[-1] != 3:
+        raise ValueError(f"expected an RGB frame of shape (H, W, 3); got {x.shape}")
+    if x.dtype.kind != "f":
+        raise ValueError(f"expected a float RGB frame in [0, 1] (see Normalizer.to_rgb); got dtype {x.dtype}")
+    # ToTensor: HWC -> CHW float32.
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).permute(2, 0, 1).to(device)
+    if t.shape[1:] != (image_size, image_size):
+        t = F.interpolate(t[None], size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)[0]
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=t.device)[:, None, None]
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=t.device)[:, None, None]
+    # torchvision Normalize: sub then div (not multiplication by 1/std).
+    return ((t - mean) / std).contiguous()
