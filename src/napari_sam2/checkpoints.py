@@ -1,0 +1,472 @@
+"""Official SAM 2 / SAM 2.1 checkpoints: registry, cache, download, loading, identification.
+
+Checkpoints are cached in ``platformdirs.user_cache_dir("napari-sam2")/checkpoints``
+(override with the environment variable ``NAPARI_SAM2_CHECKPOINT_DIR``) under Meta's
+own file names (``sam2.1_hiera_tiny.pt``...), so a file downloaded by hand can simply be
+dropped there.
+
+Downloads stream to a ``.part`` file next to the destination, are checked (byte count
+against ``Content-Length``, then size and SHA-256 of the official file) and only then
+renamed into place, so the final path never holds a partial file. Every failure is a
+:class:`CheckpointError` whose message names the URL and the exact path where the file
+can be put by hand.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import socket
+import tempfile
+import threading
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Union
+
+__all__ = [
+    "CHECKPOINTS",
+    "CheckpointError",
+    "CheckpointInfo",
+    "DownloadCancelled",
+    "cache_dir",
+    "checkpoint_path",
+    "download_checkpoint",
+    "ensure_checkpoint",
+    "find_checkpoint",
+    "guess_variant",
+    "load_state_dict_file",
+    "resolve_config_name",
+    "sha256_file",
+]
+
+ENV_CHECKPOINT_DIR = "NAPARI_SAM2_CHECKPOINT_DIR"
+
+ProgressCallback = Callable[[int, Union[int, None]], Any]
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint could not be found, downloaded, verified or read."""
+
+
+class DownloadCancelled(CheckpointError):
+    """The download was cancelled through its ``cancel`` event."""
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    """One official checkpoint.
+
+    ``size`` (bytes) and ``sha256`` are those of the file Meta serves at ``url``; None
+    where no published value was found (then only the structural check at load time,
+    strict key matching, guards against a wrong file).
+    """
+
+    config_name: str  # Meta's config name, e.g. "sam2.1_hiera_t"
+    filename: str  # Meta's checkpoint file name, e.g. "sam2.1_hiera_tiny.pt"
+    url: str
+    config_file: str  # path of the config in Meta's repository
+    size: int | None
+    sha256: str | None
+
+    @property
+    def version(self) -> str:
+        return "2.1" if self.config_name.startswith("sam2.1") else "2.0"
+
+    @property
+    def model_size(self) -> str:
+        """"tiny", "small", "base_plus" or "large"."""
+        return self.filename.split("_hiera_")[1].removesuffix(".pt")
+
+
+_BASE_20 = "https://dl.fbaipublicfiles.com/segment_anything_2/072824/"
+_BASE_21 = "https://dl.fbaipublicfiles.com/segment_anything_2/092824/"
+_SIZES = (("t", "tiny"), ("s", "small"), ("b+", "base_plus"), ("l", "large"))
+
+# Published checksums and sizes (none are published by Meta itself; these come from
+# public projects that pin the files Meta serves at the URLs above):
+# - sha256, all 8: computational-cell-analytics/micro-sam, micro_sam/v2/util.py (HASHES,
+#   passed to pooch.retrieve as known_hash for these exact URLs).
+# - size, 7 of 8: voxel51/fiftyone, fiftyone/zoo/models/manifest-torch.json
+#   ("size_bytes", corrected to the measured download sizes in voxel51/fiftyone PR #5898).
+#   FiftyOne lists sam2.1_hiera_tiny with sam2_hiera_tiny's size (155906050), a copy-paste
+#   left over by that PR ("Tiny ... negligible differences"), so that one value is not used:
+# - size of sam2.1_hiera_tiny.pt, 156008466: recorded next to the same sha256 as micro-sam's
+#   (7402e0d8...) in several independent public download scripts and model manifests.
+# - sam2_hiera_tiny.pt's 155906050 is also the Content-Length of Meta's server in a
+#   published wget log of checkpoints/download_ckpts.sh.
+_PUBLISHED = {
+    "sam2_hiera_t": (155906050, "65b50056e05bcb13694174f51bb6da89c894b57b75ccdf0ba6352c597c5d1125"),
+    "sam2_hiera_s": (184309650, "95949964d4e548409021d47b22712d5f1abf2564cc0c3c765ba599a24ac7dce3"),
+    "sam2_hiera_b+": (323493298, "d0bb7f236400a49669ffdd1be617959a8b1d1065081789d7bbff88eded3a8071"),
+    "sam2_hiera_l": (897952466, "7442e4e9b732a508f80e141e7c2913437a3610ee0c77381a66658c3a445df87b"),
+    "sam2.1_hiera_t": (156008466, "7402e0d864fa82708a20fbd15bc84245c2f26dff0eb43a4b5b93452deb34be69"),
+    "sam2.1_hiera_s": (184416285, "6d1aa6f30de5c92224f8172114de081d104bbd23dd9dc5c58996f0cad5dc4d38"),
+    "sam2.1_hiera_b+": (323606802, "a2345aede8715ab1d5d31b4a509fb160c5a4af1970f199d9054ccfb746c004c5"),
+    "sam2.1_hiera_l": (898083611, "2647878d5dfa5098f2f8649825738a9345572bae2d4350a2468587ece47dd318"),
+}
+
+
+def _build_registry() -> Mapping[str, CheckpointInfo]:
+    reg: dict[str, CheckpointInfo] = {}
+    for prefix, base, cfg_dir in (("sam2.1", _BASE_21, "sam2.1"), ("sam2", _BASE_20, "sam2")):
+        for short, long in _SIZES:
+            name = f"{prefix}_hiera_{short}"
+            filename = f"{prefix}_hiera_{long}.pt"
+            size, sha = _PUBLISHED.get(name, (None, None))
+            reg[name] = CheckpointInfo(name, filename, base + filename, f"configs/{cfg_dir}/{name}.yaml", size, sha)
+    return MappingProxyType(reg)
+
+
+#: The 8 official checkpoints, by Meta's config name.
+CHECKPOINTS: Mapping[str, CheckpointInfo] = _build_registry()
+
+
+def resolve_config_name(name: str) -> str:
+    """Meta's config name for ``name``.
+
+    Accepts the config name (``"sam2.1_hiera_t"``), its yaml file
+    (``"configs/sam2.1/sam2.1_hiera_t.yaml"``), the checkpoint file name
+    (``"sam2.1_hiera_tiny.pt"``), the Hugging Face id (``"facebook/sam2.1-hiera-tiny"``)
+    or the long form (``"sam2.1_hiera_tiny"``).
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"config name must be a string, not {type(name).__name__}")
+    key = name.strip().replace("\\", "/").rsplit("/", 1)[-1]
+    if name.strip().startswith("facebook/"):
+        key = key.replace("-hiera-", "_hiera_").replace("base-plus", "base_plus")
+    key = re.sub(r"\.(ya?ml|pt|pth)$", "", key)
+    if key in CHECKPOINTS:
+        return key
+    for info in CHECKPOINTS.values():
+        if key == info.filename.removesuffix(".pt"):
+            return info.config_name
+    raise ValueError(f"unknown SAM 2 config {name!r}; expected one of: {', '.join(CHECKPOINTS)}")
+
+
+def _info(config_name: str) -> CheckpointInfo:
+    return CHECKPOINTS[resolve_config_name(config_name)]
+
+
+def cache_dir() -> Path:
+    """Folder of downloaded checkpoints (not created here).
+
+    ``$NAPARI_SAM2_CHECKPOINT_DIR`` if set, else ``user_cache_dir("napari-sam2")/checkpoints``.
+    """
+    env = os.environ.get(ENV_CHECKPOINT_DIR, "").strip()
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    # appauthor=False: no extra "napari-sam2" level on Windows.
+    return Path(platformdirs.user_cache_dir("napari-sam2", appauthor=False)) / "checkpoints"
+
+
+def checkpoint_path(config_name: str) -> Path:
+    """Where the official checkpoint of ``config_name`` is (or would be) cached."""
+    return cache_dir() / _info(config_name).filename
+
+
+def find_checkpoint(config_name: str) -> Path | None:
+    """The cached checkpoint of ``config_name`` if it is there, else None."""
+    path = checkpoint_path(config_name)
+    return path if path.is_file() else None
+
+
+def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(chunk_size), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _by_hand(info: CheckpointInfo, url: str, dest: Path) -> str:
+    return (
+        f"You can download {url} yourself (e.g. with a web browser) and save it as {dest} — "
+        "napari-sam2 will then use it without downloading."
+    )
+
+
+class _Failure(Exception):
+    """Internal: reason of a failed download, turned into one CheckpointError message."""
+
+
+_CHUNK = 1 << 20  # bytes per read; also how often cancel is checked
+_DEFAULT = object()  # "use the registry value"
+
+
+def download_checkpoint(
+    config_name: str,
+    *,
+    progress: bool | ProgressCallback = True,
+    cancel: threading.Event | None = None,
+    url: str | None = None,
+    expected_sha256: Any = _DEFAULT,
+    expected_size: Any = _DEFAULT,
+    timeout: float = 60.0,
+) -> Path:
+    """Download the official checkpoint of ``config_name`` into the cache.
+
+    Args:
+        config_name: e.g. ``"sam2.1_hiera_t"`` (see :func:`resolve_config_name`).
+        progress: True for a tqdm bar on stderr, False for none, or a callable
+            ``progress(done_bytes, total_bytes_or_None)`` (e.g. to drive a GUI bar).
+        cancel: set this event (from another thread) to abort; raises
+            :class:`DownloadCancelled`.
+        url: download from here instead of Meta's URL (a mirror; ``file://`` works).
+        expected_sha256, expected_size: default to the official file's values; pass
+            None to skip a check (e.g. for a mirror serving another file).
+        timeout: seconds without data before giving up.
+
+    Returns:
+        The path of the verified checkpoint (:func:`checkpoint_path`).
+
+    Raises:
+        CheckpointError: offline, HTTP error, truncated transfer, size or checksum
+            mismatch, disk error — one message naming the URL and the path where the
+            file can be put by hand. No partial file is ever left at that path.
+    """
+    info = _info(config_name)
+    dest = checkpoint_path(info.config_name)
+    url = url or info.url
+    sha = info.sha256 if expected_sha256 is _DEFAULT else expected_sha256
+    size = info.size if expected_size is _DEFAULT else expected_size
+    tmp: Path | None = None
+    bar = None
+    try:
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
+            tmp = Path(tmp_name)
+        except OSError as e:
+            raise _Failure(f"cannot write to the checkpoint folder {dest.parent} ({e.strerror or e})") from e
+        h = hashlib.sha256()
+        done = 0
+        with os.fdopen(fd, "wb") as out:
+            try:
+                request = urllib.request.Request(url, headers={"User-Agent": "napari-sam2"})
+                response = urllib.request.urlopen(request, timeout=timeout)
+            except urllib.error.HTTPError as e:
+                raise _Failure(f"the server answered HTTP {e.code} {e.reason}") from e
+            except urllib.error.URLError as e:
+                reason = e.reason
+                if isinstance(reason, (socket.timeout, TimeoutError)):
+                    raise _Failure(f"no answer within {timeout:g} s (offline, or blocked)") from e
+                raise _Failure(f"could not connect ({reason}) — offline, or behind a proxy") from e
+            except (socket.timeout, TimeoutError) as e:
+                raise _Failure(f"no answer within {timeout:g} s (offline, or blocked)") from e
+            except (OSError, ValueError, http.client.HTTPException) as e:
+                raise _Failure(f"could not open the URL ({e})") from e
+            with response:
+                length = response.headers.get("Content-Length")
+                announced = int(length) if length and length.strip().isdigit() else None
+                if announced is not None and size is not None and announced != size:
+                    raise _Failure(
+                        f"the server offers {announced} bytes but the official file has {size} bytes "
+                        "(a different or changed file)"
+                    )
+                total = announced if announced is not None else size
+                if progress is True:
+                    from tqdm.auto import tqdm
+
+                    bar = tqdm(total=total, unit="B", unit_scale=True, unit_divisor=1024, desc=info.filename)
+                report = progress if callable(progress) else None
+                if report is not None:
+                    report(0, total)
+                while True:
+                    if cancel is not None and cancel.is_set():
+                        raise DownloadCancelled(
+                            f"Download of the SAM 2 checkpoint '{info.config_name}' from {url} was cancelled; "
+                            f"nothing was saved at {dest}."
+                        )
+                    try:
+                        chunk = response.read(_CHUNK)
+                    except (socket.timeout, TimeoutError) as e:
+                        raise _Failure(f"the transfer stalled for {timeout:g} s after {done} bytes") from e
+                    except http.client.IncompleteRead as e:
+                        raise _Failure(
+                            f"the connection was cut after {done + len(e.partial)} of {announced} bytes (truncated download)"
+                        ) from e
+                    except (OSError, http.client.HTTPException) as e:
+                        raise _Failure(f"the transfer failed after {done} bytes ({e})") from e
+                    if not chunk:
+                        break
+                    try:
+                        out.write(chunk)
+                    except OSError as e:
+                        raise _Failure(f"cannot write {tmp} ({e.strerror or e}; disk full?)") from e
+                    h.update(chunk)
+                    done += len(chunk)
+                    if bar is not None:
+                        bar.update(len(chunk))
+                    if report is not None:
+                        report(done, total)
+            try:
+                out.flush()
+                os.fsync(out.fileno())
+            except OSError as e:
+                raise _Failure(f"cannot write {tmp} ({e.strerror or e}; disk full?)") from e
+        if announced is not None and done != announced:
+            raise _Failure(f"the connection was cut after {done} of {announced} bytes (truncated download)")
+        if size is not None and done != size:
+            raise _Failure(f"received {done} bytes but the official file has {size} bytes (truncated or different file)")
+        if sha is not None and h.hexdigest() != sha.lower():
+            raise _Failure(f"the SHA-256 of the received file is {h.hexdigest()}, expected {sha.lower()} (corrupted download)")
+        try:
+            os.replace(tmp, dest)  # atomic on the same file system
+        except OSError as e:
+            raise _Failure(f"cannot move the download into place ({e.strerror or e})") from e
+        tmp = None
+        return dest
+    except _Failure as e:
+        raise CheckpointError(
+            f"Could not download the SAM 2 checkpoint '{info.config_name}' from {url}: {e}. {_by_hand(info, url, dest)}"
+        ) from e.__cause__
+    finally:
+        if bar is not None:
+            bar.close()
+        if tmp is not None:
+            try:
+                tmp.unlink()
+            except OSError:
+                pass
+
+
+def ensure_checkpoint(
+    config_name: str,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    download: bool = True,
+    progress: bool | ProgressCallback = True,
+    cancel: threading.Event | None = None,
+) -> Path:
+    """Path of a checkpoint to load for ``config_name``.
+
+    An explicit ``checkpoint`` path must exist (it is used as is: fine-tuned weights
+    are welcome). Otherwise the cached official file is used, after a size check; if it
+    is not cached it is downloaded, or, with ``download=False``, a CheckpointError says
+    where to get it and where to put it.
+    """
+    info = _info(config_name)
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        if not path.exists():
+            raise CheckpointError(f"The checkpoint file {path} does not exist.")
+        if not path.is_file():
+            raise CheckpointError(f"The checkpoint path {path} is not a file.")
+        return path
+    dest = checkpoint_path(info.config_name)
+    found = find_checkpoint(info.config_name)
+    if found is not None:
+        actual = found.stat().st_size
+        if info.size is not None and actual != info.size:
+            raise CheckpointError(
+                f"The cached checkpoint {found} has {actual} bytes but the official '{info.config_name}' file has "
+                f"{info.size} bytes; it is incomplete or a different file. Delete it to download it again, or replace "
+                f"it with {info.url}."
+            )
+        return found
+    if not download:
+        raise CheckpointError(
+            f"The SAM 2 checkpoint '{info.config_name}' is not downloaded yet. Download {info.url} and save it as "
+            f"{dest}, or allow napari-sam2 to download it."
+        )
+    return download_checkpoint(info.config_name, progress=progress, cancel=cancel)
+
+
+def _redownload_hint(path: Path) -> str:
+    for info in CHECKPOINTS.values():
+        if path.name == info.filename:
+            return f" Delete it and download it again ({info.url})."
+    return " Delete it and download or copy it again."
+
+
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint file into ``{name: tensor}`` on the CPU.
+
+    Accepts Meta's layout ``{"model": state_dict}`` and a bare state dict. Loading uses
+    ``torch.load(..., weights_only=True)``: a checkpoint cannot run code. A missing,
+    empty, truncated, corrupted or non-checkpoint file raises CheckpointError.
+    """
+    import torch
+
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise CheckpointError(f"The checkpoint file {p} does not exist.")
+    if not p.is_file():
+        raise CheckpointError(f"The checkpoint path {p} is not a file.")
+    size = p.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"The checkpoint file {p} is empty (0 bytes), e.g. from a failed download.{_redownload_hint(p)}")
+    try:
+        obj = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as e:  # zip/pickle errors take many forms; all mean "unreadable"
+        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        detail = f"{type(e).__name__}: {detail}" if detail else type(e).__name__
+        if not zipfile.is_zipfile(p):
+            detail += "; it is not a zip archive, as files written by torch.save are"
+        if "weights only load failed" in str(e).lower() or "weights_only" in str(e):
+            raise CheckpointError(
+                f"The file {p} is not a plain weights file: it holds Python objects other than tensors, which "
+                "napari-sam2 does not load for safety (weights_only=True). Re-save it as "
+                "torch.save({'model': model.state_dict()}, path)."
+            ) from e
+        raise CheckpointError(
+            f"The checkpoint file {p} ({size} bytes) cannot be read by PyTorch: {detail}. It is probably incomplete "
+            f"or corrupted (e.g. an interrupted download).{_redownload_hint(p)}"
+        ) from e
+    if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
+        sd = obj["model"]
+    elif isinstance(obj, Mapping):
+        sd = obj
+    else:
+        raise CheckpointError(f"The file {p} does not contain a state dict (it holds a {type(obj).__name__}).")
+    if not sd:
+        raise CheckpointError(f"The checkpoint file {p} contains an empty state dict.")
+    for key, value in sd.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            top = ", ".join(repr(k) for k in list(obj)[:5]) if isinstance(obj, Mapping) else ""
+            raise CheckpointError(
+                f"The file {p} is not a SAM 2 checkpoint: expected {{'model': {{name: tensor}}}} or {{name: tensor}}, "
+                f"but entry {key!r} is a {type(value).__name__} (top-level keys: {top})."
+            )
+    return dict(sd)
+
+
+_TRUNK_SIZES = {(96, 12): "t", (96, 16): "s", (112, 24): "b+", (144, 48): "l"}
+_BLOCK_RE = re.compile(r"^image_encoder\.trunk\.blocks\.(\d+)\.")
+
+
+def guess_variant(state_dict: Mapping[str, Any]) -> str | None:
+    """Name of the official config a state dict looks like (e.g. ``"sam2.1_hiera_b+"``), or None.
+
+    Uses the Hiera trunk width (``patch_embed.proj.weight`` rows: 96 tiny/small, 112 base+,
+    144 large), its number of blocks (12, 16, 24, 48) and the two SAM 2.1-only tensors
+    ``no_obj_embed_spatial`` and ``obj_ptr_tpos_proj.weight``. Only shapes are read, so
+    meta-device tensors work. Accepts Meta's ``{"model": sd}`` layout too.
+    """
+    if "model" in state_dict and isinstance(state_dict["model"], Mapping):
+        state_dict = state_dict["model"]
+    w = state_dict.get("image_encoder.trunk.patch_embed.proj.weight")
+    if w is None or not hasattr(w, "shape") or len(w.shape) != 4:
+        return None
+    blocks = {int(m.group(1)) for k in state_dict if (m := _BLOCK_RE.match(k))}
+    if blocks != set(range(len(blocks))):
+        return None  # gaps: not a complete trunk
+    size = _TRUNK_SIZES.get((int(w.shape[0]), len(blocks)))
+    if size is None:
+        return None
+    has = ("no_obj_embed_spatial" in state_dict, "obj_ptr_tpos_proj.weight" in state_dict)
+    if has == (True, True):
+        return f"sam2.1_hiera_{size}"
+    if has == (False, False):
+        return f"sam2_hiera_{size}"
+    return None  # one 2.1 tensor without the other: a modified model
