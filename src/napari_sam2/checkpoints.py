@@ -28,7 +28,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Union
+from typing import TYPE_CHECKING, Any, Union
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "CHECKPOINTS",
@@ -389,7 +392,7 @@ def _redownload_hint(path: Path) -> str:
     return " Delete it and download or copy it again."
 
 
-def load_state_dict_file(path: str | os.PathLike) -> dict[str, Any]:
+def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a checkpoint file into ``{name: tensor}`` on the CPU.
 
     Accepts Meta's layout ``{"model": state_dict}`` and a bare state dict. Loading uses
