@@ -23,10 +23,21 @@ GOLDEN_MISSING = (
 )
 
 
+# The golden outputs were produced with the "other"-kind tensors (Hiera's pos_embed and
+# pos_embed_window, no_mem_embed, maskmem_tpos_enc, no_obj_ptr, CXBlock gamma, ...) drawn at
+# std 1.0, not at the 0.02 that sam2_test_weights.py and its README state. Measured: with 0.02,
+# Meta's own Hiera modules (run here on the golden inputs) miss the golden features by 59 %
+# relative L2; with 1.0 they match to float16 storage precision (2e-4), and the video case's
+# first output matches too. So the fixtures draw those tensors at 1.0; every other rule of the
+# shared generator is used unchanged.
+GOLDEN_OTHER_STD = 1.0
+
+
 def _weight_generator():
     spec = importlib.util.spec_from_file_location("sam2_test_weights", GOLDEN_DIR / "sam2_test_weights.py")
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
+    mod.OTHER_STD = GOLDEN_OTHER_STD
     return mod
 
 
@@ -34,7 +45,7 @@ def make_test_checkpoint(config: str, seed: int = 0) -> Path:
     """Path of the deterministic test checkpoint for ``config``, generated on first use."""
     if not GOLDEN_DIR.is_dir():
         pytest.skip(GOLDEN_MISSING)
-    out = WEIGHTS_DIR / f"{config}_seed{seed}.pt"
+    out = WEIGHTS_DIR / f"{config}_seed{seed}_other{GOLDEN_OTHER_STD:g}.pt"
     if not out.exists():
         import torch
 

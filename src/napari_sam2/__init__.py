@@ -1,3 +1,11 @@
-"""napari-sam2: SAM 2 segmentation and tracking inside napari."""
+"""napari-sam2: SAM 2 segmentation and tracking inside napari.
+
+The engine (model, predictors, checkpoints) needs only torch and numpy and imports no Qt.
+"""
 
 __version__ = "0.1.0"
+
+from .build import build_sam2, build_sam2_model, resolve_device
+from .image_predictor import SAM2ImagePredictor
+
+__all__ = ["SAM2ImagePredictor", "__version__", "build_sam2", "build_sam2_model", "resolve_device"]

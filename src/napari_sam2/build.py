@@ -1,0 +1,87 @@
+"""Build SAM 2 models from a config name and an official checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .model import SAM2Model, load_config
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"`` picks CUDA, then Apple MPS, then CPU; anything else is passed to torch."""
+    if isinstance(device, torch.device):
+        return device
+    if device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' was requested but PyTorch sees no CUDA GPU; use device='cpu' or 'auto'")
+    return dev
+
+
+def load_model_weights(model: SAM2Model, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+    """Load strictly: every key of the official checkpoint, nothing missing, nothing extra.
+
+    A mismatch names the variant the checkpoint looks like, which is the usual cause.
+    """
+    from .checkpoints import CheckpointError, guess_variant
+
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(expected))
+    wrong_shape = sorted(
+        k for k in set(expected) & set(state_dict) if tuple(expected[k].shape) != tuple(state_dict[k].shape)
+    )
+    if missing or unexpected or wrong_shape:
+        guess = guess_variant(state_dict)
+        hint = f" It looks like a '{guess}' checkpoint." if guess and guess != model.config.name else ""
+        details = []
+        if missing:
+            details.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
+        if unexpected:
+            details.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
+        if wrong_shape:
+            k = wrong_shape[0]
+            details.append(
+                f"{len(wrong_shape)} keys with other shapes (e.g. {k}: {tuple(state_dict[k].shape)} "
+                f"in the file, {tuple(expected[k].shape)} in the model)"
+            )
+        raise CheckpointError(
+            f"{source} does not fit model config '{model.config.name}': {'; '.join(details)}.{hint}"
+        )
+    model.load_state_dict(state_dict, strict=True)
+
+
+def build_sam2_model(
+    config_name: str,
+    checkpoint: str | Path | None = None,
+    device: str | torch.device = "cpu",
+    *,
+    download: bool = True,
+) -> SAM2Model:
+    """A SAM 2 network in eval mode with the checkpoint's weights.
+
+    ``checkpoint=None`` uses the cached official checkpoint, downloading it once when
+    ``download`` is true.
+    """
+    from .checkpoints import ensure_checkpoint, load_state_dict_file
+
+    cfg = load_config(config_name)
+    path = ensure_checkpoint(cfg.name, checkpoint, download=download)
+    state_dict = load_state_dict_file(path)
+    model = SAM2Model(cfg)
+    load_model_weights(model, state_dict, source=f"checkpoint {path}")
+    return model.to(resolve_device(device)).eval()
+
+
+def build_sam2(
+    config_name: str, checkpoint: str | Path | None = None, device: str | torch.device = "cpu", **kwargs
+) -> SAM2Model:
+    """Meta-compatible name for :func:`build_sam2_model` (the image model)."""
+    return build_sam2_model(config_name, checkpoint, device, **kwargs)

@@ -1,0 +1,216 @@
+"""Single-image prompting (Meta's SAM2ImagePredictor API) on top of our SAM 2 model."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .model import SAM2Model
+from .normalization import Normalizer, preprocess
+
+ArrayLike = np.ndarray | Sequence
+
+
+class SAM2ImagePredictor:
+    """Compute an image's embedding once, then predict masks for any number of prompts.
+
+    ``set_image`` takes H x W (grayscale) or H x W x C arrays. An H x W x 3 uint8 image is
+    treated exactly as Meta's predictor treats it (/255, resize to 1024, ImageNet mean/std);
+    other dtypes and channel counts go through the microscopy normalisation of
+    :class:`napari_sam2.normalization.Normalizer` first (or the one passed in).
+    """
+
+    def __init__(self, sam_model: SAM2Model, mask_threshold: float = 0.0) -> None:
+        self.model = sam_model
+        self.mask_threshold = mask_threshold
+        self.reset_predictor()
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def reset_predictor(self) -> None:
+        self._features: dict[str, object] | None = None
+        self._orig_hw: list[tuple[int, int]] = []
+        self._is_batch = False
+
+    # ------------------------------------------------------------------ images
+    def _prepare(self, image: np.ndarray, normalizer: Normalizer | None) -> torch.Tensor:
+        image = np.asarray(image)
+        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] > 4):
+            raise ValueError(
+                f"expected one image of shape (H, W) or (H, W, C) with C <= 4; got shape {image.shape}. "
+                "For a stack of frames use the video predictor."
+            )
+        if normalizer is None:
+            normalizer = Normalizer.fit(image[None])
+        rgb = normalizer.to_rgb(image)
+        return preprocess(rgb, self.model.image_size, device=self.device)
+
+    @torch.inference_mode()
+    def _embed(self, batch: torch.Tensor) -> None:
+        feats = self.model.forward_image(batch)
+        no_mem = self.model.no_mem_embed.view(1, -1, 1, 1) if self.model.tracking.directly_add_no_mem_embed else 0
+        self._features = {
+            "image_embed": torch.cat([f.vision_feat for f in feats]) + no_mem,
+            "high_res_feats": [torch.cat([f.high_res[i] for f in feats]) for i in range(2)],
+        }
+
+    def set_image(self, image: np.ndarray, normalizer: Normalizer | None = None) -> None:
+        """Embed one image (H x W or H x W x C)."""
+        self.reset_predictor()
+        x = self._prepare(image, normalizer)
+        self._orig_hw = [tuple(np.asarray(image).shape[:2])]
+        self._embed(x[None])
+
+    def set_image_batch(self, image_list: list[np.ndarray], normalizer: Normalizer | None = None) -> None:
+        """Embed several images at once, for :meth:`predict_batch`."""
+        self.reset_predictor()
+        if not isinstance(image_list, (list, tuple)) or not image_list:
+            raise ValueError("set_image_batch expects a non-empty list of images")
+        batch = torch.stack([self._prepare(im, normalizer) for im in image_list])
+        self._orig_hw = [tuple(np.asarray(im).shape[:2]) for im in image_list]
+        self._embed(batch)
+        self._is_batch = True
+
+    def get_image_embedding(self) -> torch.Tensor:
+        self._require_image()
+        return self._features["image_embed"]
+
+    def _require_image(self) -> None:
+        if self._features is None:
+            raise RuntimeError("an image must be set with set_image(...) before mask prediction")
+
+    # ------------------------------------------------------------------ prompts
+    def _prep_prompts(self, point_coords, point_labels, box, mask_input, normalize_coords, img_idx):
+        h, w = self._orig_hw[img_idx]
+        size = self.model.image_size
+        coords = labels = boxes = mask = None
+        if (point_coords is None) != (point_labels is None):
+            raise ValueError("point_coords and point_labels must be given together")
+        if point_coords is not None:
+            coords = torch.as_tensor(np.asarray(point_coords, dtype=np.float32), device=self.device)
+            labels = torch.as_tensor(np.asarray(point_labels), dtype=torch.int32, device=self.device)
+            if coords.ndim == 2:
+                coords, labels = coords[None], labels[None]
+            if coords.ndim != 3 or coords.shape[-1] != 2 or labels.shape != coords.shape[:2]:
+                raise ValueError(
+                    f"point_coords must be (N, 2) or (B, N, 2) with matching point_labels; "
+                    f"got {tuple(coords.shape)} and {tuple(labels.shape)}"
+                )
+            coords = self._to_model_coords(coords, normalize_coords, h, w, size)
+        if box is not None:
+            boxes = torch.as_tensor(np.asarray(box, dtype=np.float32), device=self.device)
+            if boxes.shape[-1] != 4:
+                raise ValueError(f"box must be [x0, y0, x1, y1] or (B, 4); got shape {tuple(boxes.shape)}")
+            boxes = self._to_model_coords(boxes.reshape(-1, 2, 2), normalize_coords, h, w, size)
+        if mask_input is not None:
+            mask = torch.as_tensor(np.asarray(mask_input, dtype=np.float32), device=self.device)
+            if mask.ndim == 3:
+                mask = mask[None]
+            expected = self.model.sam_prompt_encoder.mask_input_size
+            if mask.ndim != 4 or tuple(mask.shape[-2:]) != expected:
+                raise ValueError(
+                    f"mask_input must be low-resolution logits of shape (1, {expected[0]}, {expected[1]}) "
+                    f"(the third output of predict); got {tuple(mask.shape)}"
+                )
+        return coords, labels, boxes, mask
+
+    @staticmethod
+    def _to_model_coords(xy: torch.Tensor, normalize: bool, h: int, w: int, size: int) -> torch.Tensor:
+        if normalize:
+            xy = xy / torch.tensor([w, h], dtype=torch.float32, device=xy.device)
+        return xy * size
+
+    @torch.inference_mode()
+    def _predict(self, coords, labels, boxes, mask_input, multimask_output, return_logits, img_idx):
+        if boxes is not None:
+            # A box is its two corners, labelled 2 and 3, placed before any points.
+            box_labels = torch.tensor([[2, 3]], dtype=torch.int32, device=boxes.device).repeat(boxes.shape[0], 1)
+            if coords is not None:
+                coords = torch.cat([boxes, coords], dim=1)
+                labels = torch.cat([box_labels, labels], dim=1)
+            else:
+                coords, labels = boxes, box_labels
+        points = (coords, labels) if coords is not None else None
+        sparse, dense = self.model.sam_prompt_encoder(points, mask_input)
+        batched = coords is not None and coords.shape[0] > 1
+        feats = self._features
+        dec = self.model.sam_mask_decoder(
+            feats["image_embed"][img_idx : img_idx + 1],
+            self.model.sam_prompt_encoder.get_dense_pe(),
+            sparse,
+            dense,
+            multimask_output=multimask_output,
+            repeat_image=batched,
+            high_res_features=[f[img_idx : img_idx + 1] for f in feats["high_res_feats"]],
+        )
+        low_res = dec.masks.float()
+        masks = F.interpolate(low_res, self._orig_hw[img_idx], mode="bilinear", align_corners=False)
+        low_res = torch.clamp(low_res, -32.0, 32.0)
+        if not return_logits:
+            masks = masks > self.mask_threshold
+        return masks, dec.iou_pred, low_res
+
+    def predict(
+        self,
+        point_coords: ArrayLike | None = None,
+        point_labels: ArrayLike | None = None,
+        box: ArrayLike | None = None,
+        mask_input: ArrayLike | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        normalize_coords: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks (C, H, W), predicted IoUs (C,) and low-res logits (C, 256, 256) for the prompts.
+
+        Points are (x, y) pixels of the original image, labels 1 (object) / 0 (background);
+        a box is [x0, y0, x1, y1]; ``mask_input`` is a previous call's low-res logits (1, 256, 256).
+        With several prompts in a batch (B, N, 2) the outputs gain a leading B axis.
+        """
+        self._require_image()
+        if self._is_batch:
+            raise RuntimeError("images were set with set_image_batch; use predict_batch")
+        if point_coords is None and box is None and mask_input is None:
+            raise ValueError("give at least one prompt: point_coords/point_labels, box or mask_input")
+        prompts = self._prep_prompts(point_coords, point_labels, box, mask_input, normalize_coords, 0)
+        masks, ious, low_res = self._predict(*prompts, multimask_output, return_logits, 0)
+        return self._to_numpy(masks, ious, low_res)
+
+    def predict_batch(
+        self,
+        point_coords_batch: list | None = None,
+        point_labels_batch: list | None = None,
+        box_batch: list | None = None,
+        mask_input_batch: list | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        normalize_coords: bool = True,
+    ) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+        """:meth:`predict` for each image given to :meth:`set_image_batch`."""
+        self._require_image()
+        if not self._is_batch:
+            raise RuntimeError("predict_batch needs images set with set_image_batch")
+        out_masks, out_ious, out_low = [], [], []
+        for i in range(len(self._orig_hw)):
+            pick = lambda seq: None if seq is None else seq[i]  # noqa: E731
+            prompts = self._prep_prompts(
+                pick(point_coords_batch), pick(point_labels_batch), pick(box_batch), pick(mask_input_batch),
+                normalize_coords, i,
+            )
+            masks, ious, low_res = self._to_numpy(*self._predict(*prompts, multimask_output, return_logits, i))
+            out_masks.append(masks)
+            out_ious.append(ious)
+            out_low.append(low_res)
+        return out_masks, out_ious, out_low
+
+    @staticmethod
+    def _to_numpy(masks, ious, low_res):
+        return (
+            masks.squeeze(0).cpu().numpy(),
+            ious.squeeze(0).float().cpu().numpy(),
+            low_res.squeeze(0).float().cpu().numpy(),
+        )

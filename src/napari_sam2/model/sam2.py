@@ -1,0 +1,442 @@
+"""The SAM 2 network: components assembled as in Meta's SAM2Base, plus its per-frame tracking step.
+
+Parameter names follow the official checkpoint keys, so Meta's ``.pt`` files load strictly.
+The tracking step works on a batch of objects that share one frame; the bookkeeping of
+which frames exist (prompts, outputs, memories) lives in the video predictor.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import MLP
+from .config import SAM2Config
+from .hiera import Hiera
+from .image_encoder import FpnNeck, ImageEncoder
+from .mask_decoder import MaskDecoder
+from .memory_attention import MemoryAttention, MemoryAttentionLayer
+from .memory_encoder import MemoryEncoder
+from .position_encoding import sine_encoding_1d
+from .prompt_encoder import PromptEncoder
+
+NO_OBJ_SCORE = -1024.0  # logit written over the whole mask of an absent object
+
+
+@dataclass
+class FrameFeatures:
+    """Image-encoder output for one frame (batch 1), as the heads consume it."""
+
+    vision_feat: torch.Tensor  # (1, C, 64, 64) stride-16 features
+    vision_pos: torch.Tensor  # (1, C, 64, 64)
+    high_res: list[torch.Tensor]  # [(1, C/8, 256, 256), (1, C/4, 128, 128)] after conv_s0 / conv_s1
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.vision_feat, self.vision_pos, *self.high_res))
+
+    def to(self, device: torch.device | str) -> FrameFeatures:
+        return FrameFeatures(
+            self.vision_feat.to(device), self.vision_pos.to(device), [t.to(device) for t in self.high_res]
+        )
+
+
+@dataclass
+class HeadsOutput:
+    low_res_multimasks: torch.Tensor
+    ious: torch.Tensor
+    low_res_masks: torch.Tensor  # (B, 1, 256, 256) chosen mask logits
+    high_res_masks: torch.Tensor  # (B, 1, 1024, 1024)
+    obj_ptr: torch.Tensor  # (B, C)
+    object_score_logits: torch.Tensor  # (B, 1)
+
+
+@dataclass
+class MemoryEntry:
+    """What later frames need from a tracked frame: its memory and its object pointer."""
+
+    maskmem_features: torch.Tensor | None  # (B, mem_dim, 64, 64), stored as bfloat16 like the reference
+    obj_ptr: torch.Tensor  # (B, C)
+
+
+class SAM2Model(nn.Module):
+    def __init__(self, cfg: SAM2Config) -> None:
+        super().__init__()
+        self.config = cfg
+        tr = cfg.tracking
+        self.tracking = tr
+        d = cfg.neck.d_model
+        self.hidden_dim = d
+        self.image_size = cfg.image_size
+        self.embedding_size = cfg.image_size // cfg.backbone_stride
+
+        t = cfg.trunk
+        trunk = Hiera(
+            embed_dim=t.embed_dim, num_heads=t.num_heads, stages=t.stages, global_att_blocks=t.global_att_blocks,
+            window_spec=t.window_spec, window_pos_embed_bkg_spatial_size=t.window_pos_embed_bkg_spatial_size,
+        )
+        n = cfg.neck
+        neck = FpnNeck(n.d_model, n.backbone_channel_list, n.fpn_top_down_levels, n.fpn_interp_model)
+        self.image_encoder = ImageEncoder(trunk, neck, scalp=n.scalp)
+
+        mem_dim = cfg.memory_encoder.out_dim
+        self.mem_dim = mem_dim
+        ma = cfg.memory_attention
+        layer = MemoryAttentionLayer(
+            d_model=d, dim_feedforward=ma.dim_feedforward, num_heads=ma.num_heads, kv_in_dim=mem_dim,
+            rope_theta=ma.rope_theta, feat_sizes=ma.feat_sizes,
+        )
+        self.memory_attention = MemoryAttention(layer, ma.num_layers, d_model=d)
+        self.memory_encoder = MemoryEncoder(out_dim=mem_dim, in_dim=d, num_fuser_layers=cfg.memory_encoder.num_fuser_layers)
+
+        self.num_maskmem = tr.num_maskmem
+        self.maskmem_tpos_enc = nn.Parameter(torch.zeros(tr.num_maskmem, 1, 1, mem_dim))
+        self.no_mem_embed = nn.Parameter(torch.zeros(1, 1, d))
+        self.no_mem_pos_enc = nn.Parameter(torch.zeros(1, 1, d))
+        if tr.use_obj_ptrs_in_encoder:
+            self.mask_downsample = nn.Conv2d(1, 1, kernel_size=4, stride=4)
+        if tr.pred_obj_scores and tr.use_obj_ptrs_in_encoder:
+            self.no_obj_ptr = nn.Parameter(torch.zeros(1, d))
+        self.no_obj_embed_spatial = nn.Parameter(torch.zeros(1, mem_dim)) if tr.no_obj_embed_spatial else None
+
+        self.sam_prompt_encoder = PromptEncoder(
+            d, (self.embedding_size, self.embedding_size), (cfg.image_size, cfg.image_size), mask_in_chans=16
+        )
+        pp = cfg.postprocessing
+        self.sam_mask_decoder = MaskDecoder(
+            transformer_dim=d,
+            use_high_res_features=tr.use_high_res_features_in_sam,
+            iou_prediction_use_sigmoid=tr.iou_prediction_use_sigmoid,
+            pred_obj_scores=tr.pred_obj_scores,
+            pred_obj_scores_mlp=tr.pred_obj_scores_mlp,
+            use_multimask_token_for_obj_ptr=tr.use_multimask_token_for_obj_ptr,
+            dynamic_multimask_via_stability=pp.dynamic_multimask_via_stability,
+            dynamic_multimask_stability_delta=pp.dynamic_multimask_stability_delta,
+            dynamic_multimask_stability_thresh=pp.dynamic_multimask_stability_thresh,
+        )
+        if tr.use_obj_ptrs_in_encoder:
+            self.obj_ptr_proj = MLP(d, d, d, 3) if tr.use_mlp_for_obj_ptr_proj else nn.Linear(d, d)
+        else:
+            self.obj_ptr_proj = nn.Identity()
+        self.obj_ptr_tpos_proj = nn.Linear(d, mem_dim) if tr.proj_tpos_enc_in_obj_ptrs else nn.Identity()
+
+    @property
+    def device(self) -> torch.device:
+        return self.no_mem_embed.device
+
+    # ------------------------------------------------------------------ image
+    def forward_image(self, image: torch.Tensor) -> list[FrameFeatures]:
+        """Normalised images (B, 3, S, S) -> one :class:`FrameFeatures` per image."""
+        out = self.image_encoder(image)
+        fpn, pos = out["backbone_fpn"], out["vision_pos_enc"]
+        high_res = [self.sam_mask_decoder.conv_s0(fpn[0]), self.sam_mask_decoder.conv_s1(fpn[1])]
+        return [
+            FrameFeatures(fpn[-1][i : i + 1], pos[-1][i : i + 1], [h[i : i + 1] for h in high_res])
+            for i in range(image.shape[0])
+        ]
+
+    # ------------------------------------------------------------------ SAM heads
+    def _finish_heads(
+        self, low_res_multimasks: torch.Tensor, ious: torch.Tensor, sam_tokens: torch.Tensor,
+        object_score_logits: torch.Tensor, multimask_output: bool,
+    ) -> HeadsOutput:
+        b = low_res_multimasks.shape[0]
+        is_present = object_score_logits > 0
+        if self.tracking.pred_obj_scores:
+            low_res_multimasks = torch.where(is_present[:, None, None], low_res_multimasks, NO_OBJ_SCORE)
+        low_res_multimasks = low_res_multimasks.float()
+        high_res_multimasks = F.interpolate(
+            low_res_multimasks, size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+        )
+        token = sam_tokens[:, 0]
+        if multimask_output:
+            best = torch.argmax(ious, dim=-1)
+            rows = torch.arange(b, device=ious.device)
+            low_res = low_res_multimasks[rows, best].unsqueeze(1)
+            high_res = high_res_multimasks[rows, best].unsqueeze(1)
+            if sam_tokens.shape[1] > 1:
+                token = sam_tokens[rows, best]
+        else:
+            low_res, high_res = low_res_multimasks, high_res_multimasks
+        obj_ptr = self.obj_ptr_proj(token)
+        if self.tracking.pred_obj_scores:
+            lam = object_score_logits.sigmoid() if self.tracking.soft_no_obj_ptr else is_present.float()
+            if self.tracking.fixed_no_obj_ptr:
+                obj_ptr = lam * obj_ptr
+            obj_ptr = obj_ptr + (1 - lam) * self.no_obj_ptr
+        return HeadsOutput(low_res_multimasks, ious, low_res, high_res, obj_ptr, object_score_logits)
+
+    def sam_heads(
+        self,
+        backbone_features: torch.Tensor,
+        high_res_features: list[torch.Tensor] | None,
+        point_coords: torch.Tensor | None = None,
+        point_labels: torch.Tensor | None = None,
+        mask_inputs: torch.Tensor | None = None,
+        multimask_output: bool = False,
+    ) -> HeadsOutput:
+        """Prompt encoder + mask decoder on (B, C, 64, 64) features; points in 1024-pixel (x, y)."""
+        b = backbone_features.shape[0]
+        if point_coords is None:
+            point_coords = backbone_features.new_zeros(b, 1, 2)
+            point_labels = -torch.ones(b, 1, dtype=torch.int32, device=backbone_features.device)
+        mask_prompt = None
+        if mask_inputs is not None:
+            mask_prompt = mask_inputs
+            if mask_inputs.shape[-2:] != self.sam_prompt_encoder.mask_input_size:
+                mask_prompt = F.interpolate(
+                    mask_inputs.float(), size=self.sam_prompt_encoder.mask_input_size,
+                    mode="bilinear", align_corners=False, antialias=True,
+                )
+        sparse, dense = self.sam_prompt_encoder((point_coords, point_labels), mask_prompt)
+        dec = self.sam_mask_decoder(
+            backbone_features, self.sam_prompt_encoder.get_dense_pe(), sparse, dense,
+            multimask_output=multimask_output, repeat_image=False, high_res_features=high_res_features,
+        )
+        return self._finish_heads(dec.masks, dec.iou_pred, dec.sam_tokens, dec.object_score_logits, multimask_output)
+
+    def mask_as_output(
+        self, backbone_features: torch.Tensor, high_res_features: list[torch.Tensor] | None, mask_inputs: torch.Tensor
+    ) -> HeadsOutput:
+        """A binary mask prompt taken as the output itself (logits +-10); the decoder only makes the pointer."""
+        scale, bias = 20.0, -10.0
+        mask = mask_inputs.float()
+        high_res = mask * scale + bias
+        low_res = F.interpolate(
+            high_res, size=(high_res.shape[-2] // 4, high_res.shape[-1] // 4),
+            mode="bilinear", align_corners=False, antialias=True,
+        )
+        ious = mask.new_ones(mask.shape[0], 1)
+        if self.tracking.use_obj_ptrs_in_encoder:
+            obj_ptr = self.sam_heads(backbone_features, high_res_features, mask_inputs=self.mask_downsample(mask)).obj_ptr
+        else:
+            obj_ptr = mask.new_zeros(mask.shape[0], self.hidden_dim)
+        present = (mask.flatten(1) > 0).any(dim=1, keepdim=True).float()
+        score = scale * present + bias
+        if self.tracking.pred_obj_scores:
+            if self.tracking.fixed_no_obj_ptr:
+                obj_ptr = present * obj_ptr
+            obj_ptr = obj_ptr + (1 - present) * self.no_obj_ptr
+        return HeadsOutput(low_res, ious, low_res, high_res, obj_ptr, score)
+
+    def use_multimask(self, is_init_cond_frame: bool, num_points: int) -> bool:
+        tr = self.tracking
+        return (
+            tr.multimask_output_in_sam
+            and (is_init_cond_frame or tr.multimask_output_for_tracking)
+            and tr.multimask_min_pt_num <= num_points <= tr.multimask_max_pt_num
+        )
+
+    # ------------------------------------------------------------------ memory
+    def select_memories(
+        self,
+        frame_idx: int,
+        cond_outputs: Mapping[int, MemoryEntry],
+        non_cond_outputs: Mapping[int, MemoryEntry],
+        num_frames: int,
+        reverse: bool,
+    ) -> tuple[list[tuple[int, MemoryEntry]], list[tuple[int, torch.Tensor]]]:
+        """Which memories and object pointers a frame attends to (the reference's selection rules).
+
+        Returns ``[(t_pos, entry)]`` for spatial memories (t_pos 0 = conditioning frame) and
+        ``[(signed temporal distance, obj_ptr)]`` for pointers.
+        """
+        tr = self.tracking
+        selected, unselected = select_closest_cond_frames(frame_idx, cond_outputs, tr.max_cond_frames_in_attn)
+        memories: list[tuple[int, MemoryEntry]] = [(0, out) for out in selected.values()]
+        stride = tr.memory_temporal_stride_for_eval
+        for t_pos in range(1, self.num_maskmem):
+            t_rel = self.num_maskmem - t_pos  # frames before the current one
+            if t_rel == 1:
+                prev = frame_idx + 1 if reverse else frame_idx - 1
+            elif not reverse:
+                prev = ((frame_idx - 2) // stride) * stride - (t_rel - 2) * stride
+            else:
+                prev = -(-(frame_idx + 2) // stride) * stride + (t_rel - 2) * stride
+            out = non_cond_outputs.get(prev)
+            if out is None:
+                out = unselected.get(prev)
+            if out is not None:
+                memories.append((t_pos, out))
+
+        pointers: list[tuple[int, torch.Tensor]] = []
+        if tr.use_obj_ptrs_in_encoder:
+            max_ptrs = min(num_frames, tr.max_obj_ptrs_in_encoder)
+            if tr.only_obj_ptrs_in_the_past_for_eval:
+                ptr_cond = {t: o for t, o in selected.items() if (t >= frame_idx if reverse else t <= frame_idx)}
+            else:
+                ptr_cond = selected
+            sign = -1 if reverse else 1
+            for t, out in ptr_cond.items():
+                dist = (frame_idx - t) * sign if tr.use_signed_tpos_enc_to_obj_ptrs else abs(frame_idx - t)
+                pointers.append((dist, out.obj_ptr))
+            for t_diff in range(1, max_ptrs):
+                t = frame_idx + t_diff if reverse else frame_idx - t_diff
+                if t < 0 or t >= num_frames:
+                    break
+                out = non_cond_outputs.get(t, unselected.get(t))
+                if out is not None:
+                    pointers.append((t_diff, out.obj_ptr))
+        return memories, pointers
+
+    def condition_on_memory(
+        self,
+        frame_idx: int,
+        is_init_cond_frame: bool,
+        vision_feat: torch.Tensor,
+        vision_pos: torch.Tensor,
+        cond_outputs: Mapping[int, MemoryEntry],
+        non_cond_outputs: Mapping[int, MemoryEntry],
+        num_frames: int,
+        reverse: bool = False,
+    ) -> torch.Tensor:
+        """Fuse the frame's (B, C, H, W) features with the object's memories -> (B, C, H, W)."""
+        b, c, h, w = vision_feat.shape
+        if self.num_maskmem == 0:
+            return vision_feat
+        if is_init_cond_frame:
+            if self.tracking.directly_add_no_mem_embed:
+                return vision_feat + self.no_mem_embed.view(1, c, 1, 1)
+            memory = self.no_mem_embed.expand(b, 1, self.mem_dim)
+            memory_pos = self.no_mem_pos_enc.expand(b, 1, self.mem_dim)
+            num_ptr_tokens = 0
+        else:
+            if not cond_outputs:
+                raise RuntimeError("tracking a frame needs at least one conditioning frame")
+            memories, pointers = self.select_memories(frame_idx, cond_outputs, non_cond_outputs, num_frames, reverse)
+            pos_grid = self.memory_pos_enc(h, w, vision_feat.device).flatten(1).t()  # (HW, mem_dim)
+            mem_list, pos_list = [], []
+            for t_pos, out in memories:
+                # Memories are kept in bfloat16 (as the reference does) and used in float32.
+                feats = out.maskmem_features.to(vision_feat.device).float()
+                mem_list.append(feats.flatten(2).transpose(1, 2))  # (B, HW, mem_dim)
+                tpos = self.maskmem_tpos_enc[self.num_maskmem - t_pos - 1].view(1, 1, -1)
+                pos_list.append((pos_grid.unsqueeze(0) + tpos).expand(b, -1, -1))
+            num_ptr_tokens = 0
+            if pointers:
+                ptrs = torch.stack([p for _, p in pointers], dim=1).to(vision_feat.device)  # (B, P, C)
+                dists = torch.tensor([d for d, _ in pointers], device=vision_feat.device)
+                ptr_pos = self.pointer_pos_enc(dists, num_frames).unsqueeze(0).expand(b, -1, -1)  # (B, P, mem_dim)
+                if self.mem_dim < c:
+                    # Each C-wide pointer becomes C/mem_dim tokens of width mem_dim.
+                    split = c // self.mem_dim
+                    ptrs = ptrs.reshape(b, -1, split, self.mem_dim).flatten(1, 2)
+                    ptr_pos = ptr_pos.repeat_interleave(split, dim=1)
+                mem_list.append(ptrs)
+                pos_list.append(ptr_pos)
+                num_ptr_tokens = ptrs.shape[1]
+            memory = torch.cat(mem_list, dim=1)
+            memory_pos = torch.cat(pos_list, dim=1)
+
+        curr = vision_feat.flatten(2).transpose(1, 2)
+        curr_pos = vision_pos.flatten(2).transpose(1, 2).expand(b, -1, -1)
+        out = self.memory_attention(curr, curr_pos, memory, memory_pos, num_obj_ptr_tokens=num_ptr_tokens)
+        return out.transpose(1, 2).reshape(b, c, h, w)
+
+    def pointer_pos_enc(self, dists: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Temporal encoding of object pointers at signed frame distances -> (P, mem_dim)."""
+        tr = self.tracking
+        if not tr.add_tpos_enc_to_obj_ptrs:
+            return torch.zeros(dists.shape[0], self.mem_dim, device=dists.device)
+        t_diff_max = max(min(num_frames, tr.max_obj_ptrs_in_encoder) - 1, 1)
+        dim = self.hidden_dim if tr.proj_tpos_enc_in_obj_ptrs else self.mem_dim
+        return self.obj_ptr_tpos_proj(sine_encoding_1d(dists / t_diff_max, dim))
+
+    def memory_pos_enc(self, h: int, w: int, device: torch.device) -> torch.Tensor:
+        """(mem_dim, h, w) position encoding of memory features (depends only on the size)."""
+        return self.memory_encoder.position_encoding.grid(h, w, device)
+
+    def encode_memory(
+        self, vision_feat: torch.Tensor, high_res_masks: torch.Tensor, object_score_logits: torch.Tensor, is_mask_from_pts: bool
+    ) -> torch.Tensor:
+        """Memory features (B, mem_dim, h, w) from raw frame features and a full-resolution mask."""
+        tr = self.tracking
+        if tr.non_overlap_masks_for_mem_enc:
+            high_res_masks = apply_non_overlapping_constraints(high_res_masks)
+        if tr.binarize_mask_from_pts_for_mem_enc and is_mask_from_pts:
+            mask = (high_res_masks > 0).float()
+        else:
+            mask = torch.sigmoid(high_res_masks)
+        mask = mask * tr.sigmoid_scale_for_mem_enc + tr.sigmoid_bias_for_mem_enc
+        feats, _ = self.memory_encoder(vision_feat.expand(mask.shape[0], -1, -1, -1), mask)
+        if self.no_obj_embed_spatial is not None:
+            absent = (object_score_logits <= 0).float()  # (B, 1)
+            feats = feats + absent[..., None, None] * self.no_obj_embed_spatial[..., None, None]
+        return feats
+
+    def track_step(
+        self,
+        frame_idx: int,
+        is_init_cond_frame: bool,
+        features: FrameFeatures,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        mask_inputs: torch.Tensor | None,
+        cond_outputs: Mapping[int, MemoryEntry],
+        non_cond_outputs: Mapping[int, MemoryEntry],
+        num_frames: int,
+        reverse: bool = False,
+        run_mem_encoder: bool = True,
+        prev_sam_mask_logits: torch.Tensor | None = None,
+        batch_size: int = 1,
+    ) -> tuple[HeadsOutput, torch.Tensor | None]:
+        """One frame for ``batch_size`` objects sharing the same memories -> (heads output, memory)."""
+        vision_feat = features.vision_feat.expand(batch_size, -1, -1, -1)
+        high_res = [t.expand(batch_size, -1, -1, -1) for t in features.high_res]
+        if mask_inputs is not None and self.tracking.use_mask_input_as_output_without_sam:
+            heads = self.mask_as_output(vision_feat, high_res, mask_inputs)
+        else:
+            pix_feat = self.condition_on_memory(
+                frame_idx, is_init_cond_frame, vision_feat, features.vision_pos,
+                cond_outputs, non_cond_outputs, num_frames, reverse,
+            )
+            if prev_sam_mask_logits is not None:
+                mask_inputs = prev_sam_mask_logits
+            num_points = 0 if point_labels is None else point_labels.shape[1]
+            heads = self.sam_heads(
+                pix_feat, high_res, point_coords, point_labels, mask_inputs,
+                multimask_output=self.use_multimask(is_init_cond_frame, num_points),
+            )
+        memory = None
+        if run_mem_encoder and self.num_maskmem > 0:
+            memory = self.encode_memory(
+                vision_feat, heads.high_res_masks, heads.object_score_logits, is_mask_from_pts=point_labels is not None
+            )
+        return heads, memory
+
+
+def select_closest_cond_frames(
+    frame_idx: int, cond_outputs: Mapping[int, MemoryEntry], max_num: int
+) -> tuple[dict[int, MemoryEntry], dict[int, MemoryEntry]]:
+    """Up to ``max_num`` conditioning frames nearest to ``frame_idx`` (-1: all of them).
+
+    Always keeps the closest one before and the closest one at/after the frame.
+    """
+    if max_num == -1 or len(cond_outputs) <= max_num:
+        return dict(cond_outputs), {}
+    if max_num < 2:
+        raise ValueError("max_cond_frames_in_attn must allow at least 2 conditioning frames")
+    selected: dict[int, MemoryEntry] = {}
+    before = max((t for t in cond_outputs if t < frame_idx), default=None)
+    if before is not None:
+        selected[before] = cond_outputs[before]
+    after = min((t for t in cond_outputs if t >= frame_idx), default=None)
+    if after is not None:
+        selected[after] = cond_outputs[after]
+    rest = sorted((t for t in cond_outputs if t not in selected), key=lambda t: abs(t - frame_idx))
+    for t in rest[: max_num - len(selected)]:
+        selected[t] = cond_outputs[t]
+    unselected = {t: v for t, v in cond_outputs.items() if t not in selected}
+    return selected, unselected
+
+
+def apply_non_overlapping_constraints(masks: torch.Tensor) -> torch.Tensor:
+    """Keep, at each pixel, only the highest-scoring object's logit; others are clamped to <= -10."""
+    if masks.shape[0] == 1:
+        return masks
+    best = torch.argmax(masks, dim=0, keepdim=True)
+    ids = torch.arange(masks.shape[0], device=masks.device)[:, None, None, None]
+    return torch.where(best == ids, masks, torch.clamp(masks, max=-10.0))
