@@ -431,14 +431,17 @@ def test_session_plan_restarts_from_the_correction():
     ps = PromptSet()
     ps.add_point(1, 1, 5, 5)
     s.sync(ps)
-    assert s.plan(ps, 6, "forward") == [(None, False, 5)]
-    assert s.plan(ps, 6, "both") == [(None, False, 5), (None, True, 2)]
+    assert s.plan(ps, 6, "forward") == [(1, False, 5)]
+    assert s.plan(ps, 6, "both") == [(1, False, 5), (1, True, 2)]
     list(s.propagate(s.plan(ps, 6, "both")))
     ps.add_point(4, 1, 6, 6)  # correction on frame 4
     s.sync(ps)
     assert s.plan(ps, 6, "forward") == [(4, False, 2)]
-    assert s.plan(ps, 6, "forward", start="first") == [(None, False, 5)]
+    assert s.plan(ps, 6, "backward") == [(4, True, 5)]
+    assert s.plan(ps, 6, "forward", start="first") == [(1, False, 5)]
+    assert s.plan(ps, 6, "backward", start="first") == [(4, True, 5)]  # backward: from the last prompt
     assert s.plan(ps, 6, "backward", start=2) == [(2, True, 3)]
+    assert s.plan(ps, 6, "both", start=0) == [(0, False, 6)]
     with pytest.raises(SessionError, match="no prompts"):
         s.plan(PromptSet(), 6, "forward")
 

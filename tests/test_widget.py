@@ -128,7 +128,7 @@ def test_preview_and_propagate_equal_the_engine(viewer_widget):
         data,
         [("points", 0, 1, [[12, 10], [14, 12]], [1, 0]), ("points", 0, 2, [[20, 22]], [1]), ("points", 3, 2, [[8, 20]], [1])],
     )
-    for f, ids, m in pred2.propagate_in_video(state2):
+    for f, ids, m in pred2.propagate_in_video(state2, start_frame_idx=0):
         np.testing.assert_array_equal(out.data[f], masks_to_labels(ids, m), err_msg=f"frame {f}")
     assert set(np.unique(out.data[5])) == {0, 1, 2}
     assert "Propagation done" in w.status_label.text()
@@ -182,7 +182,7 @@ def test_correction_repropagates_from_the_corrected_frame(viewer_widget):
     w.use_predictor(pred)
     w.add_point(1, 1, y=16, x=16)
     w.propagate("both")
-    assert [c for c in pred.calls if c[0] == "propagate"] == [("propagate", None, None, False), ("propagate", None, None, True)]
+    assert [c for c in pred.calls if c[0] == "propagate"] == [("propagate", 1, None, False), ("propagate", 1, None, True)]
     before = w.output_layer().data.copy()
     w.add_point(5, 1, y=8, x=8)  # correction on frame 5
     w.propagate("forward")

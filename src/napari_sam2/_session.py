@@ -55,7 +55,10 @@ class FrameResult:
 
 
 def _default_builder(key: ModelKey):
-    from . import build_sam2_video_predictor
+    try:
+        from . import build_sam2_video_predictor
+    except ImportError:
+        from .video_predictor import build_sam2_video_predictor
 
     return build_sam2_video_predictor(config_name=key.config_name, checkpoint=key.checkpoint, device=key.device)
 
@@ -149,16 +152,23 @@ class EngineSession:
         """
         if not self.ready:
             raise SessionError("no model loaded")
+        new_objs = set(prompts.objects()) - self.objects
+        try:
+            return self._sync(prompts)
+        except Exception:
+            if not (new_objs and self.tracking_started):
+                raise
+            # Some engines (Meta's among them) take no new object once tracking
+            # started: start over with all prompts (cached image features stay).
+            self.predictor.reset_state(self.state)
+            self._forget_prompts()
+            self.dirty_frames.update(prompts.frames())
+            return self._sync(prompts)
+
+    def _sync(self, prompts: PromptSet) -> tuple[dict[int, FrameResult], list[int]]:
         pred, state = self.predictor, self.state
         current = prompts.fingerprints()
         wanted_objs = set(prompts.objects())
-        new_objs = wanted_objs - self.objects
-        if new_objs and self.tracking_started:
-            # The engine takes no new object once tracking started: start over
-            # with all prompts (image features stay cached in the engine).
-            pred.reset_state(state)
-            self._forget_prompts()
-            self.dirty_frames.update(prompts.frames())
         results: dict[int, FrameResult] = {}
         removed: list[int] = []
 
@@ -210,14 +220,16 @@ class EngineSession:
     # ---- propagation
     def plan(
         self, prompts: PromptSet, n_frames: int, direction: str, start: str | int = "auto"
-    ) -> list[tuple[int | None, bool, int]]:
+    ) -> list[tuple[int, bool, int]]:
         """The propagation passes for ``direction`` ('forward', 'backward', 'both'):
-        ``(start_frame_idx or None, reverse, number of frames)`` each.
+        ``(start_frame_idx, reverse, number of frames)`` each.
 
-        ``start``: ``"auto"`` starts at the first (last, backwards) prompted frame,
-        or -- after an earlier propagation -- at the first (last) frame whose
-        prompts changed since, so a correction re-propagates from there;
-        ``"first"`` always starts at the prompted frame; an int starts there.
+        Forward starts at the first prompted frame and backward at the last; "both"
+        runs forward and then backward from the first one (Meta's convention).
+        ``start="auto"`` does that on the first run and, after an earlier complete
+        propagation, starts at the first (last) frame whose prompts changed since,
+        so that a correction re-propagates from there; ``"first"`` always uses the
+        prompted frames; an int starts at that frame.
         """
         if direction not in ("forward", "backward", "both"):
             raise ValueError(f"direction must be 'forward', 'backward' or 'both', not {direction!r}")
@@ -225,18 +237,23 @@ class EngineSession:
         if not frames:
             raise SessionError("there are no prompts: add a point or a box on a frame first")
         n = int(n_frames)
+        if isinstance(start, (int, np.integer)) and not isinstance(start, bool):
+            first = last = int(np.clip(start, 0, n - 1))
+        elif start == "auto" and self.propagated_once and self.dirty_frames:
+            first, last = min(self.dirty_frames), max(self.dirty_frames)
+        elif start in ("auto", "first"):
+            first, last = min(frames), max(frames)
+        else:
+            raise ValueError(f"start must be 'auto', 'first' or a frame index, not {start!r}")
+        first, last = int(np.clip(first, 0, n - 1)), int(np.clip(last, 0, n - 1))
         passes = []
-        for reverse in ([False] if direction == "forward" else [True] if direction == "backward" else [False, True]):
-            if isinstance(start, (int, np.integer)) and not isinstance(start, bool):
-                s = int(np.clip(start, 0, n - 1))
-            elif start == "auto" and self.propagated_once and self.dirty_frames:
-                s = max(self.dirty_frames) if reverse else min(self.dirty_frames)
-                s = int(np.clip(s, 0, n - 1))
-            else:
-                s = None
-            first = (max(frames) if reverse else min(frames)) if s is None else s
-            count = first + 1 if reverse else n - first
-            passes.append((s, reverse, count))
+        if direction in ("forward", "both"):
+            passes.append((first, False, n - first))
+        if direction == "backward":
+            passes.append((last, True, last + 1))
+        elif direction == "both" and first > 0:
+            # like Meta's predictor: backward from the same frame the forward pass began at
+            passes.append((first, True, first + 1))
         return passes
 
     def propagate(
