@@ -41,17 +41,24 @@ def _weight_generator():
     return mod
 
 
-def make_test_checkpoint(config: str, seed: int = 0) -> Path:
-    """Path of the deterministic test checkpoint for ``config``, generated on first use."""
+def make_test_checkpoint(config: str, seed: int = 0, overrides: tuple = ()) -> Path:
+    """Path of the deterministic test checkpoint for ``config``, generated on first use.
+
+    ``overrides`` are the golden cases' ``weights.overrides`` entries ({"key", "add"}),
+    applied as float32 additions after generation.
+    """
     if not GOLDEN_DIR.is_dir():
         pytest.skip(GOLDEN_MISSING)
-    out = WEIGHTS_DIR / f"{config}_seed{seed}_other{GOLDEN_OTHER_STD:g}.pt"
+    tag = "".join(f"_{o['key'].split('.')[-2]}{o['add']:+g}" for o in overrides)
+    out = WEIGHTS_DIR / f"{config}_seed{seed}_other{GOLDEN_OTHER_STD:g}{tag}.pt"
     if not out.exists():
         import torch
 
         gen = _weight_generator()
         manifest = gen.load_manifest(GOLDEN_DIR / "manifests" / f"{config}.json")
         sd = gen.make_state_dict(manifest, seed)
+        for o in overrides:
+            sd[o["key"]] += torch.tensor(o["add"], dtype=torch.float32)
         WEIGHTS_DIR.mkdir(parents=True, exist_ok=True)
         tmp = out.with_suffix(".tmp")
         torch.save({"model": sd}, tmp)

@@ -69,3 +69,83 @@ def write_image_case(golden_dir: Path, case: str, predictor, out_dir: Path) -> N
             masks_packed=packed, masks_shape=shape, iou_predictions=ious.astype(np.float32),
             low_res_masks=low.astype(np.float32),
         )
+
+
+def _output_arrays(outs):
+    """Stack per-object FrameOutputs (None -> the reference's 'no output' fill)."""
+    logits, scores, ptrs = [], [], []
+    for out in outs:
+        if out is None:
+            logits.append(np.full((256, 256), -1024.0, dtype=np.float32))
+            scores.append(np.nan)
+            ptrs.append(np.full(256, np.nan, dtype=np.float32))
+        else:
+            logits.append(out.pred_masks[0, 0].float().cpu().numpy())
+            scores.append(float(out.object_score_logits.reshape(-1)[0]))
+            ptrs.append(out.obj_ptr[0].float().cpu().numpy())
+    return (
+        np.stack(logits).astype(np.float16),
+        np.asarray(scores, dtype=np.float32),
+        np.stack(ptrs).astype(np.float32),
+    )
+
+
+def video_case_frames(golden_dir: Path, case: str) -> np.ndarray:
+    """The case's frames as (T, H, W, 3) uint8 (our predictor normalises them like Meta)."""
+    gio = golden_module(golden_dir, "goldenio")
+    cdir = golden_dir / case
+    meta = json.loads((cdir / "case.json").read_text())
+    return np.stack([gio.load_rgb_png(str(cdir / meta["inputs"][name]["file"])) for name in meta["frames"]])
+
+
+def write_video_case(golden_dir: Path, case: str, predictor, out_dir: Path, frames=None) -> None:
+    """Replay a video case's ops and write op_NN_*.npz files in the golden layout."""
+    import torch
+
+    gio = golden_module(golden_dir, "goldenio")
+    meta = json.loads((golden_dir / case / "case.json").read_text())
+    if frames is None:
+        frames = video_case_frames(golden_dir, case)
+    state = predictor.init_state(frames)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for i, op in enumerate(meta["ops"]):
+        name = op["op"]
+        path = out_dir / f"op_{i:02d}_{name}.npz"
+        if name == "add_new_points_or_box":
+            f_idx, obj_ids, masks = predictor.add_new_points_or_box(
+                state, op["frame_idx"], op["obj_id"], points=op.get("points"), labels=op.get("labels"),
+                clear_old_points=op.get("clear_old_points", True), box=op.get("box"),
+            )
+            logits, scores, ptrs = _output_arrays(predictor.frame_outputs(state, f_idx))
+            packed, shape = gio.pack_masks((masks[:, 0] > 0).cpu().numpy())
+            gio.save_npz(
+                path, frame_idx=np.array([f_idx]), obj_ids=np.array(obj_ids), masks_packed=packed, masks_shape=shape,
+                low_res_logits=logits, object_score_logits=scores, obj_ptr=ptrs,
+            )
+        elif name == "add_new_mask":
+            raise NotImplementedError("no golden case uses add_new_mask yet")
+        elif name == "propagate_in_video":
+            rows = {"frame_idx": [], "masks": [], "logits": [], "scores": [], "ptrs": []}
+            obj_ids = []
+            for f_idx, obj_ids, masks in predictor.propagate_in_video(
+                state, start_frame_idx=op.get("start_frame_idx"),
+                max_frame_num_to_track=op.get("max_frame_num_to_track"), reverse=op.get("reverse", False),
+            ):
+                logits, scores, ptrs = _output_arrays(predictor.frame_outputs(state, f_idx))
+                rows["frame_idx"].append(f_idx)
+                rows["masks"].append((masks[:, 0] > 0).cpu().numpy())
+                rows["logits"].append(logits)
+                rows["scores"].append(scores)
+                rows["ptrs"].append(ptrs)
+            if rows["frame_idx"]:
+                packed, shape = gio.pack_masks(np.stack(rows["masks"]))
+                gio.save_npz(
+                    path, frame_idx=np.array(rows["frame_idx"]), obj_ids=np.array(obj_ids), masks_packed=packed,
+                    masks_shape=shape, low_res_logits=np.stack(rows["logits"]),
+                    object_score_logits=np.stack(rows["scores"]), obj_ptr=np.stack(rows["ptrs"]),
+                )
+            else:
+                gio.save_npz(path, frame_idx=np.zeros(0, dtype=np.int64))
+        else:
+            raise ValueError(f"unknown op {name}")
+    del torch

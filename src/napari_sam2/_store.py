@@ -1,0 +1,207 @@
+"""Per-object storage of tracked frames with memory bounded independently of the stack length.
+
+Tracking a frame needs the memories of only the last few frames (``num_maskmem``) and the
+object pointers of the last 16, but a correction may later ask for any frame's. So the
+newest outputs stay in RAM, and older ones go to fixed-size records in a scratch file,
+written and read with plain file I/O (not mmap, so resident pages do not count against the
+process). Records are bit-exact (float32 logits, bfloat16 memories as their raw bits), so
+spilling never changes a result. Pointers and object scores (1 KB a frame) stay in RAM.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import weakref
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .model import MemoryEntry
+
+
+@dataclass
+class FrameOutput(MemoryEntry):
+    """One object's result on one frame (the reference's compact per-frame output)."""
+
+    pred_masks: torch.Tensor = None  # (1, 1, 256, 256) float32 low-resolution logits
+    object_score_logits: torch.Tensor = None  # (1, 1)
+
+    def nbytes(self) -> int:
+        ts = [self.pred_masks, self.obj_ptr, self.object_score_logits, self.maskmem_features]
+        return sum(t.numel() * t.element_size() for t in ts if t is not None)
+
+
+class SpillDir:
+    """A scratch folder removed when its owner is garbage-collected or closed."""
+
+    def __init__(self, parent: str | None = None) -> None:
+        self.path = tempfile.mkdtemp(prefix="napari-sam2-", dir=parent)
+        self._finalizer = weakref.finalize(self, shutil.rmtree, self.path, True)
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+class _RecordFile:
+    """Fixed-size binary records addressed by frame index (a sparse file)."""
+
+    def __init__(self, path: str, record_bytes: int) -> None:
+        self.path = path
+        self.record_bytes = record_bytes
+        self._fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        self._finalizer = weakref.finalize(self, os.close, self._fd)
+
+    def write(self, index: int, data: bytes) -> None:
+        if len(data) != self.record_bytes:
+            raise ValueError("record size mismatch")
+        os.pwrite(self._fd, data, index * self.record_bytes)
+
+    def read(self, index: int) -> bytes:
+        data = os.pread(self._fd, self.record_bytes, index * self.record_bytes)
+        if len(data) != self.record_bytes:
+            raise OSError(f"short read from {self.path}")
+        return data
+
+    def close(self) -> None:
+        self._finalizer()
+
+
+class FrameOutputStore:
+    """Mapping frame index -> :class:`FrameOutput`, keeping at most ``hot_frames`` whole in RAM."""
+
+    def __init__(self, spill_dir: SpillDir | None, name: str, hot_frames: int = 16) -> None:
+        self._hot: OrderedDict[int, FrameOutput] = OrderedDict()
+        self._small: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}  # spilled: (obj_ptr, score)
+        self._spill_dir = spill_dir
+        self._name = name
+        self._hot_frames = max(1, hot_frames)
+        self._masks: _RecordFile | None = None
+        self._mems: _RecordFile | None = None
+        self._shapes: tuple | None = None
+        self._has_mem: dict[int, bool] = {}
+
+    # -- mapping interface used by the tracker
+    def __contains__(self, t: object) -> bool:
+        return t in self._hot or t in self._small
+
+    def __len__(self) -> int:
+        return len(self._hot) + len(self._small)
+
+    def __iter__(self) -> Iterator[int]:
+        yield from list(self._hot)
+        yield from list(self._small)
+
+    def keys(self) -> list[int]:
+        return list(iter(self))
+
+    def items(self):
+        for t in self.keys():
+            yield t, self[t]
+
+    def get(self, t: int, default=None):
+        if t in self._hot:
+            self._hot.move_to_end(t)
+            return self._hot[t]
+        if t in self._small:
+            return self._load(t)
+        return default
+
+    def __getitem__(self, t: int) -> FrameOutput:
+        out = self.get(t)
+        if out is None:
+            raise KeyError(t)
+        return out
+
+    def __setitem__(self, t: int, out: FrameOutput) -> None:
+        self._small.pop(t, None)
+        self._has_mem.pop(t, None)
+        self._hot[t] = out
+        self._hot.move_to_end(t)
+        self._evict()
+
+    def pop(self, t: int, default=None):
+        if t in self._hot:
+            return self._hot.pop(t)
+        if t in self._small:
+            out = self._load(t, keep=False)
+            del self._small[t]
+            self._has_mem.pop(t, None)
+            return out
+        return default
+
+    def clear(self) -> None:
+        self._hot.clear()
+        self._small.clear()
+        self._has_mem.clear()
+
+    def close(self) -> None:
+        self.clear()
+        for f in (self._masks, self._mems):
+            if f is not None:
+                f.close()
+
+    def resident_bytes(self) -> int:
+        return sum(o.nbytes() for o in self._hot.values()) + sum(
+            p.numel() * p.element_size() + s.numel() * s.element_size() for p, s in self._small.values()
+        )
+
+    # -- spilling
+    def _evict(self) -> None:
+        if self._spill_dir is None:
+            return  # unbounded (spilling disabled)
+        while len(self._hot) > self._hot_frames:
+            t, out = self._hot.popitem(last=False)
+            self._spill(t, out)
+
+    def _files(self, out: FrameOutput) -> None:
+        if self._masks is not None:
+            return
+        mask_shape = tuple(out.pred_masks.shape)
+        mem_shape = tuple(out.maskmem_features.shape) if out.maskmem_features is not None else None
+        self._shapes = (mask_shape, mem_shape)
+        base = os.path.join(self._spill_dir.path, self._name)
+        self._masks = _RecordFile(base + ".masks", int(np.prod(mask_shape)) * 4)
+        if mem_shape is not None:
+            self._mems = _RecordFile(base + ".mem", int(np.prod(mem_shape)) * 2)
+
+    def _spill(self, t: int, out: FrameOutput) -> None:
+        self._files(out)
+        mask_shape, mem_shape = self._shapes
+        if tuple(out.pred_masks.shape) != mask_shape:
+            raise ValueError("frame outputs of one object must share their shapes")
+        self._masks.write(t, out.pred_masks.detach().float().cpu().numpy().tobytes())
+        has_mem = out.maskmem_features is not None
+        if has_mem:
+            if self._mems is None or tuple(out.maskmem_features.shape) != mem_shape:
+                raise ValueError("memory features of one object must share their shapes")
+            bits = out.maskmem_features.detach().to(torch.bfloat16).cpu().view(torch.int16).numpy()
+            self._mems.write(t, bits.tobytes())
+        self._has_mem[t] = has_mem
+        self._small[t] = (out.obj_ptr, out.object_score_logits)
+        self._device = out.pred_masks.device
+
+    def _load(self, t: int, keep: bool = True) -> FrameOutput:
+        mask_shape, mem_shape = self._shapes
+        ptr, score = self._small[t]
+        masks = torch.from_numpy(np.frombuffer(self._masks.read(t), dtype=np.float32).reshape(mask_shape).copy())
+        mem = None
+        if self._has_mem.get(t):
+            raw = np.frombuffer(self._mems.read(t), dtype=np.int16).reshape(mem_shape).copy()
+            mem = torch.from_numpy(raw).view(torch.bfloat16)
+        dev = ptr.device
+        out = FrameOutput(
+            maskmem_features=None if mem is None else mem.to(dev), obj_ptr=ptr,
+            pred_masks=masks.to(dev), object_score_logits=score,
+        )
+        if keep:
+            # Back into the hot set (most recently used); something older may spill.
+            del self._small[t]
+            self._has_mem.pop(t, None)
+            self._hot[t] = out
+            self._evict()
+        return out
