@@ -350,7 +350,7 @@ class SAM2Widget(QWidget):
         root.addWidget(box)
 
         # ---- preview & propagate
-        box = QGroupBox("Segment & track")
+        box = QGroupBox("Segment && track")
         form = QFormLayout(box)
         row = QHBoxLayout()
         self.live_check = QCheckBox("Live preview")
@@ -723,7 +723,6 @@ class SAM2Widget(QWidget):
                 border = np.where(pos[:, None], np.array([[1.0, 1.0, 1.0, 1.0]]), np.array([[1.0, 0.1, 0.1, 1.0]]))
                 lay.border_color = border
                 lay.symbol = np.where(pos, "disc", "x")
-            self._apply_defaults(lay)
         finally:
             self._recoloring = False
 
@@ -736,7 +735,6 @@ class SAM2Widget(QWidget):
             if n:
                 obj = np.asarray(lay.features[OBJ_FEATURE], dtype=int) if OBJ_FEATURE in lay.features else np.ones(n, int)
                 lay.edge_color = _obj_colors(obj)
-            self._apply_defaults(lay)
         finally:
             self._recoloring = False
 
@@ -745,16 +743,19 @@ class SAM2Widget(QWidget):
 
         obj = self.obj_spin.value()
         color = _obj_colors([obj])[0]
+        # napari applies the current_* style to the selected items: leave them alone
+        restyle = len(lay.selected_data) == 0
         if isinstance(lay, Points):
             pos = self.positive_btn.isChecked()
             lay.feature_defaults = {OBJ_FEATURE: obj, POSITIVE_FEATURE: pos}
-            with lay.events.current_face_color.blocker(), lay.events.current_border_color.blocker():
+            if restyle:
                 lay.current_face_color = color
                 lay.current_border_color = "white" if pos else "red"
-            lay.current_symbol = "disc" if pos else "x"
+                lay.current_symbol = "disc" if pos else "x"
         else:
             lay.feature_defaults = {OBJ_FEATURE: obj}
-            lay.current_edge_color = color
+            if restyle:
+                lay.current_edge_color = color
 
     def _on_prompt_mode_changed(self, *_: Any) -> None:
         if self._syncing_defaults:
