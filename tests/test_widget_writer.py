@@ -1,0 +1,69 @@
+"""The Labels TIFF writer (napari-sam2.write_labels): ImageJ hyperstack, axes, pixel size."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tifffile = pytest.importorskip("tifffile")
+
+from napari_sam2._widget import _shared_channel_labels  # noqa: E402
+from napari_sam2._writer import write_labels_tiff  # noqa: E402
+
+
+def _read(path):
+    with tifffile.TiffFile(path) as tf:
+        return tf.asarray(), tf.series[0].axes, tf.imagej_metadata, tf.pages[0]
+
+
+def test_timelapse_labels_as_imagej_uint16(tmp_path):
+    lab = np.zeros((4, 10, 12), np.int32)
+    lab[1, 2:4, 3:6] = 7
+    path = str(tmp_path / "m.tif")
+    assert write_labels_tiff(path, lab, {"scale": (2.0, 0.5, 0.25), "axis_labels": ("t", "y", "x")}) == [path]
+    data, axes, ij, page = _read(path)
+    assert data.dtype == np.uint16 and axes == "TYX"
+    np.testing.assert_array_equal(data, lab)
+    assert ij["finterval"] == 2.0
+    xres = page.tags["XResolution"].value
+    assert xres[0] / xres[1] == pytest.approx(4.0)
+
+
+def test_default_axes_big_ids_and_reordering(tmp_path):
+    vol = np.zeros((3, 8, 8), np.uint32)
+    vol[0, 0, 0] = 70000  # beyond uint16: a plain uint32 TIFF
+    p = str(tmp_path / "v.tif")
+    write_labels_tiff(p, vol, {"scale": (1, 1, 1)})
+    data, axes, ij, _ = _read(p)
+    assert data.dtype == np.uint32 and data[0, 0, 0] == 70000 and ij is None
+
+    zt = np.arange(2 * 3 * 4 * 5, dtype=np.uint16).reshape(2, 3, 4, 5)  # (Z, T, Y, X)
+    p = str(tmp_path / "zt.tif")
+    write_labels_tiff(p, zt, {"scale": (3, 1, 1, 1), "axis_labels": ("z", "t", "y", "x")})
+    data, axes, ij, _ = _read(p)
+    assert axes == "TZYX" and data.shape == (3, 2, 4, 5) and ij["spacing"] == 3
+    np.testing.assert_array_equal(data, zt.transpose(1, 0, 2, 3))
+
+
+def test_shared_channel_plane_is_written_once(tmp_path):
+    lab = _shared_channel_labels((3, 2, 6, 6), channel_axis=1)
+    lab[1, 0, 2, 2] = 5  # written through channel 0, seen on both channels
+    assert lab[1, 1, 2, 2] == 5
+    p = str(tmp_path / "c.tif")
+    write_labels_tiff(p, lab, {"scale": (1, 1, 1, 1)})
+    data, axes, _, _ = _read(p)
+    assert data.shape == (3, 6, 6) and data[1, 2, 2] == 5
+
+
+def test_writer_through_napari(make_napari_viewer, tmp_path):
+    from test_widget import ensure_manifest
+
+    ensure_manifest()
+    viewer = make_napari_viewer()
+    lab = np.zeros((2, 5, 5), np.uint8)
+    lab[1, 1:3, 1:3] = 3
+    viewer.add_labels(lab, name="masks", scale=(1, 0.5, 0.5))
+    written = viewer.layers.save(str(tmp_path / "out.tif"), selected=False, plugin="napari-sam2")
+    assert written == [str(tmp_path / "out.tif")]
+    data, _, _, _ = _read(written[0])
+    np.testing.assert_array_equal(data, lab)
