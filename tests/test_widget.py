@@ -9,6 +9,7 @@ Run under a virtual X server: ``xvfb-run -a python3 -m pytest tests/test_widget.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -495,3 +496,86 @@ def test_worker_thread_path(viewer_widget, qtbot):
     assert sig.args == ["propagate", "done"]
     assert all(w.output_layer().data[f].any() for f in range(6))
     assert w.busy is None and not w.cancel_btn.isEnabled()
+
+
+# --------------------------------------------------------------------------- checkpoint download
+
+
+def test_checkpoint_download_progress_cancel_and_failure(viewer_widget, notes, monkeypatch, tmp_path, qtbot):
+    import napari_sam2.checkpoints as ck
+    import napari_sam2._widget as wmod
+
+    viewer, w = viewer_widget
+    store = {}
+    monkeypatch.setattr(wmod, "_find_checkpoint", lambda config: store.get(config))
+    seen = []
+
+    def fake_download(config, progress=None, cancel=None):
+        for done in (0, 50, 100):
+            progress(done, 100)
+            seen.append(w.download_bar.value())
+            if cancel is not None and cancel.is_set():
+                raise ck.DownloadCancelled("download cancelled")
+        path = tmp_path / f"{config}.pt"
+        path.write_bytes(b"x")
+        store[config] = path
+        return path
+
+    monkeypatch.setattr(ck, "download_checkpoint", fake_download)
+    w.set_model("sam2.1_hiera_s")
+    assert "not downloaded" in w.checkpoint_label.text() and w.download_btn.isEnabled()
+    w.synchronous = False
+    with qtbot.waitSignal(w.job_finished, timeout=5000) as sig:
+        w.download_checkpoint()
+    assert sig.args == ["download", "done"]
+    assert "found" in w.checkpoint_label.text() and not w.download_btn.isEnabled()
+    assert "Checkpoint ready" in w.status_label.text()
+
+    # cancelled
+    w.set_model("sam2.1_hiera_b+")
+
+    def cancelled(config, progress=None, cancel=None):
+        cancel.set()
+        return fake_download(config, progress, cancel)
+
+    monkeypatch.setattr(ck, "download_checkpoint", cancelled)
+    w.download_checkpoint(synchronous=True)
+    assert "cancelled" in w.status_label.text() and not notes["error"]
+    assert not w.download_bar.isVisible()
+
+    # offline
+    def offline(config, progress=None, cancel=None):
+        raise ck.CheckpointError("cannot reach https://dl.fbaipublicfiles.com (offline?); put the file at /x/y.pt")
+
+    monkeypatch.setattr(ck, "download_checkpoint", offline)
+    w.download_checkpoint(synchronous=True)
+    assert notes["error"] and notes["error"][-1].startswith("Download failed: cannot reach")
+
+
+def test_errors_are_napari_notifications(viewer_widget):
+    from napari.utils.notifications import NotificationSeverity, notification_manager
+
+    viewer, w = viewer_widget
+    got = []
+    notification_manager.notification_ready.connect(got.append)
+    try:
+        w.propagate()
+    finally:
+        notification_manager.notification_ready.disconnect(got.append)
+    assert got and got[-1].severity == NotificationSeverity.ERROR
+    assert "choose an image layer first" in got[-1].message and "Traceback" not in got[-1].message
+
+
+def test_loading_prompts_returns_to_their_held_slice(viewer_widget, tmp_path):
+    viewer, w = viewer_widget
+    viewer.add_image(np.zeros((3, 4, 20, 20), np.uint16), name="4d", scale=(1, 2, 1, 1))
+    w.use_predictor(FakePredictor())
+    viewer.dims.set_current_step(1, 3)  # z = 3 held
+    w.add_point(1, 1, y=5, x=6)
+    path = w.save_prompts(tmp_path / "p.json")
+    assert json.loads(path.read_text())["held"] == [[1, 3]]
+    w.points_layer().data = np.zeros((0, 4))
+    viewer.dims.set_current_step(1, 0)
+    w.load_prompts(path)
+    assert viewer.dims.current_step[1] == 3
+    assert w.prompts().get(1, 1, create=False).points == [(6.0, 5.0)]

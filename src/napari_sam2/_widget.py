@@ -1060,8 +1060,9 @@ class SAM2Widget(QWidget):
         geom = self._require_geometry()
         if meta.get("held") and meta.get("shape") is not None and list(meta["shape"]) == list(geom.shape):
             held = tuple((int(a), int(i)) for a, i in meta["held"])
-            if {a for a, _ in held} == {a for a, _ in geom.held}:
+            if {a for a, _ in held} == {a for a, _ in geom.held} and held != geom.held:
                 geom = StackGeometry(geom.shape, geom.frame_axis, geom.channel_axis, geom.rgb, held)
+                self._go_to_held(geom)
         bad = [f for f in ps.frames() if not 0 <= f < geom.n_frames]
         if bad:
             raise SessionError(f"the file has prompts on frame(s) {bad}, outside this stack (0 … {geom.n_frames - 1})")
@@ -1083,6 +1084,15 @@ class SAM2Widget(QWidget):
             self.obj_spin.setValue(max(ps.objects()))
         self._on_prompts_edited()
         return ps
+
+    def _go_to_held(self, geom: StackGeometry) -> None:
+        """Move the viewer to the held slice of ``geom`` (so that it is the current sequence)."""
+        image = self.image_layer
+        coords = geom.join(self.current_frame() if geom.frame_axis is not None else 0, 0, 0)
+        world = np.asarray(image.data_to_world(coords), dtype=float)
+        offset = self.viewer.dims.ndim - image.ndim
+        for a, _ in geom.held:
+            self.viewer.dims.set_point(offset + a, world[a])
 
     def _on_save_prompts(self) -> None:
         if not self._check_image():
