@@ -490,10 +490,15 @@ def test_worker_thread_path(viewer_widget, qtbot):
     w.use_predictor(FakePredictor())
     w.synchronous = False
     w.add_point(0, 1, y=10, x=10)
+    order = []
+    w.frame_written.connect(order.append)
     with qtbot.waitSignal(w.job_finished, timeout=10000) as sig:
         w.propagate("forward", synchronous=False)
         assert w.busy == "propagate" and w.cancel_btn.isEnabled()
     assert sig.args == ["propagate", "done"]
+    # results are handled in order, even though writing a frame processes Qt events
+    assert order == [0, 0, 1, 2, 3, 4, 5]
+    assert w.status_label.text() == "Propagation done: 6 frame(s)."
     assert all(w.output_layer().data[f].any() for f in range(6))
     assert w.busy is None and not w.cancel_btn.isEnabled()
 

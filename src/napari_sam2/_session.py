@@ -37,7 +37,8 @@ def to_numpy_logits(masks: Any) -> np.ndarray:
     """Engine masks ``(num_objs, 1, H, W)`` (torch or numpy) -> float32 ``(num_objs, H, W)``."""
     if hasattr(masks, "detach"):
         masks = masks.detach().float().cpu().numpy()
-    masks = np.asarray(masks, dtype=np.float32)
+    # a copy: the GUI thread reads it while the engine goes on (and may reuse buffers)
+    masks = np.array(masks, dtype=np.float32, copy=True)
     if masks.ndim == 4:
         masks = masks[:, 0]
     elif masks.ndim == 2:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
@@ -1488,25 +1489,43 @@ class SAM2Widget(QWidget):
 
         worker = create_worker(guarded, _ignore_errors=True)
         err_box: dict = {}
+        # Writing a frame can process Qt events (napari's progress bar does), which may
+        # deliver the next results re-entrantly: queue them and handle them in order.
+        queue: deque = deque()
+        draining = {"on": False}
 
-        def on_yield(item):
-            try:
-                on_item(item)
-            except Exception as e:  # noqa: BLE001 - writing failed: stop the job
-                err_box["e"] = e
-                self._cancel.set()
-
-        def on_return(res):
-            kind_, value = res
+        def handle(entry):
+            kind_, value = entry
+            if kind_ == "item":
+                if "e" in err_box:
+                    return
+                try:
+                    on_item(value)
+                except Exception as e:  # noqa: BLE001 - writing failed: stop the job
+                    err_box["e"] = e
+                    self._cancel.set()
+                return
+            res_kind, res = value
             if "e" in err_box:
                 finish("failed", err_box["e"])
-            elif kind_ == "error":
-                finish("failed", value)
+            elif res_kind == "error":
+                finish("failed", res)
             else:
-                finish(value)
+                finish(res)
 
-        worker.yielded.connect(on_yield)
-        worker.returned.connect(on_return)
+        def push(entry):
+            queue.append(entry)
+            if draining["on"]:
+                return
+            draining["on"] = True
+            try:
+                while queue:
+                    handle(queue.popleft())
+            finally:
+                draining["on"] = False
+
+        worker.yielded.connect(lambda item: push(("item", item)))
+        worker.returned.connect(lambda res: push(("return", res)))
         self._worker = worker
         worker.start()
 
