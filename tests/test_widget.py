@@ -584,3 +584,42 @@ def test_loading_prompts_returns_to_their_held_slice(viewer_widget, tmp_path):
     w.load_prompts(path)
     assert viewer.dims.current_step[1] == 3
     assert w.prompts().get(1, 1, create=False).points == [(6.0, 5.0)]
+
+
+def test_closing_the_dock_leaves_the_viewer_working(make_napari_viewer):
+    import gc
+    import weakref
+
+    ensure_manifest()
+    viewer = make_napari_viewer()
+    dock, w = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
+    viewer.add_image(_stack(), name="cells")
+    pts = w.points_layer(create=True)
+    ref = weakref.ref(w)
+    viewer.window.remove_dock_widget(dock)
+    del dock, w
+    gc.collect()
+    assert ref() is None  # nothing of napari keeps the closed widget alive
+    # layer and dims events, renames and the prompt layer's keys still work
+    viewer.add_image(np.zeros((4, 4)), name="other")
+    viewer.layers["cells"].name = "renamed"
+    pts = viewer.layers[pts.name]
+    pts.add([[0, 3, 3]])
+    viewer.dims.set_current_step(0, 2)
+    for func in pts.keymap.values():
+        func(pts)
+
+
+def test_renaming_the_image_keeps_its_prompt_and_output_layers(viewer_widget):
+    viewer, w = viewer_widget
+    viewer.add_image(_stack(), name="cells")
+    w.use_predictor(FakePredictor())
+    w.add_point(0, 1, y=10, x=10)
+    w.preview()
+    names = {w.points_layer().name, w.output_layer().name}
+    viewer.layers["cells"].name = "nuclei"
+    assert w.image_combo.currentText() == "nuclei"
+    assert {w.points_layer().name, w.output_layer().name} == names
+    w.add_point(2, 1, y=12, x=12)
+    w.propagate("forward")
+    assert sum(isinstance(lay, Labels) for lay in viewer.layers) == 1

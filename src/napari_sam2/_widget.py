@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import threading
+import weakref
 from collections import deque
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -228,12 +229,29 @@ class SAM2Widget(QWidget):
         self._download_progress.connect(self._on_download_progress)
 
         ev = self.viewer.layers.events
-        ev.inserted.connect(self._on_layers_changed)
-        ev.removed.connect(self._on_layers_changed)
-        ev.reordered.connect(self._on_layers_changed)
-        self.viewer.dims.events.current_step.connect(self._on_step)
+        self._listen(ev.inserted, self._on_layers_changed)
+        self._listen(ev.removed, self._on_layers_changed)
+        self._listen(ev.reordered, self._on_layers_changed)
+        self._listen(self.viewer.dims.events.current_step, self._on_step)
         self._on_layers_changed()
         self._update_checkpoint_status()
+
+    @staticmethod
+    def _listen(emitter, callback) -> None:
+        # napari's emitters hold bound methods weakly: a closed widget is not kept alive
+        emitter.connect(callback)
+
+    def _bind(self, layer, key: str, method_name: str) -> None:
+        # through a weak reference: a layer's keymap must not keep a closed widget alive
+        ref = weakref.ref(self)
+
+        def on_key(lay):
+            widget = ref()
+            if widget is not None:
+                getattr(widget, method_name)(lay)
+
+        on_key.__name__ = method_name.lstrip("_")
+        layer.bind_key(key, on_key, overwrite=True)
 
     # ================================================================== UI
     def _build_ui(self) -> None:
@@ -419,7 +437,7 @@ class SAM2Widget(QWidget):
     def _on_layers_changed(self, event=None) -> None:
         for lay in self.viewer.layers:
             if lay.unique_id not in self._connected:
-                lay.events.name.connect(self._on_layers_changed)
+                self._listen(lay.events.name, self._on_layers_changed)
                 self._connected.add(lay.unique_id)
         current = self.image_combo.currentText()
         images = [lay.name for lay in self._image_layers()]
@@ -594,10 +612,20 @@ class SAM2Widget(QWidget):
         return (layer.unique_id, geom.frame_axis, geom.channel_axis, geom.held)
 
     # ================================================================== prompt layers
-    def _find_layer(self, role: str, image_name: str, kind=None, obj_id: int | None = None):
+    @staticmethod
+    def _belongs_to(r: dict, image) -> bool:
+        """Is a layer with plugin metadata ``r`` ours for ``image``?  Matched by the image's
+        id in this session (so renaming the image keeps the link), else by its name (a
+        saved and reopened session)."""
+        if r.get("image_id") == str(image.unique_id):
+            r["image"] = image.name
+            return True
+        return r.get("image") == image.name
+
+    def _find_layer(self, role: str, image, kind=None, obj_id: int | None = None):
         for lay in self.viewer.layers:
             r = _role(lay)
-            if r.get("role") == role and r.get("image") == image_name and (obj_id is None or r.get("obj_id") == obj_id):
+            if r.get("role") == role and self._belongs_to(r, image) and (obj_id is None or r.get("obj_id") == obj_id):
                 if kind is None or isinstance(lay, kind):
                     return lay
         return None
@@ -618,7 +646,7 @@ class SAM2Widget(QWidget):
         image = self.image_layer
         if image is None:
             return None
-        lay = self._find_layer("points", image.name, Points)
+        lay = self._find_layer("points", image, Points)
         if lay is None and create:
             h, w = layer_shape(image)[-2:]
             size = float(np.clip(min(h, w) / 40, 4, 30))
@@ -630,7 +658,7 @@ class SAM2Widget(QWidget):
                 size=size,
                 border_width=0.15,
                 border_width_is_relative=True,
-                metadata={META_KEY: {"role": "points", "image": image.name}},
+                metadata={META_KEY: {"role": "points", "image": image.name, "image_id": str(image.unique_id)}},
                 **{k: v for k, v in _layer_transforms(image).items() if k != "units"},
             )
             self.viewer.add_layer(lay)
@@ -646,7 +674,7 @@ class SAM2Widget(QWidget):
         image = self.image_layer
         if image is None:
             return None
-        lay = self._find_layer("boxes", image.name, Shapes)
+        lay = self._find_layer("boxes", image, Shapes)
         if lay is None and create:
             h, w = layer_shape(image)[-2:]
             lay = Shapes(
@@ -656,7 +684,7 @@ class SAM2Widget(QWidget):
                 feature_defaults={OBJ_FEATURE: self.obj_spin.value()},
                 edge_width=float(np.clip(min(h, w) / 200, 1, 5)),
                 face_color="transparent",
-                metadata={META_KEY: {"role": "boxes", "image": image.name}},
+                metadata={META_KEY: {"role": "boxes", "image": image.name, "image_id": str(image.unique_id)}},
                 **{k: v for k, v in _layer_transforms(image).items() if k != "units"},
             )
             self.viewer.add_layer(lay)
@@ -673,11 +701,11 @@ class SAM2Widget(QWidget):
         if lay.unique_id in self._linked:
             return
         self._linked.add(lay.unique_id)
-        lay.events.data.connect(self._on_points_data)
-        lay.events.features.connect(self._on_prompts_edited)
-        lay.events.feature_defaults.connect(self._on_feature_defaults)
-        lay.bind_key("t", self._kb_toggle_positive, overwrite=True)
-        lay.bind_key("n", self._kb_new_object, overwrite=True)
+        self._listen(lay.events.data, self._on_points_data)
+        self._listen(lay.events.features, self._on_prompts_edited)
+        self._listen(lay.events.feature_defaults, self._on_feature_defaults)
+        self._bind(lay, "t", "_kb_toggle_positive")
+        self._bind(lay, "n", "_kb_new_object")
         self._apply_defaults(lay)
         self._recolor_points(lay)
 
@@ -685,10 +713,10 @@ class SAM2Widget(QWidget):
         if lay.unique_id in self._linked:
             return
         self._linked.add(lay.unique_id)
-        lay.events.data.connect(self._on_shapes_data)
-        lay.events.features.connect(self._on_prompts_edited)
-        lay.events.feature_defaults.connect(self._on_feature_defaults)
-        lay.bind_key("n", self._kb_new_object, overwrite=True)
+        self._listen(lay.events.data, self._on_shapes_data)
+        self._listen(lay.events.features, self._on_prompts_edited)
+        self._listen(lay.events.feature_defaults, self._on_feature_defaults)
+        self._bind(lay, "n", "_kb_new_object")
         self._apply_defaults(lay)
         self._recolor_shapes(lay)
 
@@ -1249,7 +1277,7 @@ class SAM2Widget(QWidget):
             if (
                 isinstance(lay, Labels)
                 and r.get("role") == "output"
-                and r.get("image") == image.name
+                and self._belongs_to(r, image)
                 and r.get("obj_id") == obj_id
                 and layer_shape(lay) == geom.labels_shape()
             ):
@@ -1265,7 +1293,9 @@ class SAM2Widget(QWidget):
         lay = Labels(
             data,
             name=self._unique_name(base),
-            metadata={META_KEY: {"role": "output", "image": image.name, "obj_id": obj_id}},
+            metadata={
+                META_KEY: {"role": "output", "image": image.name, "image_id": str(image.unique_id), "obj_id": obj_id}
+            },
             opacity=0.5,
             **_layer_transforms(image),
         )
