@@ -623,3 +623,21 @@ def test_renaming_the_image_keeps_its_prompt_and_output_layers(viewer_widget):
     w.add_point(2, 1, y=12, x=12)
     w.propagate("forward")
     assert sum(isinstance(lay, Labels) for lay in viewer.layers) == 1
+
+
+def test_selecting_a_point_makes_its_object_current(viewer_widget):
+    viewer, w = viewer_widget
+    viewer.add_image(_stack(), name="cells")
+    w.use_predictor(FakePredictor())
+    w.live_check.setChecked(False)
+    w.add_point(0, 4, y=5, x=5, positive=False)
+    w.add_point(0, 1, y=9, x=9)
+    pts = w.points_layer()
+    pts.mode = "select"
+    pts.selected_data = {0}
+    assert w.obj_spin.value() == 4 and not w.positive_btn.isChecked()
+    assert w.boxes_layer() is None or w.boxes_layer().feature_defaults["obj_id"][0] == 4
+    pts.selected_data = {1}
+    assert w.obj_spin.value() == 1 and w.positive_btn.isChecked()
+    # the selection keeps its own object and type
+    assert pts.features["obj_id"].tolist() == [4, 1] and pts.features["positive"].tolist() == [False, True]

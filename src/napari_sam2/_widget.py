@@ -21,7 +21,7 @@ import threading
 import weakref
 from collections import deque
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from qtpy.QtCore import QTimer, Signal
