@@ -77,3 +77,29 @@ def golden_dir() -> Path:
 def tiny_checkpoint() -> Path:
     """SAM 2.1 tiny test weights, seed 0 (the weights of the golden cases)."""
     return make_test_checkpoint("sam2.1_hiera_t", 0)
+
+
+@pytest.fixture(scope="session")
+def small_model():
+    """The SAM 2.1 tiny architecture at 128-pixel input with random weights.
+
+    For logic tests (API semantics, errors, plumbing) that would be slow at 1024 pixels;
+    numerics against Meta are judged by the golden tests.
+    """
+    import dataclasses
+
+    import torch
+
+    from napari_sam2.model import SAM2Model, load_config
+
+    torch.manual_seed(0)
+    cfg = load_config("sam2.1_hiera_t")
+    cfg = dataclasses.replace(
+        cfg, image_size=128, memory_attention=dataclasses.replace(cfg.memory_attention, feat_sizes=(8, 8))
+    )
+    model = SAM2Model(cfg).eval()
+    with torch.no_grad():  # zero-initialised vectors would make every object score 0 (absent)
+        for name, p in model.named_parameters():
+            if p.ndim == 1 and "bias" not in name and "gamma" not in name:
+                p.normal_(1.0, 0.1) if "norm" in name else p.normal_(0, 0.5)
+    return model
