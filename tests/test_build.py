@@ -212,3 +212,20 @@ def test_failed_load_leaves_the_model_untouched():
     sd["no_obj_ptr"] = torch.full((1, 32), 0.5)
     load_model_weights(model, sd)
     assert all(torch.equal(v, torch.full_like(v, 0.5)) for v in model.state_dict().values())
+
+
+@pytest.mark.parametrize(
+    "alias", ["facebook/sam2.1-hiera-tiny", "sam2.1_hiera_tiny", "sam2.1_hiera_tiny.pt", "configs/sam2.1/sam2.1_hiera_t.yaml"]
+)
+def test_config_aliases_match_the_checkpoint_registry(alias):
+    from napari_sam2.checkpoints import resolve_config_name
+    from napari_sam2.model import load_config
+
+    assert load_config(alias).name == resolve_config_name(alias) == "sam2.1_hiera_t"
+
+
+def test_mps_without_metal_is_a_clear_error():
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        pytest.skip("this machine has MPS")
+    with pytest.raises(RuntimeError, match="mps"):
+        resolve_device("mps")

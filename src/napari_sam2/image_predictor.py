@@ -174,6 +174,8 @@ class SAM2ImagePredictor:
         self._require_image()
         if self._is_batch:
             raise RuntimeError("images were set with set_image_batch; use predict_batch")
+        if (point_coords is None) != (point_labels is None):
+            raise ValueError("point_coords and point_labels must be given together")
         if point_coords is None and box is None and mask_input is None:
             raise ValueError("give at least one prompt: point_coords/point_labels, box or mask_input")
         prompts = self._prep_prompts(point_coords, point_labels, box, mask_input, normalize_coords, 0)
