@@ -220,3 +220,29 @@ def test_fill_holes_fills_only_small_background_holes():
     assert torch.all(out[0, 0, 3:5, 3:5] == 0.1)
     assert torch.all(out[0, 0, 8:14, 8:14] == -5.0)
     assert torch.all(out[0, 0, 0, :] == -5.0)
+
+
+def test_batched_objects_match_one_by_one(small_model, frames, tmp_path):
+    results = []
+    for batch in (False, True):
+        p = SAM2VideoPredictor(small_model, fill_hole_area=0, batch_objects=batch, spill_dir=str(tmp_path))
+        state = p.init_state(frames)
+        _click(p, state, obj=1)
+        p.add_new_points_or_box(state, 0, 2, box=[30, 5, 50, 30])
+        p.add_new_points_or_box(state, 3, 3, points=[[10, 10]], labels=[1])  # another layout: own batch
+        results.append(_all(p, state))
+    for (f, ids, a), (g, jds, b) in zip(*results):
+        assert (f, ids) == (g, jds) and a.shape[0] == 3
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
+
+
+def test_objects_with_the_same_memory_layout_share_one_pass(small_model, frames, tmp_path, monkeypatch):
+    p = SAM2VideoPredictor(small_model, fill_hole_area=0, spill_dir=str(tmp_path))
+    state = p.init_state(frames)
+    _click(p, state, obj=1)
+    p.add_new_points_or_box(state, 0, 2, box=[30, 5, 50, 30])
+    batch_sizes = []
+    real = small_model.track_selected
+    monkeypatch.setattr(small_model, "track_selected", lambda f, sel, n, **kw: batch_sizes.append(len(sel)) or real(f, sel, n, **kw))
+    _all(p, state)
+    assert batch_sizes == [2] * (T - 1)

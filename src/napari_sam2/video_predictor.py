@@ -174,6 +174,8 @@ class SAM2VideoPredictor:
         spill_to_disk: False keeps everything in RAM (Meta's behaviour).
         autocast_dtype: e.g. ``torch.bfloat16`` for faster mixed precision on GPU; None (the
             default and the parity reference) runs in float32.
+        batch_objects: track all objects of a frame whose memories line up (the usual
+            case: prompted on the same frames) in one batched pass instead of one by one.
     """
 
     def __init__(
@@ -188,8 +190,10 @@ class SAM2VideoPredictor:
         spill_to_disk: bool = True,
         spill_dir: str | None = None,
         autocast_dtype: torch.dtype | None = None,
+        batch_objects: bool = True,
     ) -> None:
         self.model = model
+        self.batch_objects = batch_objects
         self.fill_hole_area = fill_hole_area
         self.non_overlap_masks = non_overlap_masks
         self.clear_non_cond_mem_around_input = clear_non_cond_mem_around_input
@@ -426,16 +430,38 @@ class SAM2VideoPredictor:
                 state.num_frames, reverse=reverse, run_mem_encoder=run_mem_encoder,
                 prev_sam_mask_logits=prev_sam_mask_logits,
             )
-        pred_masks = heads.low_res_masks.float()
+        return self._frame_output(heads, memory, 0)
+
+    def _frame_output(self, heads, memory: torch.Tensor | None, i: int) -> FrameOutput:
+        """Row ``i`` of a (batched) heads output as a stored frame output."""
+        pred_masks = heads.low_res_masks[i : i + 1].float()
         if self.fill_hole_area > 0:
             pred_masks = fill_holes_in_mask_scores(pred_masks, self.fill_hole_area)
         return FrameOutput(
             # The reference stores memories in bfloat16; later frames read them as float32.
-            maskmem_features=None if memory is None else memory.to(torch.bfloat16),
-            obj_ptr=heads.obj_ptr.float(),
+            maskmem_features=None if memory is None else memory[i : i + 1].to(torch.bfloat16),
+            obj_ptr=heads.obj_ptr[i : i + 1].float(),
             pred_masks=pred_masks,
-            object_score_logits=heads.object_score_logits.float(),
+            object_score_logits=heads.object_score_logits[i : i + 1].float(),
         )
+
+    def _track_objects(self, state: VideoSession, frame_idx: int, objects: list[ObjectTrack], reverse: bool) -> list[FrameOutput]:
+        """Track unprompted objects on a frame, batching those whose memories line up."""
+        selections = [
+            self.model.select_memories(frame_idx, obj.cond, obj.non_cond, state.num_frames, reverse) for obj in objects
+        ]
+        groups: dict[tuple, list[int]] = {}
+        for i, (mems, ptrs) in enumerate(selections):
+            key = (tuple(t for t, _ in mems), tuple(d for d, _ in ptrs)) if self.batch_objects else (i,)
+            groups.setdefault(key, []).append(i)
+        feats = self._features(state, frame_idx)
+        outputs: list[FrameOutput | None] = [None] * len(objects)
+        for members in groups.values():
+            with self._autocast():
+                heads, memory = self.model.track_selected(feats, [selections[i] for i in members], state.num_frames)
+            for row, i in enumerate(members):
+                outputs[i] = self._frame_output(heads, memory, row)
+        return outputs
 
     def _encode_pending_memory(self, state: VideoSession, frame_idx: int, out: FrameOutput) -> None:
         """Memory of a prompted frame, from its binarised mask (encoded when tracking starts)."""
@@ -529,19 +555,24 @@ class SAM2VideoPredictor:
             order = self._processing_order(state, start_frame_idx, max_frame_num_to_track, reverse)
         for frame_idx in order:
             with torch.inference_mode():
-                low = []
+                outs: dict[Any, FrameOutput] = {}
+                to_track = []
                 for obj in list(state.objects.values()):
                     out = obj.cond.get(frame_idx)
                     if out is None:
-                        out = self._run_frame(
-                            state, obj, frame_idx, False, None, None, None, reverse, run_mem_encoder=True
-                        )
-                        obj.non_cond[frame_idx] = out
-                    elif self.clear_non_cond_mem_around_input:
+                        to_track.append(obj)
+                        continue
+                    outs[obj.obj_id] = out
+                    if self.clear_non_cond_mem_around_input:
                         self._clear_non_cond_mem_around_input(state, frame_idx)
+                if to_track:
+                    for obj, out in zip(to_track, self._track_objects(state, frame_idx, to_track, reverse)):
+                        obj.non_cond[frame_idx] = out
+                        outs[obj.obj_id] = out
+                for obj in state.objects.values():
                     obj.frames_tracked[frame_idx] = reverse
-                    low.append(out.pred_masks.to(self.device))
-                masks = self._to_video_res(state, torch.cat(low, dim=0))
+                low = torch.cat([outs[i].pred_masks.to(self.device) for i in state.obj_ids], dim=0)
+                masks = self._to_video_res(state, low)
             yield frame_idx, state.obj_ids, masks
 
     @staticmethod

@@ -302,35 +302,62 @@ class SAM2Model(nn.Module):
                 return vision_feat + self.no_mem_embed.view(1, c, 1, 1)
             memory = self.no_mem_embed.expand(b, 1, self.mem_dim)
             memory_pos = self.no_mem_pos_enc.expand(b, 1, self.mem_dim)
-            num_ptr_tokens = 0
-        else:
-            if not cond_outputs:
-                raise RuntimeError("tracking a frame needs at least one conditioning frame")
-            memories, pointers = self.select_memories(frame_idx, cond_outputs, non_cond_outputs, num_frames, reverse)
-            pos_grid = self.memory_pos_enc(h, w, vision_feat.device).flatten(1).t()  # (HW, mem_dim)
-            mem_list, pos_list = [], []
-            for t_pos, out in memories:
-                # Memories are kept in bfloat16 (as the reference does) and used in float32.
-                feats = out.maskmem_features.to(vision_feat.device).float()
-                mem_list.append(feats.flatten(2).transpose(1, 2))  # (B, HW, mem_dim)
-                tpos = self.maskmem_tpos_enc[self.num_maskmem - t_pos - 1].view(1, 1, -1)
-                pos_list.append((pos_grid.unsqueeze(0) + tpos).expand(b, -1, -1))
-            num_ptr_tokens = 0
-            if pointers:
-                ptrs = torch.stack([p for _, p in pointers], dim=1).to(vision_feat.device)  # (B, P, C)
-                dists = torch.tensor([d for d, _ in pointers], device=vision_feat.device)
-                ptr_pos = self.pointer_pos_enc(dists, num_frames).unsqueeze(0).expand(b, -1, -1)  # (B, P, mem_dim)
-                if self.mem_dim < c:
-                    # Each C-wide pointer becomes C/mem_dim tokens of width mem_dim.
-                    split = c // self.mem_dim
-                    ptrs = ptrs.reshape(b, -1, split, self.mem_dim).flatten(1, 2)
-                    ptr_pos = ptr_pos.repeat_interleave(split, dim=1)
-                mem_list.append(ptrs)
-                pos_list.append(ptr_pos)
-                num_ptr_tokens = ptrs.shape[1]
-            memory = torch.cat(mem_list, dim=1)
-            memory_pos = torch.cat(pos_list, dim=1)
+            return self._attend(vision_feat, vision_pos, memory, memory_pos, 0)
+        if not cond_outputs:
+            raise RuntimeError("tracking a frame needs at least one conditioning frame")
+        selection = self.select_memories(frame_idx, cond_outputs, non_cond_outputs, num_frames, reverse)
+        return self.condition_on_selected_memories(vision_feat, vision_pos, [selection] * b, num_frames)
 
+    def condition_on_selected_memories(
+        self,
+        vision_feat: torch.Tensor,
+        vision_pos: torch.Tensor,
+        selections: list[tuple[list[tuple[int, MemoryEntry]], list[tuple[int, torch.Tensor]]]],
+        num_frames: int,
+    ) -> torch.Tensor:
+        """Memory attention for B objects at once, one :meth:`select_memories` result each.
+
+        The selections must share their layout (the same temporal slots and pointer
+        distances), so the objects' memories stack along the batch axis.
+        """
+        b = len(selections)
+        _, c, h, w = vision_feat.shape
+        vision_feat = vision_feat.expand(b, -1, -1, -1)
+        memories, pointers = selections[0]
+        layout = ([t for t, _ in memories], [d for d, _ in pointers])
+        for mems, ptrs in selections[1:]:
+            if ([t for t, _ in mems], [d for d, _ in ptrs]) != layout:
+                raise ValueError("objects batched together must have the same memory layout")
+        device = vision_feat.device
+        pos_grid = self.memory_pos_enc(h, w, device).flatten(1).t()  # (HW, mem_dim)
+        mem_list, pos_list = [], []
+        for j, (t_pos, _) in enumerate(memories):
+            # Memories are kept in bfloat16 (as the reference does) and used in float32.
+            feats = torch.cat([sel[0][j][1].maskmem_features.to(device) for sel in selections]).float()
+            mem_list.append(feats.flatten(2).transpose(1, 2))  # (B, HW, mem_dim)
+            tpos = self.maskmem_tpos_enc[self.num_maskmem - t_pos - 1].view(1, 1, -1)
+            pos_list.append((pos_grid.unsqueeze(0) + tpos).expand(b, -1, -1))
+        num_ptr_tokens = 0
+        if pointers:
+            ptrs = torch.stack(
+                [torch.cat([sel[1][k][1] for sel in selections]) for k in range(len(pointers))], dim=1
+            ).to(device)  # (B, P, C)
+            dists = torch.tensor([d for d, _ in pointers], device=device)
+            ptr_pos = self.pointer_pos_enc(dists, num_frames).unsqueeze(0).expand(b, -1, -1)  # (B, P, mem_dim)
+            if self.mem_dim < c:
+                # Each C-wide pointer becomes C/mem_dim tokens of width mem_dim.
+                split = c // self.mem_dim
+                ptrs = ptrs.reshape(b, -1, split, self.mem_dim).flatten(1, 2)
+                ptr_pos = ptr_pos.repeat_interleave(split, dim=1)
+            mem_list.append(ptrs)
+            pos_list.append(ptr_pos)
+            num_ptr_tokens = ptrs.shape[1]
+        memory = torch.cat(mem_list, dim=1)
+        memory_pos = torch.cat(pos_list, dim=1)
+        return self._attend(vision_feat, vision_pos, memory, memory_pos, num_ptr_tokens)
+
+    def _attend(self, vision_feat, vision_pos, memory, memory_pos, num_ptr_tokens) -> torch.Tensor:
+        b, c, h, w = vision_feat.shape
         curr = vision_feat.flatten(2).transpose(1, 2)
         curr_pos = vision_pos.flatten(2).transpose(1, 2).expand(b, -1, -1)
         out = self.memory_attention(curr, curr_pos, memory, memory_pos, num_obj_ptr_tokens=num_ptr_tokens)
@@ -404,6 +431,25 @@ class SAM2Model(nn.Module):
         if run_mem_encoder and self.num_maskmem > 0:
             memory = self.encode_memory(
                 vision_feat, heads.high_res_masks, heads.object_score_logits, is_mask_from_pts=point_labels is not None
+            )
+        return heads, memory
+
+    def track_selected(
+        self,
+        features: FrameFeatures,
+        selections: list[tuple[list[tuple[int, MemoryEntry]], list[tuple[int, torch.Tensor]]]],
+        num_frames: int,
+        run_mem_encoder: bool = True,
+    ) -> tuple[HeadsOutput, torch.Tensor | None]:
+        """Track B objects on a frame without prompts, in one pass (one selection per object)."""
+        b = len(selections)
+        high_res = [t.expand(b, -1, -1, -1) for t in features.high_res]
+        pix_feat = self.condition_on_selected_memories(features.vision_feat, features.vision_pos, selections, num_frames)
+        heads = self.sam_heads(pix_feat, high_res, multimask_output=self.use_multimask(False, 0))
+        memory = None
+        if run_mem_encoder and self.num_maskmem > 0:
+            memory = self.encode_memory(
+                features.vision_feat, heads.high_res_masks, heads.object_score_logits, is_mask_from_pts=False
             )
         return heads, memory
 
