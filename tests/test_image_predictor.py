@@ -314,3 +314,22 @@ def test_single_and_batch_modes_are_not_mixed(pred_a, pred_batch):
         pred_batch.predict(point_coords=[[1, 1]], point_labels=[1])
     with pytest.raises(RuntimeError, match="set_image_batch"):
         pred_a.predict_batch([[[1, 1]]], [[1]])
+
+
+def test_bf16_autocast_mode_stays_close_to_fp32(small_model):
+    """The optional bf16 mode runs and deviates from fp32 only by rounding."""
+    import numpy as np
+
+    from napari_sam2.image_predictor import SAM2ImagePredictor
+
+    rng = np.random.default_rng(3)
+    image = rng.normal(1000, 100, size=(40, 52)).astype(np.uint16)
+    outs = []
+    for dtype in (None, torch.bfloat16):
+        pred = SAM2ImagePredictor(small_model, autocast_dtype=dtype)
+        pred.set_image(image)
+        outs.append(pred.predict(point_coords=[[20, 15]], point_labels=[1], multimask_output=True))
+    (m32, iou32, lr32), (m16, iou16, lr16) = outs
+    assert m16.shape == m32.shape and lr16.dtype == np.float32
+    assert np.linalg.norm(lr16 - lr32) / np.linalg.norm(lr32) < 0.1
+    assert np.abs(iou16 - iou32).max() < 0.05

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -23,10 +24,19 @@ class SAM2ImagePredictor:
     :class:`napari_sam2.normalization.Normalizer` first (or the one passed in).
     """
 
-    def __init__(self, sam_model: SAM2Model, mask_threshold: float = 0.0) -> None:
+    def __init__(
+        self, sam_model: SAM2Model, mask_threshold: float = 0.0, autocast_dtype: torch.dtype | None = None
+    ) -> None:
         self.model = sam_model
         self.mask_threshold = mask_threshold
+        # e.g. torch.bfloat16 for mixed precision; None (the parity reference) is float32.
+        self.autocast_dtype = autocast_dtype
         self.reset_predictor()
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     @property
     def device(self) -> torch.device:
@@ -52,11 +62,12 @@ class SAM2ImagePredictor:
 
     @torch.inference_mode()
     def _embed(self, batch: torch.Tensor) -> None:
-        feats = self.model.forward_image(batch)
+        with self._autocast():
+            feats = self.model.forward_image(batch)
         no_mem = self.model.no_mem_embed.view(1, -1, 1, 1) if self.model.tracking.directly_add_no_mem_embed else 0
         self._features = {
-            "image_embed": torch.cat([f.vision_feat for f in feats]) + no_mem,
-            "high_res_feats": [torch.cat([f.high_res[i] for f in feats]) for i in range(2)],
+            "image_embed": torch.cat([f.vision_feat.float() for f in feats]) + no_mem,
+            "high_res_feats": [torch.cat([f.high_res[i].float() for f in feats]) for i in range(2)],
         }
 
     def set_image(self, image: np.ndarray, normalizer: Normalizer | None = None) -> None:
@@ -136,24 +147,25 @@ class SAM2ImagePredictor:
             else:
                 coords, labels = boxes, box_labels
         points = (coords, labels) if coords is not None else None
-        sparse, dense = self.model.sam_prompt_encoder(points, mask_input)
         batched = coords is not None and coords.shape[0] > 1
         feats = self._features
-        dec = self.model.sam_mask_decoder(
-            feats["image_embed"][img_idx : img_idx + 1],
-            self.model.sam_prompt_encoder.get_dense_pe(),
-            sparse,
-            dense,
-            multimask_output=multimask_output,
-            repeat_image=batched,
-            high_res_features=[f[img_idx : img_idx + 1] for f in feats["high_res_feats"]],
-        )
+        with self._autocast():
+            sparse, dense = self.model.sam_prompt_encoder(points, mask_input)
+            dec = self.model.sam_mask_decoder(
+                feats["image_embed"][img_idx : img_idx + 1],
+                self.model.sam_prompt_encoder.get_dense_pe(),
+                sparse,
+                dense,
+                multimask_output=multimask_output,
+                repeat_image=batched,
+                high_res_features=[f[img_idx : img_idx + 1] for f in feats["high_res_feats"]],
+            )
         low_res = dec.masks.float()
         masks = F.interpolate(low_res, self._orig_hw[img_idx], mode="bilinear", align_corners=False)
         low_res = torch.clamp(low_res, -32.0, 32.0)
         if not return_logits:
             masks = masks > self.mask_threshold
-        return masks, dec.iou_pred, low_res
+        return masks, dec.iou_pred.float(), low_res
 
     def predict(
         self,
