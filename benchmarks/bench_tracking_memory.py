@@ -66,7 +66,7 @@ def run_one(n_frames: int, out: Path, threads: int, config: str) -> None:
     packed = []  # the outputs themselves, bit-packed (8 KB per object and frame at 256 x 256)
     with out.open("a") as log:
         t_prev = time.perf_counter()
-        for frame_idx, obj_ids, masks in predictor.propagate_in_video(state):
+        for frame_idx, _obj_ids, masks in predictor.propagate_in_video(state):
             packed.append(np.packbits((masks[:, 0] > 0).cpu().numpy(), axis=-1))
             now = time.perf_counter()
             log.write(json.dumps({

@@ -210,11 +210,9 @@ class SAM2ImagePredictor:
             raise RuntimeError("predict_batch needs images set with set_image_batch")
         out_masks, out_ious, out_low = [], [], []
         for i in range(len(self._orig_hw)):
-            pick = lambda seq: None if seq is None else seq[i]  # noqa: E731
-            prompts = self._prep_prompts(
-                pick(point_coords_batch), pick(point_labels_batch), pick(box_batch), pick(mask_input_batch),
-                normalize_coords, i,
-            )
+            batches = (point_coords_batch, point_labels_batch, box_batch, mask_input_batch)
+            per_image = [None if seq is None else seq[i] for seq in batches]
+            prompts = self._prep_prompts(*per_image, normalize_coords, i)
             masks, ious, low_res = self._to_numpy(*self._predict(*prompts, multimask_output, return_logits, i))
             out_masks.append(masks)
             out_ious.append(ious)

@@ -18,7 +18,6 @@ The state is an explicit :class:`VideoSession` object passed where Meta passes i
 from __future__ import annotations
 
 import contextlib
-import math
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -481,7 +480,6 @@ class SAM2VideoPredictor:
 
     def _consolidated_video_res(self, state: VideoSession, frame_idx: int, is_cond: bool | None) -> torch.Tensor:
         outs = self._consolidated_low_res(state, frame_idx, is_cond)
-        h, w = state.video_height, state.video_width
         size = self.image_size // 4
         low = torch.full((len(outs), 1, size, size), NO_OBJ_SCORE, dtype=torch.float32, device=self.device)
         for i, out in enumerate(outs):
