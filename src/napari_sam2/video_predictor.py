@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ._memory import trim_heap
 from ._store import FrameOutput, FrameOutputStore, SpillDir
 from .build import build_sam2_model, resolve_device
 from .frames import FrameSource, open_frames
@@ -571,6 +572,8 @@ class SAM2VideoPredictor:
                     obj.frames_tracked[frame_idx] = reverse
                 low = torch.cat([outs[i].pred_masks.to(self.device) for i in state.obj_ids], dim=0)
                 masks = self._to_video_res(state, low)
+            # Freed per-frame buffers would otherwise stay resident (heap fragmentation).
+            trim_heap()
             yield frame_idx, state.obj_ids, masks
 
     @staticmethod
