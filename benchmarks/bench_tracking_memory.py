@@ -71,7 +71,8 @@ def run_one(n_frames: int, out: Path, threads: int, config: str) -> None:
             now = time.perf_counter()
             log.write(json.dumps({
                 "kind": "frame", "n_frames": n_frames, "frame": frame_idx, "seconds": round(now - t_prev, 3),
-                "rss_mb": round(rss_mb(), 1), "state_resident_mb": round(state.resident_bytes() / 2**20, 1),
+                "rss_mb": round(rss_mb(), 1), "peak_rss_mb": round(peak_rss_mb(), 1),
+                "state_resident_mb": round(state.resident_bytes() / 2**20, 1),
             }) + "\n")
             log.flush()
             t_prev = now
