@@ -183,7 +183,6 @@ class FrameOutputStore:
             self._mems.write(t, bits.tobytes())
         self._has_mem[t] = has_mem
         self._small[t] = (out.obj_ptr, out.object_score_logits)
-        self._device = out.pred_masks.device
 
     def _load(self, t: int, keep: bool = True) -> FrameOutput:
         mask_shape, mem_shape = self._shapes

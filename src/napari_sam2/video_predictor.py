@@ -368,11 +368,7 @@ class SAM2VideoPredictor:
         reverse = False if is_init_cond_frame else obj.frames_tracked[frame_idx]
         is_cond = is_init_cond_frame or self.add_all_frames_to_correct_as_cond
         # A correction refines the mask this object already has on the frame.
-        prev = obj.temp(is_cond).get(frame_idx)
-        if prev is None:
-            prev = obj.cond.get(frame_idx)
-        if prev is None:
-            prev = obj.non_cond.get(frame_idx)
+        prev = obj.output_on(frame_idx, is_cond)
         prev_logits = None
         if prev is not None and prev.pred_masks is not None:
             prev_logits = torch.clamp(prev.pred_masks.to(self.device), -32.0, 32.0)
