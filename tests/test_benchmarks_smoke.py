@@ -145,3 +145,21 @@ def test_meta_reference_table(meta_reference):
     table = meta_reference.markdown_table([record, failed])
     assert "| sam2.1_hiera_t | cuda | bf16 | VOS (compiled) | 5 | 0.05 | 0.04 | 0.8 | 0.99500 | 0.01 | yes |" in table
     assert "failed (exit 1)" in table
+
+
+def test_matmul_peak_writes_one_record_per_shape_and_dtype(tmp_path, monkeypatch, capsys):
+    peak = _load("bench_matmul_peak")
+    monkeypatch.setattr(peak, "SHAPES", (("small", 64, 32, 16), ("thin", 8, 128, 4)))
+    out = tmp_path / "peak.jsonl"
+    assert peak.main(["--dtype", "fp32", "bf16", "--repeats", "2", "--threads", "1", "--out", str(out)]) == 0
+    import json
+
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert records[0]["kind"] == "run"
+    rows = [r for r in records if r["kind"] == "matmul"]
+    assert [(r["shape"], r["dtype"]) for r in rows] == [
+        ("small", "fp32"), ("small", "bf16"), ("thin", "fp32"), ("thin", "bf16")]
+    for r in rows:
+        assert r["best_s"] <= r["median_s"]
+        assert r["gflops_best"] >= r["gflops_median"]
+    assert "| small |" in capsys.readouterr().out
