@@ -310,7 +310,7 @@ def measure_image(spec: dict) -> dict:
 
     sync(device)
     t0 = time.perf_counter()
-    model = build_sam2_model(spec["config"], ckpt, device)
+    model = build_sam2_model(spec["config"], ckpt, device, compile=spec.get("compile", False))
     sync(device)
     load_s = time.perf_counter() - t0
 
@@ -390,7 +390,7 @@ def measure_track(spec: dict) -> dict:
 
     sync(device)
     t0 = time.perf_counter()
-    model = build_sam2_model(spec["config"], ckpt, device)
+    model = build_sam2_model(spec["config"], ckpt, device, compile=spec.get("compile", False))
     sync(device)
     load_s = time.perf_counter() - t0
 
@@ -435,7 +435,7 @@ def summarize(records: list[dict]) -> list[dict]:
     for r in records:
         if r.get("kind") not in ("image", "track", "error"):
             continue
-        key = (r["config"], r["device"], r["dtype"])
+        key = (r["config"], r["device"], r["dtype"] + ("+compile" if r.get("compile") else ""))
         g = groups.setdefault(key, {"kind": "summary", "config": key[0], "device": key[1], "dtype": key[2],
                                     "load_s": None, "set_image_ms": None, "predict_ms": None,
                                     "tracking": {}, "peak_rss_mb": {}, "cuda_max_allocated_mb": {},
@@ -527,6 +527,9 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--weights", choices=["test", "official"], default="test",
                     help="test: the tests' deterministic weights (default); official: cached official checkpoints")
     ap.add_argument("--checkpoint", help="explicit checkpoint file (only with a single --configs entry)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile the model's heavy components (napari_sam2.build.compile_model); "
+                         "the untimed warm-up calls and frames then include compilation")
     ap.add_argument("--fill-hole-area", type=int, default=0, help="video predictor hole filling (default 0: off)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in each child (default: torch's)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "speed.jsonl")
@@ -569,7 +572,7 @@ def resolve_devices(names: list[str]) -> tuple[list[str], list[str]]:
 
 def plan(args: argparse.Namespace, devices: list[str]) -> list[dict]:
     specs = []
-    common = {"frames": args.frames, "repeats": args.repeats, "warmup": args.warmup,
+    common = {"compile": args.compile, "frames": args.frames, "repeats": args.repeats, "warmup": args.warmup,
               "track_repeats": args.track_repeats, "warmup_frames": args.warmup_frames,
               "weights": args.weights, "checkpoint": args.checkpoint, "fill_hole_area": args.fill_hole_area,
               "threads": args.threads}

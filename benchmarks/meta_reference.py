@@ -204,7 +204,8 @@ def measure(spec: dict) -> dict:
 
     bs.sync(device)
     t0 = time.perf_counter()
-    ours = SAM2VideoPredictor(build_sam2_model(spec["config"], ckpt, device), fill_hole_area=0,
+    ours = SAM2VideoPredictor(build_sam2_model(spec["config"], ckpt, device, compile=spec.get("compile", False)),
+                              fill_hole_area=0,
                               autocast_dtype=torch.bfloat16 if dtype == "bf16" else None)
     bs.sync(device)
     ours_load_s = time.perf_counter() - t0
@@ -304,7 +305,8 @@ def markdown_table(records: list[dict]) -> str:
             continue
         a = r["agreement"]
         lines.append(" | ".join([
-            f"| {r['config']}", r["device"], r["dtype"], mode, str(r["objects"]),
+            f"| {r['config']}", r["device"], r["dtype"] + (" (ours compiled)" if r.get("compile") else ""), mode,
+            str(r["objects"]),
             bs._fmt(r["ours"].get("s_per_frame")), bs._fmt(r["meta"].get("s_per_frame")),
             bs._fmt(r["fps_ratio_ours_over_meta"]), f"{a['iou_min']:.5f}", f"{a['logit_rel_l2_max']:.3g}",
             ("yes" if r["parity_ok"] else "**NO**" if r["dtype"] == "fp32" else "no (bf16: informational)") + " |",
@@ -322,13 +324,16 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--dtype", default="fp32", choices=bs.DTYPES, help="fp32, or bf16 autocast for both")
     ap.add_argument("--meta-vos", action="store_true",
                     help="Meta's SAM2VideoPredictorVOS (torch.compile of its components; CUDA only)")
+    ap.add_argument("--compile", action="store_true",
+                    help="torch.compile ours too (napari_sam2.build.compile_model); with --meta-vos and --dtype bf16 "
+                         "this is each implementation's fastest mode")
     ap.add_argument("--frames", type=int, default=8, help="tracked frames after the prompted frame 0 (default 8)")
     ap.add_argument("--objects", type=int, nargs="+", default=[1, 5], help="object counts (default 1 5)")
     ap.add_argument("--track-repeats", type=int, default=1,
                     help="timed runs of each, alternating ours / Meta; the median run is reported (default 1)")
     ap.add_argument("--warmup-frames", type=int, default=None,
-                    help="frames of an untimed warm-up run of each first (default 2; all --frames with --meta-vos, "
-                         "whose compilation would otherwise be timed)")
+                    help="frames of an untimed warm-up run of each first (default 2; all --frames with --meta-vos "
+                         "or --compile, whose compilation would otherwise be timed)")
     ap.add_argument("--weights", choices=["test", "official"], default="test",
                     help="test: the tests' deterministic weights (default); official: cached official checkpoints")
     ap.add_argument("--checkpoint", help="explicit checkpoint file (only with a single --configs entry)")
@@ -352,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.checkpoint and len(args.configs) != 1:
         ap.error("--checkpoint needs exactly one --configs entry")
     if args.warmup_frames is None:
-        args.warmup_frames = args.frames if args.meta_vos else 2
+        args.warmup_frames = args.frames if (args.meta_vos or args.compile) else 2
     try:
         pkg_dir = meta_package_dir(args.meta_repo)
     except FileNotFoundError as e:
@@ -364,7 +369,7 @@ def main(argv: list[str] | None = None) -> int:
                         "with torch.compile(mode='max-autotune'), which targets GPUs)")
     run_id = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
     specs = [{"run_id": run_id, "config": c, "device": device, "dtype": args.dtype, "meta_vos": args.meta_vos,
-              "objects": k, "frames": args.frames, "track_repeats": args.track_repeats,
+              "compile": args.compile, "objects": k, "frames": args.frames, "track_repeats": args.track_repeats,
               "warmup_frames": args.warmup_frames, "weights": args.weights, "checkpoint": args.checkpoint,
               "threads": args.threads, "meta_repo": str(pkg_dir)}
              for c in args.configs for k in args.objects]

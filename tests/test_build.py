@@ -229,3 +229,60 @@ def test_mps_without_metal_is_a_clear_error():
         pytest.skip("this machine has MPS")
     with pytest.raises(RuntimeError, match="mps"):
         resolve_device("mps")
+
+
+def test_compile_model_refuses_unknown_components(small_model):
+    from napari_sam2.build import compile_model
+
+    with pytest.raises(ValueError, match="image_encoderr"):
+        compile_model(small_model, components=("image_encoderr",))
+
+
+def test_image_encoder_compiles_as_one_graph_with_the_same_features(small_model):
+    """A graph break would split the encoder and cost most of the compiled speed-up."""
+    import copy
+
+    from torch._dynamo.testing import CompileCounter
+
+    from napari_sam2.build import compile_model
+
+    torch._dynamo.reset()
+    compiled = copy.deepcopy(small_model)  # the fixture is shared: never compile it in place
+    counter = CompileCounter()
+    compile_model(compiled, backend=counter, components=("image_encoder",))
+    x = torch.randn(1, 3, 128, 128, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = small_model.forward_image(x)[0]
+        got = compiled.forward_image(x)[0]
+    assert counter.frame_count == 1
+    assert set(compiled.state_dict()) == set(small_model.state_dict())  # checkpoints still load strictly
+    for a, b in [(got.vision_feat, want.vision_feat), (got.vision_pos, want.vision_pos),
+                 *zip(got.high_res, want.high_res)]:
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_compiled_model_tracks_like_the_eager_one(small_model, tmp_path):
+    import copy
+
+    import numpy as np
+
+    from napari_sam2.build import compile_model
+    from napari_sam2.video_predictor import SAM2VideoPredictor
+
+    torch._dynamo.reset()
+    rng = np.random.default_rng(0)
+    stack = rng.normal(1000, 50, size=(4, 40, 56)).astype(np.uint16)
+    stack[:, 10:25, 15:35] += 3000
+    compiled = compile_model(copy.deepcopy(small_model), backend="eager")  # traced by dynamo, no codegen
+
+    def track(model):
+        predictor = SAM2VideoPredictor(model, fill_hole_area=0, spill_dir=str(tmp_path))
+        state = predictor.init_state(stack)
+        predictor.add_new_points_or_box(state, 0, 1, points=[[25, 17]], labels=[1])
+        predictor.add_new_points_or_box(state, 0, 2, box=[30, 5, 50, 30])
+        return [m.clone() for _, _, m in predictor.propagate_in_video(state)]
+
+    want, got = track(small_model), track(compiled)
+    assert len(got) == len(want) == 4
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -66,11 +67,13 @@ def build_sam2_model(
     device: str | torch.device = "cpu",
     *,
     download: bool = True,
+    compile: bool = False,
 ) -> SAM2Model:
     """A SAM 2 network in eval mode with the checkpoint's weights.
 
     ``checkpoint=None`` uses the cached official checkpoint, downloading it once when
-    ``download`` is true.
+    ``download`` is true. ``compile=True`` applies :func:`compile_model` (worth it on a GPU,
+    for long runs: the first frames pay for compilation).
     """
     from .checkpoints import ensure_checkpoint, load_state_dict_file
 
@@ -79,11 +82,52 @@ def build_sam2_model(
     state_dict = load_state_dict_file(path)
     model = SAM2Model(cfg)
     load_model_weights(model, state_dict, source=f"checkpoint {path}")
-    return model.to(resolve_device(device)).eval()
+    model = model.to(resolve_device(device)).eval()
+    if compile:
+        compile_model(model)
+    return model
+
+
+# The components that carry the work, and whether their input shapes change between calls:
+# the memory attention sees a token count that grows over the first frames of a track, the
+# others a fixed image size (the decoders a varying object count, left to torch's automatic
+# dynamic-shape detection).
+COMPILED_COMPONENTS: dict[str, bool | None] = {
+    "image_encoder": False,
+    "memory_attention": True,
+    "memory_encoder": None,
+    "sam_prompt_encoder": None,
+    "sam_mask_decoder": None,
+}
+
+
+def compile_model(
+    model: SAM2Model,
+    mode: str | None = "max-autotune-no-cudagraphs",
+    backend: str | Callable = "inductor",
+    components: tuple[str, ...] | None = None,
+) -> SAM2Model:
+    """``torch.compile`` the model's heavy components in place; returns the model.
+
+    The default mode leaves CUDA graphs out on purpose: with them a compiled module's
+    outputs are overwritten by its next call, and the predictors keep image features and
+    memories across calls. ``mode`` only applies to the inductor backend. Compiled and eager
+    results agree to floating-point reassociation, not bit for bit.
+    """
+    names = tuple(COMPILED_COMPONENTS) if components is None else components
+    unknown = [n for n in names if n not in COMPILED_COMPONENTS]
+    if unknown:
+        raise ValueError(f"cannot compile {unknown}; components are {list(COMPILED_COMPONENTS)}")
+    options: dict = {"backend": backend}
+    if backend == "inductor" and mode is not None:
+        options["mode"] = mode
+    for name in names:
+        getattr(model, name).compile(dynamic=COMPILED_COMPONENTS[name], **options)
+    return model
 
 
 def build_sam2(
     config_name: str, checkpoint: str | Path | None = None, device: str | torch.device = "cpu", **kwargs
-) -> SAM2Model:
+) -> SAM2Model:  # kwargs: download, compile
     """Meta-compatible name for :func:`build_sam2_model` (the image model)."""
     return build_sam2_model(config_name, checkpoint, device, **kwargs)

@@ -682,12 +682,16 @@ def build_sam2_video_predictor(
     config_name: str = "sam2.1_hiera_t",
     checkpoint: str | Path | None = None,
     device: str | torch.device = "auto",
+    compile: bool = False,
     **kwargs: Any,
 ) -> SAM2VideoPredictor:
     """A :class:`SAM2VideoPredictor` for one of the 8 official variants.
 
     ``checkpoint=None`` uses the cached official file, downloading it once; ``device="auto"``
-    picks CUDA, then MPS, then CPU. Other keyword arguments go to the predictor.
+    picks CUDA, then MPS, then CPU. ``compile=True`` runs the heavy components through
+    ``torch.compile`` (see :func:`napari_sam2.build.compile_model`); with
+    ``autocast_dtype=torch.bfloat16`` that is the fastest mode on a GPU. Other keyword
+    arguments go to the predictor.
     """
-    model = build_sam2_model(config_name, checkpoint, resolve_device(device))
+    model = build_sam2_model(config_name, checkpoint, resolve_device(device), compile=compile)
     return SAM2VideoPredictor(model, **kwargs)
