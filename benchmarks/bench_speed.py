@@ -241,13 +241,21 @@ def deviation_stats(ious: list[float], rels: list[float]) -> dict[str, float]:
     }
 
 
+# The first tracked frame (after the prompted frame 0) from which the memory bank is full
+# (the prompted frame + 6 previous ones, SAM 2's num_maskmem = 7): earlier frames attend to
+# fewer memories and are cheaper, so short runs understate the steady cost.
+STEADY_FROM = 7
+
+
 def per_frame_stats(seconds: list[float]) -> dict[str, Any]:
     if not seconds:
         return {"tracked_frames": 0}
     mean = sum(seconds) / len(seconds)
+    steady = seconds[STEADY_FROM - 1:]
     return {
         "tracked_frames": len(seconds),
         "s_per_frame": round(mean, 4),
+        "s_per_frame_steady": round(sum(steady) / len(steady), 4) if steady else None,
         "s_per_frame_median": round(statistics.median(seconds), 4),
         "s_first_frame": round(seconds[0], 4),
         "fps": round(1.0 / mean, 3) if mean > 0 else None,
@@ -455,7 +463,7 @@ def summarize(records: list[dict]) -> list[dict]:
                 g.setdefault("vs_fp32", {})["image"] = r["vs_fp32"]
         else:
             g["tracking"][str(r["objects"])] = {
-                "s_per_frame": r.get("s_per_frame"), "fps": r.get("fps"), "tracked_frames": r.get("tracked_frames"),
+                "s_per_frame": r.get("s_per_frame"), "s_per_frame_steady": r.get("s_per_frame_steady"), "fps": r.get("fps"), "tracked_frames": r.get("tracked_frames"),
             }
             if "vs_fp32" in r:
                 g.setdefault("vs_fp32", {})[f"track_{r['objects']}obj"] = r["vs_fp32"]
@@ -479,7 +487,7 @@ def _fmt(v, spec: str | None = None) -> str:
 
 def markdown_table(summaries: list[dict], objects: list[int]) -> str:
     head = ["variant", "device", "dtype", "load s", "set_image ms", "predict ms"]
-    head += [f"track s/frame ({k} obj)" for k in objects]
+    head += [f"track s/frame ({k} obj): all / from frame {STEADY_FROM}" for k in objects]
     head += ["peak RSS MB (" + " / ".join(["image"] + [f"{k} obj" for k in objects]) + ")"]
     any_cuda = any(v for s in summaries for v in s["cuda_max_allocated_mb"].values())
     if any_cuda:
@@ -488,7 +496,8 @@ def markdown_table(summaries: list[dict], objects: list[int]) -> str:
     for s in summaries:
         parts = ["image"] + [f"track_{k}obj" for k in objects]
         row = [s["config"], s["device"], s["dtype"], _fmt(s["load_s"]), _fmt(s["set_image_ms"]), _fmt(s["predict_ms"])]
-        row += [_fmt(s["tracking"].get(str(k), {}).get("s_per_frame")) for k in objects]
+        row += [" / ".join(_fmt(s["tracking"].get(str(k), {}).get(f)) for f in ("s_per_frame", "s_per_frame_steady"))
+                for k in objects]
         row += [" / ".join(_fmt(s["peak_rss_mb"].get(p), ".0f") for p in parts)]
         if any_cuda:
             row += [" / ".join(_fmt(s["cuda_max_allocated_mb"].get(p), ".0f") for p in parts)]

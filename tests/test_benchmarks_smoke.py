@@ -102,6 +102,9 @@ def test_bench_speed_measurement_helpers(bench_speed):
     stats = bench_speed.per_frame_stats([0.2, 0.1, 0.3])
     assert stats["tracked_frames"] == 3 and stats["s_per_frame"] == pytest.approx(0.2)
     assert stats["s_first_frame"] == 0.2 and stats["s_per_frame_median"] == 0.2
+    assert stats["s_per_frame_steady"] is None  # no frame with a full memory bank yet
+    stats = bench_speed.per_frame_stats([0.1] * 6 + [0.4, 0.6])
+    assert stats["s_per_frame_steady"] == pytest.approx(0.5)
 
 
 def _fake_checkout(root: Path) -> Path:

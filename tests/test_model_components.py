@@ -898,3 +898,33 @@ def test_non_overlapping_constraints_by_hand():
     torch.testing.assert_close(got, want)
     one = torch.randn(1, 1, 2, 2)
     assert torch.equal(apply_non_overlapping_constraints(one), one)
+
+
+# ---------------------------------------------------------------- attention dispatch
+
+def _qkv(dtype=torch.float32, b=2, heads=3, lq=37, lk=53, d=16):
+    g = torch.Generator().manual_seed(0)
+    return [torch.randn(b, heads, n, d, generator=g).to(dtype) for n in (lq, lk, lk)]
+
+
+def test_attention_in_float32_is_the_fused_kernel_exactly():
+    from napari_sam2.model.common import attention
+
+    q, k, v = _qkv()
+    assert torch.equal(attention(q, k, v), F.scaled_dot_product_attention(q, k, v))
+
+
+@pytest.mark.parametrize("score_elems", [1 << 24, 100])  # one block / blocks of 1 query row
+def test_attention_cpu_bf16_path_matches_float32_to_bf16_precision(score_elems, monkeypatch):
+    import napari_sam2.model.common as common
+
+    monkeypatch.setattr(common, "_CPU_BF16_SCORE_ELEMS", score_elems)
+    q, k, v = _qkv()
+    want = F.scaled_dot_product_attention(q, k, v)
+    got = common.attention(q.bfloat16(), k.bfloat16(), v.bfloat16())
+    assert got.dtype == torch.bfloat16 and got.shape == want.shape
+    assert ((got.float() - want).norm() / want.norm()).item() < 1e-2
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # float32 inputs under autocast take the same path
+        auto = common.attention(q, k, v)
+    assert auto.dtype == torch.bfloat16
+    torch.testing.assert_close(auto.float(), got.float(), rtol=0, atol=0)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .common import MLP
+from .common import MLP, attention
 from .position_encoding import apply_rope, axial_rope_frequencies
 
 
@@ -39,7 +38,7 @@ class Attention(nn.Module):
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
-        return self.out_proj(self._merge(F.scaled_dot_product_attention(q, k, v)))
+        return self.out_proj(self._merge(attention(q, k, v)))
 
 
 class RoPEAttention(Attention):
@@ -85,7 +84,7 @@ class RoPEAttention(Attention):
                 raise ValueError("keys and queries differ in length but rope_k_repeat is off")
             k_rot = apply_rope(k[:, :, :n_rope], rot, repeat=n_rope // q.shape[-2])
             k = torch.cat([k_rot, k[:, :, n_rope:]], dim=2) if num_k_exclude_rope else k_rot
-        return self.out_proj(self._merge(F.scaled_dot_product_attention(q, k, v)))
+        return self.out_proj(self._merge(attention(q, k, v)))
 
 
 class TwoWayAttentionBlock(nn.Module):
