@@ -236,8 +236,14 @@ def test_batched_objects_match_one_by_one(small_model, frames, tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-3)
 
 
+def test_batching_objects_by_default_only_off_the_cpu(small_model):
+    p = SAM2VideoPredictor(small_model)
+    assert p.device.type == "cpu" and p.batches_objects is False
+    assert SAM2VideoPredictor(small_model, batch_objects=True).batches_objects is True
+
+
 def test_objects_with_the_same_memory_layout_share_one_pass(small_model, frames, tmp_path, monkeypatch):
-    p = SAM2VideoPredictor(small_model, fill_hole_area=0, spill_dir=str(tmp_path))
+    p = SAM2VideoPredictor(small_model, fill_hole_area=0, batch_objects=True, spill_dir=str(tmp_path))
     state = p.init_state(frames)
     _click(p, state, obj=1)
     p.add_new_points_or_box(state, 0, 2, box=[30, 5, 50, 30])
@@ -246,3 +252,10 @@ def test_objects_with_the_same_memory_layout_share_one_pass(small_model, frames,
     monkeypatch.setattr(small_model, "track_selected", lambda f, sel, n, **kw: batch_sizes.append(len(sel)) or real(f, sel, n, **kw))
     _all(p, state)
     assert batch_sizes == [2] * (T - 1)
+    batch_sizes.clear()
+    p = SAM2VideoPredictor(small_model, fill_hole_area=0, batch_objects=False, spill_dir=str(tmp_path))
+    state = p.init_state(frames)
+    _click(p, state, obj=1)
+    p.add_new_points_or_box(state, 0, 2, box=[30, 5, 50, 30])
+    _all(p, state)
+    assert batch_sizes == [1] * (2 * (T - 1))

@@ -176,6 +176,10 @@ class SAM2VideoPredictor:
             default and the parity reference) runs in float32.
         batch_objects: track all objects of a frame whose memories line up (the usual
             case: prompted on the same frames) in one batched pass instead of one by one.
+            None (default): batched on GPUs and other accelerators, where one pass saves
+            kernel launches and syncs; one by one on CPU, where the per-object memory
+            attention dominates and the batched pass measured 6 % slower (5 objects, tiny).
+            Both give the same results up to float rounding.
     """
 
     def __init__(
@@ -190,7 +194,7 @@ class SAM2VideoPredictor:
         spill_to_disk: bool = True,
         spill_dir: str | None = None,
         autocast_dtype: torch.dtype | None = None,
-        batch_objects: bool = True,
+        batch_objects: bool | None = None,
     ) -> None:
         self.model = model
         self.batch_objects = batch_objects
@@ -207,6 +211,13 @@ class SAM2VideoPredictor:
     @property
     def device(self) -> torch.device:
         return self.model.device
+
+    @property
+    def batches_objects(self) -> bool:
+        """Whether objects with the same memory layout share one pass (see ``batch_objects``)."""
+        if self.batch_objects is None:
+            return self.device.type != "cpu"
+        return self.batch_objects
 
     @property
     def image_size(self) -> int:
@@ -448,7 +459,7 @@ class SAM2VideoPredictor:
         ]
         groups: dict[tuple, list[int]] = {}
         for i, (mems, ptrs) in enumerate(selections):
-            key = (tuple(t for t, _ in mems), tuple(d for d, _ in ptrs)) if self.batch_objects else (i,)
+            key = (tuple(t for t, _ in mems), tuple(d for d, _ in ptrs)) if self.batches_objects else (i,)
             groups.setdefault(key, []).append(i)
         feats = self._features(state, frame_idx)
         outputs: list[FrameOutput | None] = [None] * len(objects)
