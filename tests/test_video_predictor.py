@@ -259,3 +259,18 @@ def test_objects_with_the_same_memory_layout_share_one_pass(small_model, frames,
     p.add_new_points_or_box(state, 0, 2, box=[30, 5, 50, 30])
     _all(p, state)
     assert batch_sizes == [1] * (2 * (T - 1))
+
+
+def test_clear_non_cond_mem_around_input_drops_every_objects_memories_near_a_prompted_frame(
+    small_model, frames, tmp_path
+):
+    p = SAM2VideoPredictor(small_model, fill_hole_area=0, clear_non_cond_mem_around_input=True, spill_dir=str(tmp_path))
+    state = p.init_state(frames)
+    for obj in (1, 2):
+        _click(p, state, frame=0, obj=obj, xy=(25, 17) if obj == 1 else (40, 15))
+    _click(p, state, frame=4, obj=1)  # object 2 has no prompt on frame 4
+    assert [f for f, *_ in _all(p, state)] == [0, 1, 2, 3, 4, 5]
+    # Reaching prompted frame 4 cleared frames 1-3 (within num_maskmem frames) for both
+    # objects; frame 5 was tracked afterwards.
+    for obj in state.objects.values():
+        assert sorted(obj.non_cond.keys()) == ([5] if obj.obj_id == 1 else [4, 5])

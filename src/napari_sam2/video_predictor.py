@@ -563,14 +563,15 @@ class SAM2VideoPredictor:
             with torch.inference_mode():
                 outs: dict[Any, FrameOutput] = {}
                 to_track = []
-                for obj in list(state.objects.values()):
+                for obj in state.objects.values():
                     out = obj.cond.get(frame_idx)
                     if out is None:
                         to_track.append(obj)
-                        continue
-                    outs[obj.obj_id] = out
-                    if self.clear_non_cond_mem_around_input:
-                        self._clear_non_cond_mem_around_input(state, frame_idx)
+                    else:
+                        outs[obj.obj_id] = out
+                if outs and self.clear_non_cond_mem_around_input:
+                    # Clears every object's memories around the frame: once, not once per prompted object.
+                    self._clear_non_cond_mem_around_input(state, frame_idx)
                 if to_track:
                     for obj, out in zip(to_track, self._track_objects(state, frame_idx, to_track, reverse)):
                         obj.non_cond[frame_idx] = out
