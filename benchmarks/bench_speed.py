@@ -306,8 +306,20 @@ def emit(record: dict, out: Path) -> None:
 
 # ====================================================================== measurements (children)
 
-def measure_image(spec: dict) -> dict:
+def timed_model_load(spec: dict, ckpt: Path):
+    """Build the model from its checkpoint (``compile`` only wraps it: compiling happens at the
+    first calls, in the untimed warm-up). Returns (model, seconds)."""
     from napari_sam2.build import build_sam2_model
+
+    device = spec["device"]
+    sync(device)
+    t0 = time.perf_counter()
+    model = build_sam2_model(spec["config"], ckpt, device, compile=spec.get("compile", False))
+    sync(device)
+    return model, time.perf_counter() - t0
+
+
+def measure_image(spec: dict) -> dict:
     from napari_sam2.image_predictor import SAM2ImagePredictor
     from napari_sam2.sample_data import synthetic_timelapse
 
@@ -315,12 +327,7 @@ def measure_image(spec: dict) -> dict:
     device, dtype = spec["device"], spec["dtype"]
     ckpt = resolve_checkpoint(spec["config"], spec["weights"], spec.get("checkpoint"))
     reset_device_peak(device)
-
-    sync(device)
-    t0 = time.perf_counter()
-    model = build_sam2_model(spec["config"], ckpt, device, compile=spec.get("compile", False))
-    sync(device)
-    load_s = time.perf_counter() - t0
+    model, load_s = timed_model_load(spec, ckpt)
 
     image, labels = synthetic_timelapse(n_frames=1, shape=FRAME_SHAPE, seed=SEED)
     frame = image[0]
@@ -387,7 +394,6 @@ def low_res_logits(predictor, state, frame_idx) -> list[np.ndarray]:
 def measure_track(spec: dict) -> dict:
     import torch
 
-    from napari_sam2.build import build_sam2_model
     from napari_sam2.video_predictor import SAM2VideoPredictor
 
     setup_torch(spec.get("threads"))
@@ -395,12 +401,7 @@ def measure_track(spec: dict) -> dict:
     ckpt = resolve_checkpoint(spec["config"], spec["weights"], spec.get("checkpoint"))
     image, prompts = tracking_inputs(spec["frames"], spec["objects"])
     reset_device_peak(device)
-
-    sync(device)
-    t0 = time.perf_counter()
-    model = build_sam2_model(spec["config"], ckpt, device, compile=spec.get("compile", False))
-    sync(device)
-    load_s = time.perf_counter() - t0
+    model, load_s = timed_model_load(spec, ckpt)
 
     autocast_dtype = torch.bfloat16 if dtype == "bf16" else None
     predictor = SAM2VideoPredictor(model, fill_hole_area=spec["fill_hole_area"], autocast_dtype=autocast_dtype)
