@@ -167,7 +167,7 @@ def resolve_checkpoint(config: str, weights: str, checkpoint: str | None = None)
     if checkpoint:
         return Path(checkpoint)
     if weights == "official":
-        from napari_sam2.checkpoints import ensure_checkpoint
+        from napari_sam2.engine.checkpoints import ensure_checkpoint
 
         return ensure_checkpoint(config, None, download=False)
     sys.path.insert(0, str(ROOT / "tests"))
@@ -185,7 +185,7 @@ def tracking_inputs(n_tracked: int, n_objects: int) -> tuple[np.ndarray, list[tu
     Objects are the first ``n_objects`` ground-truth cells of frame 0 (by id), each
     clicked at its centroid.
     """
-    from napari_sam2.sample_data import synthetic_timelapse
+    from napari_sam2.plugin.sample_data import synthetic_timelapse
 
     image, labels = synthetic_timelapse(n_frames=n_tracked + 1, shape=FRAME_SHAPE, seed=SEED)
     ids = [int(i) for i in np.unique(labels[0]) if i > 0]
@@ -309,7 +309,7 @@ def emit(record: dict, out: Path) -> None:
 def timed_model_load(spec: dict, ckpt: Path):
     """Build the model from its checkpoint (``compile`` only wraps it: compiling happens at the
     first calls, in the untimed warm-up). Returns (model, seconds)."""
-    from napari_sam2.build import build_sam2_model
+    from napari_sam2.engine.build import build_sam2_model
 
     device = spec["device"]
     sync(device)
@@ -320,8 +320,8 @@ def timed_model_load(spec: dict, ckpt: Path):
 
 
 def measure_image(spec: dict) -> dict:
-    from napari_sam2.image_predictor import SAM2ImagePredictor
-    from napari_sam2.sample_data import synthetic_timelapse
+    from napari_sam2.engine.image_predictor import SAM2ImagePredictor
+    from napari_sam2.plugin.sample_data import synthetic_timelapse
 
     setup_torch(spec.get("threads"))
     device, dtype = spec["device"], spec["dtype"]
@@ -394,7 +394,7 @@ def low_res_logits(predictor, state, frame_idx) -> list[np.ndarray]:
 def measure_track(spec: dict) -> dict:
     import torch
 
-    from napari_sam2.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.video_predictor import SAM2VideoPredictor
 
     setup_torch(spec.get("threads"))
     device, dtype = spec["device"], spec["dtype"]
@@ -538,7 +538,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="test: the tests' deterministic weights (default); official: cached official checkpoints")
     ap.add_argument("--checkpoint", help="explicit checkpoint file (only with a single --configs entry)")
     ap.add_argument("--compile", action="store_true",
-                    help="torch.compile the model's heavy components (napari_sam2.build.compile_model); "
+                    help="torch.compile the model's heavy components (napari_sam2.engine.build.compile_model); "
                          "the untimed warm-up calls and frames then include compilation")
     ap.add_argument("--fill-hole-area", type=int, default=0, help="video predictor hole filling (default 0: off)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in each child (default: torch's)")
@@ -566,7 +566,7 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 def resolve_devices(names: list[str]) -> tuple[list[str], list[str]]:
     """Devices as torch names ("auto" resolved), and the problems found (e.g. no CUDA)."""
-    from napari_sam2.build import resolve_device
+    from napari_sam2.engine.build import resolve_device
 
     devices, problems = [], []
     for name in names:

@@ -189,10 +189,10 @@ def frames_loader(video_module, images, height: int, width: int):
 def measure(spec: dict) -> dict:
     import torch
 
-    from napari_sam2.build import build_sam2_model
+    from napari_sam2.engine.build import build_sam2_model
     from napari_sam2.model import load_config
-    from napari_sam2.normalization import Normalizer, preprocess
-    from napari_sam2.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.normalization import Normalizer, preprocess
+    from napari_sam2.engine.video_predictor import SAM2VideoPredictor
 
     bs.setup_torch(spec.get("threads"))
     device, dtype = torch.device(spec["device"]), spec["dtype"]
@@ -325,7 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--meta-vos", action="store_true",
                     help="Meta's SAM2VideoPredictorVOS (torch.compile of its components; CUDA only)")
     ap.add_argument("--compile", action="store_true",
-                    help="torch.compile ours too (napari_sam2.build.compile_model); with --meta-vos and --dtype bf16 "
+                    help="torch.compile ours too (napari_sam2.engine.build.compile_model); with --meta-vos and --dtype bf16 "
                          "this is each implementation's fastest mode")
     ap.add_argument("--frames", type=int, default=8, help="tracked frames after the prompted frame 0 (default 8)")
     ap.add_argument("--objects", type=int, nargs="+", default=[1, 5], help="object counts (default 1 5)")

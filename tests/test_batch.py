@@ -1,4 +1,4 @@
-"""Headless batch tracking (napari_sam2.batch and ``napari-sam2 track``)."""
+"""Headless batch tracking (napari_sam2.engine.batch and ``napari-sam2 track``)."""
 
 import json
 
@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_sam2._prompts import PromptSet, masks_to_labels, save_prompts
-from napari_sam2.batch import track_stack
+from napari_sam2.engine.prompts import PromptSet, masks_to_labels, save_prompts
+from napari_sam2.engine.batch import track_stack
 from napari_sam2.cli import main
-from napari_sam2.video_predictor import SAM2VideoPredictor
+from napari_sam2.engine.video_predictor import SAM2VideoPredictor
 
 
 def _stack(t=5, h=48, w=64):

@@ -7,9 +7,9 @@ import functools
 import pytest
 import torch
 
-import napari_sam2.build as build_mod
-from napari_sam2.build import build_sam2, build_sam2_model, load_model_weights, resolve_device
-from napari_sam2.checkpoints import ENV_CHECKPOINT_DIR, CheckpointError
+import napari_sam2.engine.build as build_mod
+from napari_sam2.engine.build import build_sam2, build_sam2_model, load_model_weights, resolve_device
+from napari_sam2.engine.checkpoints import ENV_CHECKPOINT_DIR, CheckpointError
 from napari_sam2.model import SAM2Model, available_configs, load_config
 
 ALL = sorted(available_configs())
@@ -36,7 +36,7 @@ def test_unknown_config_name_lists_the_available_ones():
 
 
 def test_unknown_config_in_build_fails_before_touching_the_checkpoint(tmp_path):
-    with pytest.raises(ValueError, match="available"):
+    with pytest.raises(ValueError, match="unknown SAM 2 model variant .sam2.1_hiera_xl.; choose one of"):
         build_sam2_model("sam2.1_hiera_xl", tmp_path / "missing.pt")
 
 
@@ -218,7 +218,7 @@ def test_failed_load_leaves_the_model_untouched():
     "alias", ["facebook/sam2.1-hiera-tiny", "sam2.1_hiera_tiny", "sam2.1_hiera_tiny.pt", "configs/sam2.1/sam2.1_hiera_t.yaml"]
 )
 def test_config_aliases_match_the_checkpoint_registry(alias):
-    from napari_sam2.checkpoints import resolve_config_name
+    from napari_sam2.engine.checkpoints import resolve_config_name
     from napari_sam2.model import load_config
 
     assert load_config(alias).name == resolve_config_name(alias) == "sam2.1_hiera_t"
@@ -232,7 +232,7 @@ def test_mps_without_metal_is_a_clear_error():
 
 
 def test_compile_model_refuses_unknown_components(small_model):
-    from napari_sam2.build import compile_model
+    from napari_sam2.engine.build import compile_model
 
     with pytest.raises(ValueError, match="image_encoderr"):
         compile_model(small_model, components=("image_encoderr",))
@@ -244,7 +244,7 @@ def test_image_encoder_compiles_as_one_graph_with_the_same_features(small_model)
 
     from torch._dynamo.testing import CompileCounter
 
-    from napari_sam2.build import compile_model
+    from napari_sam2.engine.build import compile_model
 
     torch._dynamo.reset()
     compiled = copy.deepcopy(small_model)  # the fixture is shared: never compile it in place
@@ -266,8 +266,8 @@ def test_compiled_model_tracks_like_the_eager_one(small_model, tmp_path):
 
     import numpy as np
 
-    from napari_sam2.build import compile_model
-    from napari_sam2.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.build import compile_model
+    from napari_sam2.engine.video_predictor import SAM2VideoPredictor
 
     torch._dynamo.reset()
     rng = np.random.default_rng(0)

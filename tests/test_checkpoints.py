@@ -14,20 +14,21 @@ from pathlib import Path
 import pytest
 import torch
 
-import napari_sam2.checkpoints as ck
-from napari_sam2.checkpoints import (
+import napari_sam2.engine.checkpoints as ck
+import napari_sam2.engine.download as dl
+from napari_sam2.engine.checkpoints import (
     CHECKPOINTS,
     CheckpointError,
     DownloadCancelled,
     cache_dir,
     checkpoint_path,
-    download_checkpoint,
     ensure_checkpoint,
     find_checkpoint,
     guess_variant,
     load_state_dict_file,
     resolve_config_name,
 )
+from napari_sam2.engine.download import download_checkpoint
 
 CONFIG = "sam2.1_hiera_t"
 PAYLOAD = bytes(range(256)) * 1024  # 256 KiB
@@ -93,7 +94,7 @@ def server():
 def cache(tmp_path, monkeypatch) -> Path:
     d = tmp_path / "ckpts"
     monkeypatch.setenv(ck.ENV_CHECKPOINT_DIR, str(d))
-    monkeypatch.setattr(ck, "_CHUNK", 16 * 1024)  # several reads per test payload
+    monkeypatch.setattr(dl, "_CHUNK", 16 * 1024)  # several reads per test payload
     return d
 
 
@@ -145,7 +146,7 @@ def test_resolve_config_name(alias, name):
 
 
 def test_unknown_config():
-    with pytest.raises(ValueError, match="unknown SAM 2 config 'sam3'.*sam2.1_hiera_t"):
+    with pytest.raises(ValueError, match="unknown SAM 2 model variant 'sam3'.*sam2.1_hiera_t"):
         checkpoint_path("sam3")
 
 

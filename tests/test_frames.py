@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam2.frames import FrameSource, natural_sort_key, open_frames
+from napari_sam2.engine.frames import FrameSource, natural_sort_key, open_frames
 
 tifffile = pytest.importorskip("tifffile")
 
@@ -174,7 +174,7 @@ def test_folder_of_tiffs(tmp_path, stack):
 
 
 def test_folder_reads_one_file_per_frame(tmp_path, stack, monkeypatch):
-    import napari_sam2.frames as frames_mod
+    import napari_sam2.engine.frames as frames_mod
 
     for i, frame in enumerate(stack):
         tifffile.imwrite(tmp_path / f"t{i}.tif", frame)

@@ -12,8 +12,8 @@ import torch
 
 from conftest import make_test_checkpoint
 from golden_support import run_compare, write_video_case
-from napari_sam2.build import build_sam2_model
-from napari_sam2.video_predictor import SAM2VideoPredictor
+from napari_sam2.engine.build import build_sam2_model
+from napari_sam2.engine.video_predictor import SAM2VideoPredictor
 
 CASES = [("video_bedroom_sam2.1t_s0", True), ("video_bedroom_occlusion_sam2.1t_s0", False)]
 

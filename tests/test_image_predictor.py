@@ -320,7 +320,7 @@ def test_bf16_autocast_mode_stays_close_to_fp32(small_model):
     """The optional bf16 mode runs and deviates from fp32 only by rounding."""
     import numpy as np
 
-    from napari_sam2.image_predictor import SAM2ImagePredictor
+    from napari_sam2.engine.image_predictor import SAM2ImagePredictor
 
     rng = np.random.default_rng(3)
     image = rng.normal(1000, 100, size=(40, 52)).astype(np.uint16)

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_sam2.frames import open_frames
-from napari_sam2.normalization import IMAGENET_MEAN, IMAGENET_STD, Normalizer, preprocess
+from napari_sam2.engine.frames import open_frames
+from napari_sam2.engine.normalization import IMAGENET_MEAN, IMAGENET_STD, Normalizer, preprocess
 
 
 def _movie_uint16(t=20, h=40, w=50, seed=0) -> np.ndarray:

@@ -67,7 +67,7 @@ def test_manifest_contributions(manifest):
     assert all(cid.startswith("napari-sam2.") for cid in command_ids)
 
     widget_cmd = next(cmd for cmd in c.commands if cmd.id == "napari-sam2.make_widget")
-    assert widget_cmd.python_name == "napari_sam2._widget:SAM2Widget"
+    assert widget_cmd.python_name == "napari_sam2.plugin._qt.widget:SAM2Widget"
     assert [(w.command, w.display_name) for w in c.widgets] == [("napari-sam2.make_widget", "SAM 2 Segment & Track")]
 
     assert {s.key for s in c.sample_data} == {"timelapse", "volume"}
@@ -230,8 +230,8 @@ def test_demo_screenshot_without_widget(tmp_path):
 
 @needs_display
 def test_demo_screenshot_with_widget(tmp_path):
-    if importlib.util.find_spec("napari_sam2._widget") is None:
-        pytest.xfail("napari_sam2._widget (the SAM 2 widget) is not written yet")
+    if importlib.util.find_spec("napari_sam2.plugin._qt.widget") is None:
+        pytest.xfail("napari_sam2.plugin._qt.widget (the SAM 2 widget) is not written yet")
     proc = _demo(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     _assert_png(tmp_path / "demo.png", min_size=(600, 300))

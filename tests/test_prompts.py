@@ -14,22 +14,17 @@ import numpy as np
 import pytest
 from napari.layers import Image, Labels, Points, Shapes
 
-from napari_sam2._prompts import (
+from napari_sam2.engine.prompts import PromptSet, load_prompts, masks_to_labels, rle_decode, rle_encode, save_prompts
+from napari_sam2.plugin.geometry import StackGeometry
+from napari_sam2.plugin.layer_prompts import (
     ConversionReport,
-    PromptSet,
-    StackGeometry,
     add_box_to_layer,
     add_points_to_layer,
     labels_to_masks,
-    load_prompts,
-    masks_to_labels,
     points_to_prompts,
-    rle_decode,
-    rle_encode,
-    save_prompts,
     shapes_to_prompts,
 )
-from napari_sam2._session import EngineSession, ModelKey, SessionError
+from napari_sam2.engine.session import EngineSession, ModelKey, SessionError
 
 
 # --------------------------------------------------------------------------- fake engine

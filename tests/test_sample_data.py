@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage as ndi
 
-from napari_sam2.sample_data import (
+from napari_sam2.plugin.sample_data import (
     CONTACT_FROM,
     CONTACT_TO,
     DIVISION_AT,

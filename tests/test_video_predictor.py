@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam2.video_predictor import SAM2VideoPredictor, fill_holes_in_mask_scores
+from napari_sam2.engine.video_predictor import SAM2VideoPredictor, fill_holes_in_mask_scores
 
 T, H, W = 6, 40, 56
 

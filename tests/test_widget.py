@@ -20,8 +20,8 @@ pytest.importorskip("pytestqt")
 
 from napari.layers import Labels  # noqa: E402
 
-from napari_sam2._prompts import masks_to_labels  # noqa: E402
-from napari_sam2._widget import SAM2Widget  # noqa: E402
+from napari_sam2.engine.prompts import masks_to_labels  # noqa: E402
+from napari_sam2.plugin._qt.widget import SAM2Widget  # noqa: E402
 from test_prompts import FakePredictor  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -42,7 +42,7 @@ def ensure_manifest() -> None:
 @pytest.fixture
 def notes(monkeypatch):
     """Record the widget's notifications: {'error': [...], 'warning': [...]}."""
-    import napari_sam2._widget as wmod
+    import napari_sam2.plugin._qt.widget as wmod
 
     got = {"error": [], "warning": [], "info": []}
     for kind in got:
@@ -276,7 +276,7 @@ def test_bad_inputs_notify_and_change_nothing(viewer_widget, notes):
 
 
 def test_missing_checkpoint_is_explained(viewer_widget, notes, monkeypatch):
-    import napari_sam2._widget as wmod
+    import napari_sam2.plugin._qt.widget as wmod
 
     monkeypatch.setattr(wmod, "_find_checkpoint", lambda config: None)
     viewer, w = viewer_widget
@@ -472,7 +472,7 @@ def test_save_and_load_prompts(viewer_widget, make_napari_viewer, tmp_path, suff
 
 
 def test_bad_prompt_file_is_a_plain_error(viewer_widget, tmp_path):
-    from napari_sam2._session import SessionError
+    from napari_sam2.engine.session import SessionError
 
     viewer, w = viewer_widget
     viewer.add_image(_stack(), name="cells")
@@ -507,8 +507,8 @@ def test_worker_thread_path(viewer_widget, qtbot):
 
 
 def test_checkpoint_download_progress_cancel_and_failure(viewer_widget, notes, monkeypatch, tmp_path, qtbot):
-    import napari_sam2.checkpoints as ck
-    import napari_sam2._widget as wmod
+    import napari_sam2.engine.download as ck
+    import napari_sam2.plugin._qt.widget as wmod
 
     viewer, w = viewer_widget
     store = {}

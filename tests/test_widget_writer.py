@@ -7,8 +7,8 @@ import pytest
 
 tifffile = pytest.importorskip("tifffile")
 
-from napari_sam2._widget import _shared_channel_labels  # noqa: E402
-from napari_sam2._writer import write_labels_tiff  # noqa: E402
+from napari_sam2.plugin._qt.widget import _shared_channel_labels  # noqa: E402
+from napari_sam2.plugin.writer import write_labels_tiff  # noqa: E402
 
 
 def _read(path):

@@ -1,13 +1,28 @@
 """napari-sam2: SAM 2 segmentation and tracking inside napari.
 
-The engine (model, predictors, checkpoints) needs only torch and numpy and imports no Qt.
+Three layers, imports only downward: :mod:`napari_sam2.plugin` (napari) ->
+:mod:`napari_sam2.engine` (headless: torch + numpy) -> :mod:`napari_sam2.model` (the
+network). The public names below resolve lazily, so ``import napari_sam2`` (napari's
+manifest discovery, ``napari-sam2 --version``) loads no torch.
 """
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-from .build import build_sam2, build_sam2_model, resolve_device
-from .image_predictor import SAM2ImagePredictor
-from .video_predictor import SAM2VideoPredictor, VideoSession, build_sam2_video_predictor
+# public name -> module that defines it
+_LAZY = {
+    "build_sam2": "napari_sam2.engine.build",
+    "build_sam2_model": "napari_sam2.engine.build",
+    "resolve_device": "napari_sam2.engine.build",
+    "SAM2ImagePredictor": "napari_sam2.engine.image_predictor",
+    "SAM2VideoPredictor": "napari_sam2.engine.video_predictor",
+    "VideoSession": "napari_sam2.engine.video_predictor",
+    "build_sam2_video_predictor": "napari_sam2.engine.video_predictor",
+}
 
 __all__ = [
     "SAM2ImagePredictor",
@@ -19,3 +34,21 @@ __all__ = [
     "build_sam2_video_predictor",
     "resolve_device",
 ]
+
+if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
+    from .engine.build import build_sam2, build_sam2_model, resolve_device
+    from .engine.image_predictor import SAM2ImagePredictor
+    from .engine.video_predictor import SAM2VideoPredictor, VideoSession, build_sam2_video_predictor
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'napari_sam2' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # resolve once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))

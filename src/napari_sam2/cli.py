@@ -16,35 +16,14 @@ PLUGIN_NAME = "napari-sam2"
 WIDGET_NAME = "SAM 2 Segment & Track"
 
 
-def ensure_plugin_registered() -> None:
-    """Make sure napari knows this plugin's manifest.
-
-    A regular install ships ``napari.yaml`` inside the package, where npe2 finds it via
-    the entry point. An editable install (``pip install -e .``) leaves it at the top of
-    the repository, out of npe2's sight; register it from there so ``demo`` still works.
-    """
-    from npe2 import PluginManager, PluginManifest
-
-    pm = PluginManager.instance()
-    pm.discover()
-    if any(m.name == PLUGIN_NAME for m in pm.iter_manifests()):
-        return
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "napari.yaml", here.parents[1] / "napari.yaml"):
-        if candidate.is_file():
-            pm.register(PluginManifest.from_file(candidate))
-            return
-
-
 def open_demo(n_frames: int = 40, seed: int = 0, dock_widget: bool = True, show: bool = True):
     """Open a napari viewer with the synthetic time-lapse (and its ground truth) loaded
     and the SAM 2 widget docked. Returns the viewer; the caller runs or closes it."""
     import napari
     from napari.layers import Layer
 
-    from napari_sam2.sample_data import _layers, synthetic_timelapse
+    from napari_sam2.plugin.sample_data import _layers, synthetic_timelapse
 
-    ensure_plugin_registered()
     viewer = napari.Viewer(title="napari-sam2 demo", show=show)
     image, labels = synthetic_timelapse(n_frames=n_frames, seed=seed)
     for data, meta, layer_type in _layers(image, labels, "synthetic time-lapse"):
@@ -108,8 +87,8 @@ def add_demo_parser(subparsers) -> None:
 
 
 def _run_track(args: argparse.Namespace) -> int:
-    from napari_sam2.batch import track_files
-    from napari_sam2.checkpoints import CheckpointError
+    from napari_sam2.engine.batch import track_files
+    from napari_sam2.engine.checkpoints import CheckpointError
 
     try:
         out = track_files(

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+from .._resources import resource_path
+from .variants import resolve_variant
 
 
 @dataclass(frozen=True)
@@ -108,21 +110,9 @@ def _build(cls, data: dict[str, Any], where: str):
     return cls(**kwargs)
 
 
-# Checkpoint-file stems (sam2.1_hiera_tiny.pt) -> config names (sam2.1_hiera_t).
-_LONG_NAMES = {
-    f"{family}_hiera_{long}": f"{family}_hiera_{short}"
-    for family in ("sam2", "sam2.1")
-    for long, short in (("tiny", "t"), ("small", "s"), ("base_plus", "b+"), ("large", "l"))
-}
-
-
 def configs_dir() -> Path:
-    """The folder of model configs: inside the installed package, else the repository's top level."""
-    here = Path(__file__).resolve().parent.parent  # .../napari_sam2
-    for candidate in (here / "configs", here.parent.parent / "configs"):
-        if candidate.is_dir():
-            return candidate
-    raise FileNotFoundError(f"model configs not found next to {here}")
+    """The folder of model configs (inside the installed package, or at the top of a checkout)."""
+    return resource_path("configs")
 
 
 def available_configs() -> list[str]:
@@ -133,14 +123,7 @@ def load_config(name_or_path: str | Path) -> SAM2Config:
     """Read a config by Meta's name (``sam2.1_hiera_t``) or from a YAML path."""
     path = Path(name_or_path)
     if path.suffix not in (".yaml", ".yml") or not path.exists():
-        name = str(name_or_path).replace("\\", "/").split("/")[-1]
-        if str(name_or_path).startswith("facebook/"):  # Hugging Face ids, as Meta's from_pretrained
-            name = name.replace("-hiera-", "_hiera_").replace("base-plus", "base_plus")
-        name = re.sub(r"\.(ya?ml|pt|pth)$", "", name)
-        name = _LONG_NAMES.get(name, name)
-        path = configs_dir() / f"{name}.yaml"
-        if not path.exists():
-            raise ValueError(f"unknown model config {name_or_path!r}; available: {', '.join(available_configs())}")
+        path = configs_dir() / f"{resolve_variant(str(name_or_path))}.yaml"
     data = yaml.safe_load(path.read_text())
     where = str(path)
     return SAM2Config(

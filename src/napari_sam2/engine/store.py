@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from .model import MemoryEntry
+from ..model import MemoryEntry
 
 
 @dataclass

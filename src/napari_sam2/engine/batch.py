@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ._prompts import PromptSet, load_prompts, masks_to_labels
+from .prompts import PromptSet, load_prompts, masks_to_labels
 from .video_predictor import SAM2VideoPredictor, VideoSession
 
 

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ._prompts import PromptSet
+from .prompts import PromptSet
 
 
 class SessionError(RuntimeError):
@@ -56,10 +56,7 @@ class FrameResult:
 
 
 def _default_builder(key: ModelKey):
-    try:
-        from . import build_sam2_video_predictor
-    except ImportError:
-        from .video_predictor import build_sam2_video_predictor
+    from .video_predictor import build_sam2_video_predictor
 
     return build_sam2_video_predictor(config_name=key.config_name, checkpoint=key.checkpoint, device=key.device)
 

@@ -42,25 +42,19 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._prompts import (
+from ...engine.prompts import PromptSet, load_prompts, masks_to_labels, save_prompts
+from ...engine.session import EngineSession, FrameResult, ModelKey, SessionError
+from ..geometry import StackGeometry, candidate_frame_axes, layer_data, layer_shape
+from ..layer_prompts import (
     OBJ_FEATURE,
     POSITIVE_FEATURE,
     ConversionReport,
-    PromptSet,
-    StackGeometry,
     add_box_to_layer,
     add_points_to_layer,
-    candidate_frame_axes,
     labels_to_masks,
-    layer_data,
-    layer_shape,
-    load_prompts,
-    masks_to_labels,
     points_to_prompts,
-    save_prompts,
     shapes_to_prompts,
 )
-from ._session import EngineSession, FrameResult, ModelKey, SessionError
 
 META_KEY = "napari_sam2"
 DEFAULT_CONFIGS = (
@@ -113,7 +107,7 @@ def _plain(exc: BaseException) -> str:
 
 def _configs() -> list[str]:
     try:
-        from . import checkpoints
+        from ...engine import checkpoints
 
         names = getattr(checkpoints, "CONFIG_NAMES", None)
         if names is None:
@@ -128,7 +122,7 @@ def _configs() -> list[str]:
 
 def _find_checkpoint(config: str) -> Path | None:
     try:
-        from .checkpoints import find_checkpoint
+        from ...engine.checkpoints import find_checkpoint
     except Exception:  # noqa: BLE001
         return None
     try:
@@ -1187,7 +1181,7 @@ class SAM2Widget(QWidget):
     def download_checkpoint(self, synchronous: bool | None = None) -> None:
         """Download the checkpoint of the chosen variant (progress bar, cancellable)."""
         try:
-            from .checkpoints import download_checkpoint
+            from ...engine.download import download_checkpoint
         except ImportError:
             _notify_error("The checkpoint downloader is not available in this installation.")
             return

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .model import SAM2Model
+from ..model import SAM2Model
 from .normalization import Normalizer, preprocess
 
 ArrayLike = np.ndarray | Sequence

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from .model import SAM2Model, load_config
+from ..model import SAM2Model, load_config
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -28,11 +28,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ._memory import trim_heap
-from ._store import FrameOutput, FrameOutputStore, SpillDir
+from .heap import trim_heap
+from .store import FrameOutput, FrameOutputStore, SpillDir
 from .build import build_sam2_model, resolve_device
 from .frames import FrameSource, open_frames
-from .model import NO_OBJ_SCORE, FrameFeatures, SAM2Model
+from ..model import NO_OBJ_SCORE, FrameFeatures, SAM2Model
 from .normalization import Normalizer, preprocess
 
 __all__ = ["SAM2VideoPredictor", "VideoSession", "build_sam2_video_predictor"]
@@ -501,7 +501,7 @@ class SAM2VideoPredictor:
         if tuple(masks.shape[-2:]) != (h, w):
             masks = F.interpolate(masks, size=(h, w), mode="bilinear", align_corners=False)
         if self.non_overlap_masks:
-            from .model.sam2 import apply_non_overlapping_constraints
+            from ..model.sam2 import apply_non_overlapping_constraints
 
             masks = apply_non_overlapping_constraints(masks)
         return masks
