@@ -287,7 +287,7 @@ def child_env() -> dict[str, str]:
 def run_child(script: Path, spec: dict, out: Path) -> dict:
     """Run one measurement in a fresh interpreter; its result record (or an error record)."""
     cmd = [sys.executable, str(script), "--child", json.dumps(spec), "--out", str(out)]
-    proc = subprocess.run(cmd, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.run(cmd, env=child_env(), capture_output=True, text=True)
     sys.stderr.write(proc.stderr)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):

@@ -47,8 +47,8 @@ def run_one(n_frames: int, out: Path, threads: int, config: str) -> None:
     from conftest import make_test_checkpoint  # the tests' deterministic weights
 
     from napari_sam2.engine.build import build_sam2_model
-    from napari_sam2.plugin.sample_data import synthetic_timelapse
     from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+    from napari_sam2.plugin.sample_data import synthetic_timelapse
 
     torch.set_num_threads(threads)
     image, labels = synthetic_timelapse(n_frames=n_frames, shape=(256, 256), seed=0)

@@ -190,9 +190,9 @@ def measure(spec: dict) -> dict:
     import torch
 
     from napari_sam2.engine.build import build_sam2_model
-    from napari_sam2.model import load_config
     from napari_sam2.engine.normalization import Normalizer, preprocess
     from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+    from napari_sam2.model import load_config
 
     bs.setup_torch(spec.get("threads"))
     device, dtype = torch.device(spec["device"]), spec["dtype"]

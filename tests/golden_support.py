@@ -127,7 +127,7 @@ def write_video_case(golden_dir: Path, case: str, predictor, out_dir: Path, fram
         elif name == "propagate_in_video":
             rows = {"frame_idx": [], "masks": [], "logits": [], "scores": [], "ptrs": []}
             obj_ids = []
-            for f_idx, obj_ids, masks in predictor.propagate_in_video(
+            for f_idx, obj_ids, masks in predictor.propagate_in_video(  # noqa: B007 - the last ids are saved
                 state, start_frame_idx=op.get("start_frame_idx"),
                 max_frame_num_to_track=op.get("max_frame_num_to_track"), reverse=op.get("reverse", False),
             ):

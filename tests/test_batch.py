@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_sam2.engine.prompts import PromptSet, masks_to_labels, save_prompts
-from napari_sam2.engine.batch import track_stack
 from napari_sam2.cli import main
+from napari_sam2.engine.batch import track_stack
+from napari_sam2.engine.prompts import PromptSet, masks_to_labels, save_prompts
 from napari_sam2.engine.video_predictor import SAM2VideoPredictor
 
 

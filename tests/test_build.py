@@ -15,7 +15,7 @@ from napari_sam2.model import SAM2Model, available_configs, load_config
 ALL = sorted(available_configs())
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def meta_model(name: str) -> SAM2Model:
     with torch.device("meta"):
         return SAM2Model(load_config(name))

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
-
 from golden_support import run_compare, write_image_case
+
 from napari_sam2 import SAM2ImagePredictor, build_sam2
 
 CASE = "image_truck_sam2.1t_s0"

@@ -97,7 +97,7 @@ def meta_model(name: str = "sam2.1_hiera_t", **tracking) -> SAM2Model:
     return _meta_model(name, tuple(sorted(tracking.items())))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _meta_model(name: str, tracking: tuple) -> SAM2Model:
     tracking = dict(tracking)
     cfg = load_config(name)
@@ -661,7 +661,7 @@ def test_select_memories_with_limited_cond_frames():
 
 def test_select_memories_temporal_stride():
     model = meta_model("sam2.1_hiera_t", memory_temporal_stride_for_eval=2)
-    non_cond = {t: entry(t) for t in range(0, 30)}
+    non_cond = {t: entry(t) for t in range(30)}
     mems, _ = model.select_memories(10, {40: entry(40)}, non_cond, num_frames=50, reverse=False)
     # previous frame, then multiples of the stride going back
     assert mem_frames(mems)[1:] == [(1, 0), (2, 2), (3, 4), (4, 6), (5, 8), (6, 9)]

@@ -64,13 +64,13 @@ def split(name: str) -> tuple[str, str]:
     return family, size
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def meta_model(name: str) -> SAM2Model:
     with torch.device("meta"):
         return SAM2Model(load_config(name))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def manifest(name: str) -> dict:
     from conftest import GOLDEN_DIR
 

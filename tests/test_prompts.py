@@ -14,7 +14,15 @@ import numpy as np
 import pytest
 from napari.layers import Image, Labels, Points, Shapes
 
-from napari_sam2.engine.prompts import PromptSet, load_prompts, masks_to_labels, rle_decode, rle_encode, save_prompts
+from napari_sam2.engine.prompts import (
+    PromptSet,
+    load_prompts,
+    masks_to_labels,
+    rle_decode,
+    rle_encode,
+    save_prompts,
+)
+from napari_sam2.engine.session import EngineSession, ModelKey, SessionError
 from napari_sam2.plugin.geometry import StackGeometry
 from napari_sam2.plugin.layer_prompts import (
     ConversionReport,
@@ -24,8 +32,6 @@ from napari_sam2.plugin.layer_prompts import (
     points_to_prompts,
     shapes_to_prompts,
 )
-from napari_sam2.engine.session import EngineSession, ModelKey, SessionError
-
 
 # --------------------------------------------------------------------------- fake engine
 
@@ -379,7 +385,8 @@ def test_masks_to_labels_overlap_goes_to_largest_logit():
 # --------------------------------------------------------------------------- session (engine link)
 
 
-def _session(frames=np.zeros((6, 20, 20), np.uint8)):
+def _session(frames=None):
+    frames = np.zeros((6, 20, 20), np.uint8) if frames is None else frames
     pred = FakePredictor()
     s = EngineSession(builder=lambda key: pred)
     s.ensure_model(ModelKey("fake", None, "cpu"))

@@ -126,7 +126,7 @@ def test_timelapse_touching_happens(timelapse):
     T = len(labels)
     touching = [t for t in range(T) if (2, 3) in _touching_pairs(labels[t])]
     assert touching, "cells 2 and 3 never touch"
-    assert not (2, 3) in _touching_pairs(labels[0])
+    assert (2, 3) not in _touching_pairs(labels[0])
     lo, hi = int(CONTACT_FROM * (T - 1)), int(np.ceil(CONTACT_TO * (T - 1)))
     assert any(lo <= t <= hi for t in touching)
     # both stay visible as separate objects while touching

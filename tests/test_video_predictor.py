@@ -61,9 +61,9 @@ def test_propagation_order_and_ranges(predictor, frames):
 def test_prompted_frame_output_is_kept_while_tracked_frames_are_recomputed(predictor, frames):
     state = predictor.init_state(frames)
     _, _, on_add = _click(predictor, state, frame=1)
-    first = dict((f, m) for f, _, m in _all(predictor, state))
+    first = {f: m for f, _, m in _all(predictor, state)}
     assert torch.equal(first[1], on_add)
-    second = dict((f, m) for f, _, m in _all(predictor, state))
+    second = {f: m for f, _, m in _all(predictor, state)}
     for f in first:
         assert torch.equal(first[f], second[f]), f"frame {f} changed on an identical re-run"
 

@@ -19,10 +19,10 @@ pytest.importorskip("qtpy")
 pytest.importorskip("pytestqt")
 
 from napari.layers import Labels  # noqa: E402
+from test_prompts import FakePredictor  # noqa: E402
 
 from napari_sam2.engine.prompts import masks_to_labels  # noqa: E402
 from napari_sam2.plugin._qt.widget import SAM2Widget  # noqa: E402
-from test_prompts import FakePredictor  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 PLUGIN, WIDGET = "napari-sam2", "SAM 2 Segment & Track"
@@ -421,7 +421,7 @@ def test_prompt_layer_keys_colours_and_object_ids(viewer_widget):
     w._kb_toggle_positive(pts)  # 't' in select mode flips the selected points
     assert pts.features["positive"].tolist() == [True, True, True]
     # 't' and 'n' are bound on the layer
-    assert "T" in str(list(pts.keymap)) or any("t" == str(k).lower() for k in pts.keymap)
+    assert "T" in str(list(pts.keymap)) or any(str(k).lower() == "t" for k in pts.keymap)
     w._on_boxes_mode()
     boxes = w.boxes_layer()
     assert boxes.mode == "add_rectangle" and viewer.layers.selection.active.name == boxes.name

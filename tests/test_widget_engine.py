@@ -17,8 +17,9 @@ import pytest
 pytest.importorskip("pytestqt")
 video_predictor = pytest.importorskip("napari_sam2.engine.video_predictor")
 
-from napari_sam2.plugin.sample_data import synthetic_timelapse  # noqa: E402
 from test_widget import PLUGIN, WIDGET, ensure_manifest  # noqa: E402
+
+from napari_sam2.plugin.sample_data import synthetic_timelapse  # noqa: E402
 
 # prompts: (frame, obj_id, y, x, positive)
 PROMPTS = [

@@ -42,7 +42,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     if not args.no_widget:
         try:
             viewer.window.add_plugin_dock_widget(PLUGIN_NAME, WIDGET_NAME)
-        except Exception as exc:  # a broken or missing install: say so instead of a Qt traceback
+        except Exception as exc:  # noqa: BLE001 - a broken or missing install: say so instead of a Qt traceback
             viewer.close()
             print(
                 f"napari-sam2: could not dock the {WIDGET_NAME!r} widget: {exc}\n"

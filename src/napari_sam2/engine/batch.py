@@ -55,7 +55,7 @@ def track_stack(
         done = 0
         for frame_idx, obj_ids, logits in predictor.propagate(state, direction=direction):
             labels[frame_idx] = masks_to_labels(obj_ids, logits.cpu().numpy())
-            done += 1
+            done += 1  # noqa: SIM113 - counts yielded frames, not loop steps
             if progress is not None:
                 progress(done, state.num_frames)
         return labels

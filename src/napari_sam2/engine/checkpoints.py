@@ -19,7 +19,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 from ..model.variants import VARIANTS, checkpoint_stem, resolve_variant
 
@@ -43,7 +43,7 @@ __all__ = [
 
 ENV_CHECKPOINT_DIR = "NAPARI_SAM2_CHECKPOINT_DIR"
 
-ProgressCallback = Callable[[int, Union[int, None]], Any]
+ProgressCallback = Callable[[int, int | None], Any]
 
 
 class CheckpointError(RuntimeError):

@@ -9,6 +9,7 @@ the exact path where the file can be put by hand.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import os
@@ -20,7 +21,14 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from .checkpoints import CheckpointError, CheckpointInfo, DownloadCancelled, ProgressCallback, _info, checkpoint_path
+from .checkpoints import (
+    CheckpointError,
+    CheckpointInfo,
+    DownloadCancelled,
+    ProgressCallback,
+    _info,
+    checkpoint_path,
+)
 
 __all__ = ["download_checkpoint"]
 
@@ -98,7 +106,7 @@ def download_checkpoint(
                 if isinstance(reason, (socket.timeout, TimeoutError)):
                     raise _Failure(f"no answer within {timeout:g} s (offline, or blocked)") from e
                 raise _Failure(f"could not connect ({reason}) — offline, or behind a proxy") from e
-            except (socket.timeout, TimeoutError) as e:
+            except TimeoutError as e:
                 raise _Failure(f"no answer within {timeout:g} s (offline, or blocked)") from e
             except (OSError, ValueError, http.client.HTTPException) as e:
                 raise _Failure(f"could not open the URL ({e})") from e
@@ -126,7 +134,7 @@ def download_checkpoint(
                         )
                     try:
                         chunk = response.read(_CHUNK)
-                    except (socket.timeout, TimeoutError) as e:
+                    except TimeoutError as e:
                         raise _Failure(f"the transfer stalled for {timeout:g} s after {done} bytes") from e
                     except http.client.IncompleteRead as e:
                         raise _Failure(
@@ -171,9 +179,7 @@ def download_checkpoint(
         if bar is not None:
             bar.close()
         if tmp is not None:
-            try:
+            with contextlib.suppress(OSError):
                 tmp.unlink()
-            except OSError:
-                pass
 
 

@@ -334,7 +334,7 @@ def _open_tiff(path: Path, channel_axis: int | None) -> FrameSource:
     # 1. memory map: zero-copy, works for uncompressed contiguous data (tifffile/ImageJ writers).
     try:
         mm = tifffile.memmap(path, mode="r")
-    except Exception:
+    except Exception:  # noqa: BLE001 - not memory-mappable: try the next reader
         mm = None
     if mm is not None and tuple(mm.shape) == tuple(series.shape):
         tif.close()
@@ -359,7 +359,7 @@ def _open_tiff(path: Path, channel_axis: int | None) -> FrameSource:
     except FrameSourceError:
         tif.close()
         raise
-    except Exception:
+    except Exception:  # noqa: BLE001 - no zarr view: read page by page
         pass
 
     # 3. page by page: one TIFF page per frame.

@@ -248,7 +248,7 @@ def _fmt(v: float) -> str:
     return f"{v:.4g}"
 
 
-def preprocess(frame_rgb: np.ndarray, image_size: int = 1024, device: Any = "cpu") -> "torch.Tensor":  # noqa: F821
+def preprocess(frame_rgb: np.ndarray, image_size: int = 1024, device: Any = "cpu") -> torch.Tensor:  # noqa: F821
     """The model input for one RGB frame, as Meta's ``SAM2ImagePredictor`` makes it.
 
     ``frame_rgb`` is float (H, W, 3) in [0, 1] (from :meth:`Normalizer.to_rgb`). Returns a

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import numpy as np
-
 
 PROMPTS_FORMAT = "napari-sam2-prompts"
 PROMPTS_VERSION = 1
@@ -97,7 +96,7 @@ class PromptSet:
             if not self._data[f]:
                 del self._data[f]
 
-    def update(self, other: "PromptSet") -> None:
+    def update(self, other: PromptSet) -> None:
         """Merge ``other`` in: its points are appended, its boxes and masks win."""
         for f, o, p in other.items():
             q = self.get(f, o)
@@ -163,7 +162,7 @@ class PromptSet:
         return {"points": points, "boxes": boxes, "masks": masks}
 
     @classmethod
-    def from_records(cls, records: dict[str, Iterable[dict]]) -> "PromptSet":
+    def from_records(cls, records: dict[str, Iterable[dict]]) -> PromptSet:
         ps = cls()
         for r in records.get("points", []):
             ps.add_point(int(r["frame"]), int(r["obj_id"]), float(r["x"]), float(r["y"]), bool(int(r["label"])))

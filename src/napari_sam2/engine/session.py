@@ -13,9 +13,11 @@ All methods may run in a worker thread; the caller guarantees one call at a time
 
 from __future__ import annotations
 
+import contextlib
 import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -111,10 +113,8 @@ class EngineSession:
 
     def _drop_state(self) -> None:
         if self.state is not None and self.predictor is not None:
-            try:
+            with contextlib.suppress(Exception):  # a stale state is discarded anyway
                 self.predictor.reset_state(self.state)
-            except Exception:  # noqa: BLE001 - a stale state is discarded anyway
-                pass
         self.state = None
         self.frames_key = None
         self._forget_prompts()

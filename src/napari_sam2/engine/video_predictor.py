@@ -28,12 +28,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .heap import trim_heap
-from .store import FrameOutput, FrameOutputStore, SpillDir
+from ..model import NO_OBJ_SCORE, FrameFeatures, SAM2Model
 from .build import build_sam2_model, resolve_device
 from .frames import FrameSource, open_frames
-from ..model import NO_OBJ_SCORE, FrameFeatures, SAM2Model
+from .heap import trim_heap
 from .normalization import Normalizer, preprocess
+from .store import FrameOutput, FrameOutputStore, SpillDir
 
 __all__ = ["SAM2VideoPredictor", "VideoSession", "build_sam2_video_predictor"]
 

@@ -7,8 +7,9 @@ any) holds channels, and at which index every other axis is held.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -65,7 +66,7 @@ class StackGeometry:
         frame_axis: int | None | str = "auto",
         channel_axis: int | None = None,
         position: Sequence[float] | None = None,
-    ) -> "StackGeometry":
+    ) -> StackGeometry:
         """Geometry for ``layer``; ``position`` is a point in the layer's data coordinates
         (e.g. ``layer.world_to_data(viewer.dims.point)``) that fixes the held axes."""
         shape = layer_shape(layer)
@@ -73,9 +74,8 @@ class StackGeometry:
         ndim = len(shape)
         if rgb:
             channel_axis = None
-        if channel_axis is not None:
-            if not 0 <= channel_axis < ndim:
-                raise ValueError(f"channel axis {channel_axis} is outside the image's {ndim} axes")
+        if channel_axis is not None and not 0 <= channel_axis < ndim:
+            raise ValueError(f"channel axis {channel_axis} is outside the image's {ndim} axes")
         candidates = candidate_frame_axes(ndim, channel_axis)
         if frame_axis == "auto":
             frame_axis = candidates[0] if candidates else None
@@ -88,7 +88,7 @@ class StackGeometry:
         plane = spatial_axes(ndim, channel_axis)
         held = []
         for a in range(ndim):
-            if a in plane or a == channel_axis or a == frame_axis:
+            if a in plane or a in (channel_axis, frame_axis):
                 continue
             idx = 0
             if position is not None and len(position) == ndim and np.isfinite(position[a]):

@@ -10,8 +10,8 @@ napari stores points as ``(..., row, col)`` = ``(..., y, x)``; the engine takes
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 import numpy as np
 

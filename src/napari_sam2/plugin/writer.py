@@ -15,7 +15,8 @@ and pixel size), e.g. File ▸ Save Selected Layers… ▸ ``masks.tif`` with th
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 

@@ -20,8 +20,9 @@ import os
 import threading
 import weakref
 from collections import deque
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 from qtpy.QtCore import QTimer, Signal
@@ -619,9 +620,13 @@ class SAM2Widget(QWidget):
     def _find_layer(self, role: str, image, kind=None, obj_id: int | None = None):
         for lay in self.viewer.layers:
             r = _role(lay)
-            if r.get("role") == role and self._belongs_to(r, image) and (obj_id is None or r.get("obj_id") == obj_id):
-                if kind is None or isinstance(lay, kind):
-                    return lay
+            if (
+                r.get("role") == role
+                and self._belongs_to(r, image)
+                and (obj_id is None or r.get("obj_id") == obj_id)
+                and (kind is None or isinstance(lay, kind))
+            ):
+                return lay
         return None
 
     def _unique_name(self, base: str) -> str:
@@ -1387,10 +1392,9 @@ class SAM2Widget(QWidget):
 
     def _engine_steps(self, model_key: ModelKey, frames_key, frames_fn) -> Iterator[tuple]:
         s = self.session
-        if self._predictor_override is not None:
-            if s.predictor is not self._predictor_override:
-                s.set_predictor(model_key, self._predictor_override)
-                s.model_key = None
+        if self._predictor_override is not None and s.predictor is not self._predictor_override:
+            s.set_predictor(model_key, self._predictor_override)
+            s.model_key = None
         if s.model_key != model_key or s.predictor is None:
             yield ("status", f"Loading {model_key.config_name}…")
             s.ensure_model(model_key)
