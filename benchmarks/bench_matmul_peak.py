@@ -54,8 +54,13 @@ def gflops(m: int, k: int, n: int, dtype: str, device: str, repeats: int) -> dic
         times.append(time.perf_counter() - t)
     best, median = min(times), statistics.median(times)
     flop = 2.0 * m * k * n
-    return {"gflop": round(flop / 1e9, 2), "best_s": round(best, 4), "median_s": round(median, 4),
-            "gflops_best": round(flop / best / 1e9, 1), "gflops_median": round(flop / median / 1e9, 1)}
+    return {
+        "gflop": round(flop / 1e9, 2),
+        "best_s": round(best, 4),
+        "median_s": round(median, 4),
+        "gflops_best": round(flop / best / 1e9, 1),
+        "gflops_median": round(flop / median / 1e9, 1),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,8 +76,14 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    header = {"kind": "run", "script": "bench_matmul_peak", "command": command_line(), "date": now_iso(),
-              "machine": machine_info(), "device": args.device}
+    header = {
+        "kind": "run",
+        "script": "bench_matmul_peak",
+        "command": command_line(),
+        "date": now_iso(),
+        "machine": machine_info(),
+        "device": args.device,
+    }
     append_jsonl(args.out, header)
     print(json.dumps(header))
     print()
@@ -82,8 +93,19 @@ def main(argv: list[str] | None = None) -> int:
         cells = []
         for dtype in args.dtype:
             r = gflops(m, k, n, dtype, args.device, args.repeats)
-            append_jsonl(args.out, {"kind": "matmul", "shape": name, "m": m, "k": k, "n": n, "dtype": dtype,
-                                    "device": args.device, **r})
+            append_jsonl(
+                args.out,
+                {
+                    "kind": "matmul",
+                    "shape": name,
+                    "m": m,
+                    "k": k,
+                    "n": n,
+                    "dtype": dtype,
+                    "device": args.device,
+                    **r,
+                },
+            )
             cells.append(f"{r['gflops_best']:.0f} / {r['gflops_median']:.0f}")
         print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
     return 0

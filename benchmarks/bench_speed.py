@@ -52,8 +52,14 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
 CONFIGS = (
-    "sam2.1_hiera_t", "sam2.1_hiera_s", "sam2.1_hiera_b+", "sam2.1_hiera_l",
-    "sam2_hiera_t", "sam2_hiera_s", "sam2_hiera_b+", "sam2_hiera_l",
+    "sam2.1_hiera_t",
+    "sam2.1_hiera_s",
+    "sam2.1_hiera_b+",
+    "sam2.1_hiera_l",
+    "sam2_hiera_t",
+    "sam2_hiera_s",
+    "sam2_hiera_b+",
+    "sam2_hiera_l",
 )
 DTYPES = ("fp32", "bf16")
 FRAME_SHAPE = (256, 256)
@@ -63,6 +69,7 @@ RESULT_PREFIX = "@@RESULT "  # a child's result line on stdout
 
 # ====================================================================== shared helpers
 # (meta_reference.py imports these, so both scripts measure the same way)
+
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
@@ -81,10 +88,18 @@ def cpu_model() -> str:
 
 def git_revision() -> str | None:
     try:
-        rev = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return f"{rev}{'+dirty' if dirty else ''}" if rev else None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -116,8 +131,10 @@ def describe_run(header: dict) -> str:
     """The lines to paste above a results table: date, machine, torch, command."""
     m = header["machine"]
     gpu = f"  GPU {m['gpu']}" if m.get("gpu") else ""
-    return (f"{header['date']}  {m['cpu']} ({m['cpu_cores']} cores){gpu}  torch {m['torch']}\n"
-            f"command: {header['command']}")
+    return (
+        f"{header['date']}  {m['cpu']} ({m['cpu_cores']} cores){gpu}  torch {m['torch']}\n"
+        f"command: {header['command']}"
+    )
 
 
 def command_line() -> str:
@@ -174,8 +191,10 @@ def resolve_checkpoint(config: str, weights: str, checkpoint: str | None = None)
     import conftest  # the tests' deterministic weights
 
     if not conftest.GOLDEN_DIR.is_dir():  # make_test_checkpoint would pytest.skip()
-        raise SystemExit(f"test weights need {conftest.GOLDEN_DIR} (../shared/golden beside the checkout, or "
-                         "$NAPARI_SAM2_GOLDEN_DIR); use --weights official or --checkpoint FILE instead")
+        raise SystemExit(
+            f"test weights need {conftest.GOLDEN_DIR} (../shared/golden beside the checkout, or "
+            "$NAPARI_SAM2_GOLDEN_DIR); use --weights official or --checkpoint FILE instead"
+        )
     return conftest.make_test_checkpoint(config)
 
 
@@ -236,8 +255,10 @@ def rel_l2(a, b) -> float:
 
 def deviation_stats(ious: list[float], rels: list[float]) -> dict[str, float]:
     return {
-        "iou_min": round(min(ious), 5), "iou_mean": round(float(np.mean(ious)), 5),
-        "logit_rel_l2_max": float(f"{max(rels):.4g}"), "logit_rel_l2_mean": float(f"{np.mean(rels):.4g}"),
+        "iou_min": round(min(ious), 5),
+        "iou_mean": round(float(np.mean(ious)), 5),
+        "logit_rel_l2_max": float(f"{max(rels):.4g}"),
+        "logit_rel_l2_mean": float(f"{np.mean(rels):.4g}"),
     }
 
 
@@ -251,7 +272,7 @@ def per_frame_stats(seconds: list[float]) -> dict[str, Any]:
     if not seconds:
         return {"tracked_frames": 0}
     mean = sum(seconds) / len(seconds)
-    steady = seconds[STEADY_FROM - 1:]
+    steady = seconds[STEADY_FROM - 1 :]
     return {
         "tracked_frames": len(seconds),
         "s_per_frame": round(mean, 4),
@@ -291,7 +312,7 @@ def run_child(script: Path, spec: dict, out: Path) -> dict:
     sys.stderr.write(proc.stderr)
     for line in reversed(proc.stdout.splitlines()):
         if line.startswith(RESULT_PREFIX):
-            return json.loads(line[len(RESULT_PREFIX):])
+            return json.loads(line[len(RESULT_PREFIX) :])
     sys.stdout.write(proc.stdout)
     last = [ln for ln in proc.stderr.splitlines() if ln.strip()][-1:]
     record = {**spec, "kind": "error", "returncode": proc.returncode, "error": last[0] if last else None}
@@ -305,6 +326,7 @@ def emit(record: dict, out: Path) -> None:
 
 
 # ====================================================================== measurements (children)
+
 
 def timed_model_load(spec: dict, ckpt: Path):
     """Build the model from its checkpoint (``compile`` only wraps it: compiling happens at the
@@ -359,17 +381,23 @@ def measure_image(spec: dict) -> dict:
     timed(predict, spec["warmup"])
     pred_times = timed(predict, spec["repeats"])
     record = {
-        **spec, "kind": "image", "checkpoint_file": ckpt.name, "load_s": round(load_s, 3),
+        **spec,
+        "kind": "image",
+        "checkpoint_file": ckpt.name,
+        "load_s": round(load_s, 3),
         "set_image_ms": round(1000 * statistics.median(set_times), 2),
         "predict_ms": round(1000 * statistics.median(pred_times), 2),
         "set_image_ms_all": [round(1000 * t, 2) for t in set_times],
         "predict_ms_all": [round(1000 * t, 2) for t in pred_times],
-        "peak_rss_mb": round(peak_rss_mb(), 1), "cuda_max_allocated_mb": device_peak_mb(device),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "cuda_max_allocated_mb": device_peak_mb(device),
     }
     if dtype != "fp32":  # deviation of this precision from fp32, same image and click
         masks, _, low = predict()
         predictor.set_image(frame)
-        ref_masks, _, ref_low = predictor.predict(point_coords=point, point_labels=label, multimask_output=True)
+        ref_masks, _, ref_low = predictor.predict(
+            point_coords=point, point_labels=label, multimask_output=True
+        )
         ious = [mask_iou(m, r) for m, r in zip(masks, ref_masks)]
         rels = [rel_l2(a, b) for a, b in zip(low, ref_low)]
         record["vs_fp32"] = deviation_stats(ious, rels)
@@ -404,7 +432,9 @@ def measure_track(spec: dict) -> dict:
     model, load_s = timed_model_load(spec, ckpt)
 
     autocast_dtype = torch.bfloat16 if dtype == "bf16" else None
-    predictor = SAM2VideoPredictor(model, fill_hole_area=spec["fill_hole_area"], autocast_dtype=autocast_dtype)
+    predictor = SAM2VideoPredictor(
+        model, fill_hole_area=spec["fill_hole_area"], autocast_dtype=autocast_dtype
+    )
     if spec["warmup_frames"] > 0:
         state, _, _ = track_once(predictor, image, prompts, device, max_frames=spec["warmup_frames"])
         state.close()
@@ -417,10 +447,14 @@ def measure_track(spec: dict) -> dict:
         runs.append(seconds)
     run = sorted(runs, key=sum)[len(runs) // 2]  # the median run by total time
     record = {
-        **spec, "kind": "track", "checkpoint_file": ckpt.name, "load_s": round(load_s, 3),
+        **spec,
+        "kind": "track",
+        "checkpoint_file": ckpt.name,
+        "load_s": round(load_s, 3),
         **per_frame_stats(run),
         "s_per_frame_all_repeats": [round(sum(s) / len(s), 4) for s in runs if s],
-        "peak_rss_mb": round(peak_rss_mb(), 1), "cuda_max_allocated_mb": device_peak_mb(device),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "cuda_max_allocated_mb": device_peak_mb(device),
     }
     if dtype != "fp32":  # same frames and prompts in float32, compared frame by frame
         ref = SAM2VideoPredictor(model, fill_hole_area=spec["fill_hole_area"], autocast_dtype=None)
@@ -428,8 +462,10 @@ def measure_track(spec: dict) -> dict:
         ious, rels = [], []
         for f in range(len(masks)):
             ious += [mask_iou(a, b) for a, b in zip(masks[f], ref_masks[f])]
-            rels += [rel_l2(a, b) for a, b in zip(low_res_logits(predictor, state, f),
-                                                   low_res_logits(ref, ref_state, f))]
+            rels += [
+                rel_l2(a, b)
+                for a, b in zip(low_res_logits(predictor, state, f), low_res_logits(ref, ref_state, f))
+            ]
         record["vs_fp32"] = deviation_stats(ious, rels)
         ref_state.close()
     state.close()
@@ -438,6 +474,7 @@ def measure_track(spec: dict) -> dict:
 
 # ====================================================================== summary and table
 
+
 def summarize(records: list[dict]) -> list[dict]:
     """One summary per (config, device, dtype) from the part records of one run."""
     groups: dict[tuple, dict] = {}
@@ -445,10 +482,23 @@ def summarize(records: list[dict]) -> list[dict]:
         if r.get("kind") not in ("image", "track", "error"):
             continue
         key = (r["config"], r["device"], r["dtype"] + ("+compile" if r.get("compile") else ""))
-        g = groups.setdefault(key, {"kind": "summary", "config": key[0], "device": key[1], "dtype": key[2],
-                                    "load_s": None, "set_image_ms": None, "predict_ms": None,
-                                    "tracking": {}, "peak_rss_mb": {}, "cuda_max_allocated_mb": {},
-                                    "errors": [], "_loads": []})
+        g = groups.setdefault(
+            key,
+            {
+                "kind": "summary",
+                "config": key[0],
+                "device": key[1],
+                "dtype": key[2],
+                "load_s": None,
+                "set_image_ms": None,
+                "predict_ms": None,
+                "tracking": {},
+                "peak_rss_mb": {},
+                "cuda_max_allocated_mb": {},
+                "errors": [],
+                "_loads": [],
+            },
+        )
         if r.get("run_id"):
             g["run_id"] = r["run_id"]
         if r["kind"] == "error":
@@ -464,7 +514,10 @@ def summarize(records: list[dict]) -> list[dict]:
                 g.setdefault("vs_fp32", {})["image"] = r["vs_fp32"]
         else:
             g["tracking"][str(r["objects"])] = {
-                "s_per_frame": r.get("s_per_frame"), "s_per_frame_steady": r.get("s_per_frame_steady"), "fps": r.get("fps"), "tracked_frames": r.get("tracked_frames"),
+                "s_per_frame": r.get("s_per_frame"),
+                "s_per_frame_steady": r.get("s_per_frame_steady"),
+                "fps": r.get("fps"),
+                "tracked_frames": r.get("tracked_frames"),
             }
             if "vs_fp32" in r:
                 g.setdefault("vs_fp32", {})[f"track_{r['objects']}obj"] = r["vs_fp32"]
@@ -496,9 +549,20 @@ def markdown_table(summaries: list[dict], objects: list[int]) -> str:
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for s in summaries:
         parts = ["image"] + [f"track_{k}obj" for k in objects]
-        row = [s["config"], s["device"], s["dtype"], _fmt(s["load_s"]), _fmt(s["set_image_ms"]), _fmt(s["predict_ms"])]
-        row += [" / ".join(_fmt(s["tracking"].get(str(k), {}).get(f)) for f in ("s_per_frame", "s_per_frame_steady"))
-                for k in objects]
+        row = [
+            s["config"],
+            s["device"],
+            s["dtype"],
+            _fmt(s["load_s"]),
+            _fmt(s["set_image_ms"]),
+            _fmt(s["predict_ms"]),
+        ]
+        row += [
+            " / ".join(
+                _fmt(s["tracking"].get(str(k), {}).get(f)) for f in ("s_per_frame", "s_per_frame_steady")
+            )
+            for k in objects
+        ]
         row += [" / ".join(_fmt(s["peak_rss_mb"].get(p), ".0f") for p in parts)]
         if any_cuda:
             row += [" / ".join(_fmt(s["cuda_max_allocated_mb"].get(p), ".0f") for p in parts)]
@@ -507,43 +571,86 @@ def markdown_table(summaries: list[dict], objects: list[int]) -> str:
         lines.append("| " + " | ".join(row) + " |")
     dev_rows = [(s, part, d) for s in summaries for part, d in s.get("vs_fp32", {}).items()]
     if dev_rows:
-        lines += ["", "bf16 vs fp32 (same frames and prompts):", "",
-                  "| variant | device | part | mask IoU min | mask IoU mean | logit rel-L2 max | logit rel-L2 mean |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "bf16 vs fp32 (same frames and prompts):",
+            "",
+            "| variant | device | part | mask IoU min | mask IoU mean | logit rel-L2 max | logit rel-L2 mean |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for s, part, d in dev_rows:
-            lines.append(f"| {s['config']} | {s['device']} | {part} | {d['iou_min']:.5f} | {d['iou_mean']:.5f} | "
-                         f"{d['logit_rel_l2_max']:.3g} | {d['logit_rel_l2_mean']:.3g} |")
+            lines.append(
+                f"| {s['config']} | {s['device']} | {part} | {d['iou_min']:.5f} | {d['iou_mean']:.5f} | "
+                f"{d['logit_rel_l2_max']:.3g} | {d['logit_rel_l2_mean']:.3g} |"
+            )
     return "\n".join(lines)
 
 
 # ====================================================================== driver
 
+
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--configs", nargs="+", default=["sam2.1_hiera_t"], choices=CONFIGS, metavar="CONFIG",
-                    help=f"model variants (default sam2.1_hiera_t); any of: {', '.join(CONFIGS)}")
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--configs",
+        nargs="+",
+        default=["sam2.1_hiera_t"],
+        choices=CONFIGS,
+        metavar="CONFIG",
+        help=f"model variants (default sam2.1_hiera_t); any of: {', '.join(CONFIGS)}",
+    )
     ap.add_argument("--device", nargs="+", default=["auto"], help="cpu, cuda, mps or auto (default auto)")
-    ap.add_argument("--dtype", nargs="+", default=["fp32"], choices=DTYPES, help="fp32 and/or bf16 (autocast)")
-    ap.add_argument("--frames", type=int, default=8, help="tracked frames after the prompted frame 0 (default 8)")
-    ap.add_argument("--objects", type=int, nargs="+", default=[1, 5], help="object counts to track (default 1 5)")
-    ap.add_argument("--repeats", type=int, default=5, help="timed set_image/predict calls, median reported (default 5)")
+    ap.add_argument(
+        "--dtype", nargs="+", default=["fp32"], choices=DTYPES, help="fp32 and/or bf16 (autocast)"
+    )
+    ap.add_argument(
+        "--frames", type=int, default=8, help="tracked frames after the prompted frame 0 (default 8)"
+    )
+    ap.add_argument(
+        "--objects", type=int, nargs="+", default=[1, 5], help="object counts to track (default 1 5)"
+    )
+    ap.add_argument(
+        "--repeats", type=int, default=5, help="timed set_image/predict calls, median reported (default 5)"
+    )
     ap.add_argument("--warmup", type=int, default=1, help="untimed set_image/predict calls first (default 1)")
-    ap.add_argument("--track-repeats", type=int, default=1,
-                    help="timed tracking runs, each on a fresh state; the median run is reported (default 1)")
-    ap.add_argument("--warmup-frames", type=int, default=2,
-                    help="frames tracked in an untimed warm-up run before the timed one (default 2; 0: none)")
+    ap.add_argument(
+        "--track-repeats",
+        type=int,
+        default=1,
+        help="timed tracking runs, each on a fresh state; the median run is reported (default 1)",
+    )
+    ap.add_argument(
+        "--warmup-frames",
+        type=int,
+        default=2,
+        help="frames tracked in an untimed warm-up run before the timed one (default 2; 0: none)",
+    )
     ap.add_argument("--parts", nargs="+", default=["image", "track"], choices=["image", "track"])
-    ap.add_argument("--weights", choices=["test", "official"], default="test",
-                    help="test: the tests' deterministic weights (default); official: cached official checkpoints")
+    ap.add_argument(
+        "--weights",
+        choices=["test", "official"],
+        default="test",
+        help="test: the tests' deterministic weights (default); official: cached official checkpoints",
+    )
     ap.add_argument("--checkpoint", help="explicit checkpoint file (only with a single --configs entry)")
-    ap.add_argument("--compile", action="store_true",
-                    help="torch.compile the model's heavy components (napari_sam2.engine.build.compile_model); "
-                         "the untimed warm-up calls and frames then include compilation")
-    ap.add_argument("--fill-hole-area", type=int, default=0, help="video predictor hole filling (default 0: off)")
-    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in each child (default: torch's)")
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile the model's heavy components (napari_sam2.engine.build.compile_model); "
+        "the untimed warm-up calls and frames then include compilation",
+    )
+    ap.add_argument(
+        "--fill-hole-area", type=int, default=0, help="video predictor hole filling (default 0: off)"
+    )
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch.set_num_threads in each child (default: torch's)"
+    )
     ap.add_argument("--out", type=Path, default=HERE / "results" / "speed.jsonl")
-    ap.add_argument("--dry-run", action="store_true", help="parse the options and print the plan; run nothing")
+    ap.add_argument(
+        "--dry-run", action="store_true", help="parse the options and print the plan; run nothing"
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     return ap
 
@@ -582,10 +689,18 @@ def resolve_devices(names: list[str]) -> tuple[list[str], list[str]]:
 
 def plan(args: argparse.Namespace, devices: list[str]) -> list[dict]:
     specs = []
-    common = {"compile": args.compile, "frames": args.frames, "repeats": args.repeats, "warmup": args.warmup,
-              "track_repeats": args.track_repeats, "warmup_frames": args.warmup_frames,
-              "weights": args.weights, "checkpoint": args.checkpoint, "fill_hole_area": args.fill_hole_area,
-              "threads": args.threads}
+    common = {
+        "compile": args.compile,
+        "frames": args.frames,
+        "repeats": args.repeats,
+        "warmup": args.warmup,
+        "track_repeats": args.track_repeats,
+        "warmup_frames": args.warmup_frames,
+        "weights": args.weights,
+        "checkpoint": args.checkpoint,
+        "fill_hole_area": args.fill_hole_area,
+        "threads": args.threads,
+    }
     for config in args.configs:
         for device in devices:
             for dtype in args.dtype:
@@ -623,20 +738,35 @@ def main(argv: list[str] | None = None) -> int:
     # Generate / locate checkpoints once, here, so no child times the generation of test weights.
     for config in args.configs:
         resolve_checkpoint(config, args.weights, args.checkpoint)
-    header = {"kind": "run", "run_id": run_id, "script": "bench_speed", "command": command_line(),
-              "date": now_iso(), "machine": machine_info(), "options": {k: v for k, v in vars(args).items()
-                                                                       if k not in ("child", "dry_run", "out")}}
+    header = {
+        "kind": "run",
+        "run_id": run_id,
+        "script": "bench_speed",
+        "command": command_line(),
+        "date": now_iso(),
+        "machine": machine_info(),
+        "options": {k: v for k, v in vars(args).items() if k not in ("child", "dry_run", "out")},
+    }
     append_jsonl(args.out, header)
     print(json.dumps(header))
     records = []
     for spec in specs:
-        print(f"# {spec['config']} {spec['device']} {spec['dtype']} {spec['part']}"
-              + (f" {spec['objects']} obj" if spec["part"] == "track" else ""), flush=True)
+        print(
+            f"# {spec['config']} {spec['device']} {spec['dtype']} {spec['part']}"
+            + (f" {spec['objects']} obj" if spec["part"] == "track" else ""),
+            flush=True,
+        )
         records.append(run_child(Path(__file__), spec, args.out))
     summaries = summarize(records)
     for s in summaries:
-        s.update(run_id=run_id, date=header["date"], command=header["command"], machine=header["machine"],
-                 frames=args.frames, weights=args.weights)
+        s.update(
+            run_id=run_id,
+            date=header["date"],
+            command=header["command"],
+            machine=header["machine"],
+            frames=args.frames,
+            weights=args.weights,
+        )
         append_jsonl(args.out, s)
     print()
     print(describe_run(header))

@@ -69,21 +69,38 @@ def run_one(n_frames: int, out: Path, threads: int, config: str) -> None:
         for frame_idx, _obj_ids, masks in predictor.propagate_in_video(state):
             packed.append(np.packbits((masks[:, 0] > 0).cpu().numpy(), axis=-1))
             now = time.perf_counter()
-            log.write(json.dumps({
-                "kind": "frame", "n_frames": n_frames, "frame": frame_idx, "seconds": round(now - t_prev, 3),
-                "rss_mb": round(rss_mb(), 1), "peak_rss_mb": round(peak_rss_mb(), 1),
-                "state_resident_mb": round(state.resident_bytes() / 2**20, 1),
-            }) + "\n")
+            log.write(
+                json.dumps(
+                    {
+                        "kind": "frame",
+                        "n_frames": n_frames,
+                        "frame": frame_idx,
+                        "seconds": round(now - t_prev, 3),
+                        "rss_mb": round(rss_mb(), 1),
+                        "peak_rss_mb": round(peak_rss_mb(), 1),
+                        "state_resident_mb": round(state.resident_bytes() / 2**20, 1),
+                    }
+                )
+                + "\n"
+            )
             log.flush()
             t_prev = now
     total = time.perf_counter() - t0
     outputs_mb = sum(p.nbytes for p in packed) / 2**20
     summary = {
-        "kind": "summary", "n_frames": n_frames, "objects": len(ids), "config": config, "threads": threads,
-        "seconds_total": round(total, 1), "seconds_per_frame": round(total / n_frames, 2),
-        "peak_rss_mb": round(peak_rss_mb(), 1), "rss_after_model_load_mb": round(rss_after_load, 1),
-        "outputs_mb": round(outputs_mb, 2), "feature_cache_mb": round(state.features.nbytes / 2**20, 1),
-        "torch": torch.__version__, "cpu": platform.processor() or platform.machine(),
+        "kind": "summary",
+        "n_frames": n_frames,
+        "objects": len(ids),
+        "config": config,
+        "threads": threads,
+        "seconds_total": round(total, 1),
+        "seconds_per_frame": round(total / n_frames, 2),
+        "peak_rss_mb": round(peak_rss_mb(), 1),
+        "rss_after_model_load_mb": round(rss_after_load, 1),
+        "outputs_mb": round(outputs_mb, 2),
+        "feature_cache_mb": round(state.features.nbytes / 2**20, 1),
+        "torch": torch.__version__,
+        "cpu": platform.processor() or platform.machine(),
         "date": time.strftime("%Y-%m-%d"),
     }
     with out.open("a") as log:
@@ -104,8 +121,18 @@ def main(argv: list[str] | None = None) -> int:
         run_one(args.child, args.out, args.threads, args.config)
         return 0
     for n in args.frames:  # one fresh process per length: peak RSS is per run
-        cmd = [sys.executable, __file__, "--child", str(n), "--out", str(args.out),
-               "--threads", str(args.threads), "--config", args.config]
+        cmd = [
+            sys.executable,
+            __file__,
+            "--child",
+            str(n),
+            "--out",
+            str(args.out),
+            "--threads",
+            str(args.threads),
+            "--config",
+            args.config,
+        ]
         subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
     return 0
 

@@ -54,6 +54,7 @@ IOU_MIN_REQUIRED = 0.99
 
 # ====================================================================== importing Meta's code
 
+
 def meta_package_dir(meta_repo: str | Path) -> Path:
     """The ``sam2`` package folder of a checkout (given its root or the package itself)."""
     repo = Path(meta_repo).expanduser().resolve()
@@ -68,8 +69,12 @@ def meta_package_dir(meta_repo: str | Path) -> Path:
 
 def meta_revision(pkg_dir: Path) -> str | None:
     try:
-        out = subprocess.run(["git", "-C", str(pkg_dir), "rev-parse", "--short", "HEAD"],
-                             capture_output=True, text=True, timeout=10)
+        out = subprocess.run(
+            ["git", "-C", str(pkg_dir), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
         return None
@@ -80,7 +85,9 @@ def import_meta(meta_repo: str | Path) -> types.SimpleNamespace:
     pkg_dir = meta_package_dir(meta_repo)
     existing = sys.modules.get("sam2")
     if existing is not None and list(getattr(existing, "__path__", [])) != [str(pkg_dir)]:
-        raise RuntimeError(f"another 'sam2' package is already imported ({existing!r}); run in a fresh process")
+        raise RuntimeError(
+            f"another 'sam2' package is already imported ({existing!r}); run in a fresh process"
+        )
     pkg = types.ModuleType("sam2")
     pkg.__path__ = [str(pkg_dir)]
     sys.modules["sam2"] = pkg
@@ -102,14 +109,22 @@ def import_meta(meta_repo: str | Path) -> types.SimpleNamespace:
     transformer = importlib.import_module("sam2.modeling.sam.transformer")
     video = importlib.import_module("sam2.sam2_video_predictor")
     return types.SimpleNamespace(
-        Hiera=hieradet.Hiera, ImageEncoder=image_encoder.ImageEncoder, FpnNeck=image_encoder.FpnNeck,
+        Hiera=hieradet.Hiera,
+        ImageEncoder=image_encoder.ImageEncoder,
+        FpnNeck=image_encoder.FpnNeck,
         PositionEmbeddingSine=position_encoding.PositionEmbeddingSine,
-        MemoryAttention=memory_attention.MemoryAttention, MemoryAttentionLayer=memory_attention.MemoryAttentionLayer,
-        RoPEAttention=transformer.RoPEAttention, MemoryEncoder=memory_encoder.MemoryEncoder,
-        MaskDownSampler=memory_encoder.MaskDownSampler, Fuser=memory_encoder.Fuser, CXBlock=memory_encoder.CXBlock,
+        MemoryAttention=memory_attention.MemoryAttention,
+        MemoryAttentionLayer=memory_attention.MemoryAttentionLayer,
+        RoPEAttention=transformer.RoPEAttention,
+        MemoryEncoder=memory_encoder.MemoryEncoder,
+        MaskDownSampler=memory_encoder.MaskDownSampler,
+        Fuser=memory_encoder.Fuser,
+        CXBlock=memory_encoder.CXBlock,
         SAM2VideoPredictor=video.SAM2VideoPredictor,
         SAM2VideoPredictorVOS=getattr(video, "SAM2VideoPredictorVOS", None),
-        video_module=video, pkg_dir=pkg_dir, iopath_stubbed=iopath_stubbed,
+        video_module=video,
+        pkg_dir=pkg_dir,
+        iopath_stubbed=iopath_stubbed,
     )
 
 
@@ -126,44 +141,86 @@ def build_meta_predictor(m: types.SimpleNamespace, cfg, checkpoint: Path, device
     d = n.d_model
 
     def sine(num_pos_feats):
-        return m.PositionEmbeddingSine(num_pos_feats=num_pos_feats, normalize=True, scale=None, temperature=10000)
+        return m.PositionEmbeddingSine(
+            num_pos_feats=num_pos_feats, normalize=True, scale=None, temperature=10000
+        )
 
     trunk = m.Hiera(
-        embed_dim=t.embed_dim, num_heads=t.num_heads, stages=list(t.stages),
-        global_att_blocks=list(t.global_att_blocks), window_spec=list(t.window_spec),
+        embed_dim=t.embed_dim,
+        num_heads=t.num_heads,
+        stages=list(t.stages),
+        global_att_blocks=list(t.global_att_blocks),
+        window_spec=list(t.window_spec),
         window_pos_embed_bkg_spatial_size=list(t.window_pos_embed_bkg_spatial_size),
     )
-    neck = m.FpnNeck(position_encoding=sine(d), d_model=d, backbone_channel_list=list(n.backbone_channel_list),
-                     fpn_top_down_levels=list(n.fpn_top_down_levels), fpn_interp_model=n.fpn_interp_model)
+    neck = m.FpnNeck(
+        position_encoding=sine(d),
+        d_model=d,
+        backbone_channel_list=list(n.backbone_channel_list),
+        fpn_top_down_levels=list(n.fpn_top_down_levels),
+        fpn_interp_model=n.fpn_interp_model,
+    )
     image_encoder = m.ImageEncoder(trunk=trunk, neck=neck, scalp=n.scalp)
 
     def rope(**extra):
-        return m.RoPEAttention(rope_theta=ma.rope_theta, feat_sizes=list(ma.feat_sizes), embedding_dim=d,
-                               num_heads=ma.num_heads, downsample_rate=1, dropout=0.1, **extra)
+        return m.RoPEAttention(
+            rope_theta=ma.rope_theta,
+            feat_sizes=list(ma.feat_sizes),
+            embedding_dim=d,
+            num_heads=ma.num_heads,
+            downsample_rate=1,
+            dropout=0.1,
+            **extra,
+        )
 
     layer = m.MemoryAttentionLayer(
-        activation="relu", dim_feedforward=ma.dim_feedforward, dropout=0.1, pos_enc_at_attn=False,
-        self_attention=rope(), d_model=d, pos_enc_at_cross_attn_keys=True, pos_enc_at_cross_attn_queries=False,
+        activation="relu",
+        dim_feedforward=ma.dim_feedforward,
+        dropout=0.1,
+        pos_enc_at_attn=False,
+        self_attention=rope(),
+        d_model=d,
+        pos_enc_at_cross_attn_keys=True,
+        pos_enc_at_cross_attn_queries=False,
         cross_attention=rope(rope_k_repeat=True, kv_in_dim=me.out_dim),
     )
-    memory_attention = m.MemoryAttention(d_model=d, pos_enc_at_input=True, layer=layer, num_layers=ma.num_layers)
+    memory_attention = m.MemoryAttention(
+        d_model=d, pos_enc_at_input=True, layer=layer, num_layers=ma.num_layers
+    )
     memory_encoder = m.MemoryEncoder(
-        out_dim=me.out_dim, position_encoding=sine(me.out_dim),
+        out_dim=me.out_dim,
+        position_encoding=sine(me.out_dim),
         mask_downsampler=m.MaskDownSampler(kernel_size=3, stride=2, padding=1),
-        fuser=m.Fuser(layer=m.CXBlock(dim=d, kernel_size=7, padding=3, layer_scale_init_value=1e-6, use_dwconv=True),
-                      num_layers=me.num_fuser_layers),
+        fuser=m.Fuser(
+            layer=m.CXBlock(dim=d, kernel_size=7, padding=3, layer_scale_init_value=1e-6, use_dwconv=True),
+            num_layers=me.num_fuser_layers,
+        ),
     )
     cls = m.SAM2VideoPredictorVOS if vos else m.SAM2VideoPredictor
     if cls is None:
-        raise RuntimeError("this checkout of Meta's sam2 has no SAM2VideoPredictorVOS (--meta-vos needs a newer one)")
-    kwargs = dict(asdict(cfg.tracking), image_size=cfg.image_size, backbone_stride=cfg.backbone_stride,
-                  sam_mask_decoder_extra_args=asdict(cfg.postprocessing), compile_image_encoder=vos)
+        raise RuntimeError(
+            "this checkout of Meta's sam2 has no SAM2VideoPredictorVOS (--meta-vos needs a newer one)"
+        )
+    kwargs = dict(
+        asdict(cfg.tracking),
+        image_size=cfg.image_size,
+        backbone_stride=cfg.backbone_stride,
+        sam_mask_decoder_extra_args=asdict(cfg.postprocessing),
+        compile_image_encoder=vos,
+    )
     accepted = set(inspect.signature(m.video_module.SAM2Base.__init__).parameters)
     unknown = {k: v for k, v in kwargs.items() if k not in accepted}
     kwargs = {k: v for k, v in kwargs.items() if k in accepted}
-    model = cls(image_encoder=image_encoder, memory_attention=memory_attention, memory_encoder=memory_encoder,
-                fill_hole_area=0, non_overlap_masks=False, clear_non_cond_mem_around_input=False,
-                add_all_frames_to_correct_as_cond=False, **kwargs)
+    model = cls(
+        image_encoder=image_encoder,
+        memory_attention=memory_attention,
+        memory_encoder=memory_encoder,
+        fill_hole_area=0,
+        non_overlap_masks=False,
+        clear_non_cond_mem_around_input=False,
+        add_all_frames_to_correct_as_cond=False,
+        **kwargs,
+    )
     sd = torch.load(checkpoint, map_location="cpu", weights_only=True)["model"]
     model.load_state_dict(sd, strict=True)
     return model.to(device).eval(), unknown
@@ -186,6 +243,7 @@ def frames_loader(video_module, images, height: int, width: int):
 
 # ====================================================================== the measurement (child)
 
+
 def measure(spec: dict) -> dict:
     import torch
 
@@ -204,9 +262,11 @@ def measure(spec: dict) -> dict:
 
     bs.sync(device)
     t0 = time.perf_counter()
-    ours = SAM2VideoPredictor(build_sam2_model(spec["config"], ckpt, device, compile=spec.get("compile", False)),
-                              fill_hole_area=0,
-                              autocast_dtype=torch.bfloat16 if dtype == "bf16" else None)
+    ours = SAM2VideoPredictor(
+        build_sam2_model(spec["config"], ckpt, device, compile=spec.get("compile", False)),
+        fill_hole_area=0,
+        autocast_dtype=torch.bfloat16 if dtype == "bf16" else None,
+    )
     bs.sync(device)
     ours_load_s = time.perf_counter() - t0
     t0 = time.perf_counter()
@@ -275,11 +335,17 @@ def measure(spec: dict) -> dict:
     if ours_stats.get("s_per_frame") and meta_stats.get("s_per_frame"):
         ratio = round(meta_stats["s_per_frame"] / ours_stats["s_per_frame"], 3)
     return {
-        **spec, "kind": "meta_reference", "checkpoint_file": ckpt.name,
-        "meta_package": str(m.pkg_dir), "meta_git": meta_revision(m.pkg_dir), "iopath_stubbed": m.iopath_stubbed,
+        **spec,
+        "kind": "meta_reference",
+        "checkpoint_file": ckpt.name,
+        "meta_package": str(m.pkg_dir),
+        "meta_git": meta_revision(m.pkg_dir),
+        "iopath_stubbed": m.iopath_stubbed,
         "meta_unknown_kwargs": unknown_kwargs or None,
-        "ours_load_s": round(ours_load_s, 3), "meta_load_s": round(meta_load_s, 3),
-        "ours": ours_stats, "meta": meta_stats,
+        "ours_load_s": round(ours_load_s, 3),
+        "meta_load_s": round(meta_load_s, 3),
+        "ours": ours_stats,
+        "meta": meta_stats,
         "ours_s_per_frame_all_repeats": [round(sum(r[0]) / len(r[0]), 4) for r in ours_runs if r[0]],
         "meta_s_per_frame_all_repeats": [round(sum(r[0]) / len(r[0]), 4) for r in meta_runs if r[0]],
         "fps_ratio_ours_over_meta": ratio,
@@ -287,59 +353,120 @@ def measure(spec: dict) -> dict:
         "preprocess_ms_per_frame": round(1000 * statistics.median(prep_s), 2),
         "agreement": agreement,
         "parity_ok": agreement["iou_min"] >= IOU_MIN_REQUIRED,
-        "peak_rss_mb": round(bs.peak_rss_mb(), 1), "cuda_max_allocated_mb": bs.device_peak_mb(device),
+        "peak_rss_mb": round(bs.peak_rss_mb(), 1),
+        "cuda_max_allocated_mb": bs.device_peak_mb(device),
     }
 
 
 # ====================================================================== driver
 
+
 def markdown_table(records: list[dict]) -> str:
-    head = ["variant", "device", "dtype", "Meta mode", "objects", "ours s/frame", "Meta s/frame",
-            "FPS ours/Meta", "mask IoU min", "logit rel-L2 max", f"IoU >= {IOU_MIN_REQUIRED}"]
+    head = [
+        "variant",
+        "device",
+        "dtype",
+        "Meta mode",
+        "objects",
+        "ours s/frame",
+        "Meta s/frame",
+        "FPS ours/Meta",
+        "mask IoU min",
+        "logit rel-L2 max",
+        f"IoU >= {IOU_MIN_REQUIRED}",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in records:
         mode = "VOS (compiled)" if r.get("meta_vos") else "SAM2VideoPredictor"
         if r.get("kind") == "error":
-            lines.append(f"| {r['config']} | {r['device']} | {r['dtype']} | {mode} | {r['objects']} | failed "
-                         f"(exit {r.get('returncode')}) |" + " |" * (len(head) - 6))
+            lines.append(
+                f"| {r['config']} | {r['device']} | {r['dtype']} | {mode} | {r['objects']} | failed "
+                f"(exit {r.get('returncode')}) |" + " |" * (len(head) - 6)
+            )
             continue
         a = r["agreement"]
-        lines.append(" | ".join([
-            f"| {r['config']}", r["device"], r["dtype"] + (" (ours compiled)" if r.get("compile") else ""), mode,
-            str(r["objects"]),
-            bs._fmt(r["ours"].get("s_per_frame")), bs._fmt(r["meta"].get("s_per_frame")),
-            bs._fmt(r["fps_ratio_ours_over_meta"]), f"{a['iou_min']:.5f}", f"{a['logit_rel_l2_max']:.3g}",
-            ("yes" if r["parity_ok"] else "**NO**" if r["dtype"] == "fp32" else "no (bf16: informational)") + " |",
-        ]))
+        lines.append(
+            " | ".join(
+                [
+                    f"| {r['config']}",
+                    r["device"],
+                    r["dtype"] + (" (ours compiled)" if r.get("compile") else ""),
+                    mode,
+                    str(r["objects"]),
+                    bs._fmt(r["ours"].get("s_per_frame")),
+                    bs._fmt(r["meta"].get("s_per_frame")),
+                    bs._fmt(r["fps_ratio_ours_over_meta"]),
+                    f"{a['iou_min']:.5f}",
+                    f"{a['logit_rel_l2_max']:.3g}",
+                    (
+                        "yes"
+                        if r["parity_ok"]
+                        else "**NO**"
+                        if r["dtype"] == "fp32"
+                        else "no (bf16: informational)"
+                    )
+                    + " |",
+                ]
+            )
+        )
     return "\n".join(lines)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--meta-repo", help="your checkout of facebookresearch/sam2 (root or its sam2/ folder)")
-    ap.add_argument("--configs", nargs="+", default=["sam2.1_hiera_t"], choices=bs.CONFIGS, metavar="CONFIG",
-                    help=f"model variants (default sam2.1_hiera_t); any of: {', '.join(bs.CONFIGS)}")
+    ap.add_argument(
+        "--configs",
+        nargs="+",
+        default=["sam2.1_hiera_t"],
+        choices=bs.CONFIGS,
+        metavar="CONFIG",
+        help=f"model variants (default sam2.1_hiera_t); any of: {', '.join(bs.CONFIGS)}",
+    )
     ap.add_argument("--device", default="auto", help="cpu, cuda or auto (default auto)")
     ap.add_argument("--dtype", default="fp32", choices=bs.DTYPES, help="fp32, or bf16 autocast for both")
-    ap.add_argument("--meta-vos", action="store_true",
-                    help="Meta's SAM2VideoPredictorVOS (torch.compile of its components; CUDA only)")
-    ap.add_argument("--compile", action="store_true",
-                    help="torch.compile ours too (napari_sam2.engine.build.compile_model); with --meta-vos and --dtype bf16 "
-                         "this is each implementation's fastest mode")
-    ap.add_argument("--frames", type=int, default=8, help="tracked frames after the prompted frame 0 (default 8)")
+    ap.add_argument(
+        "--meta-vos",
+        action="store_true",
+        help="Meta's SAM2VideoPredictorVOS (torch.compile of its components; CUDA only)",
+    )
+    ap.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile ours too (napari_sam2.engine.build.compile_model); with --meta-vos and --dtype bf16 "
+        "this is each implementation's fastest mode",
+    )
+    ap.add_argument(
+        "--frames", type=int, default=8, help="tracked frames after the prompted frame 0 (default 8)"
+    )
     ap.add_argument("--objects", type=int, nargs="+", default=[1, 5], help="object counts (default 1 5)")
-    ap.add_argument("--track-repeats", type=int, default=1,
-                    help="timed runs of each, alternating ours / Meta; the median run is reported (default 1)")
-    ap.add_argument("--warmup-frames", type=int, default=None,
-                    help="frames of an untimed warm-up run of each first (default 2; all --frames with --meta-vos "
-                         "or --compile, whose compilation would otherwise be timed)")
-    ap.add_argument("--weights", choices=["test", "official"], default="test",
-                    help="test: the tests' deterministic weights (default); official: cached official checkpoints")
+    ap.add_argument(
+        "--track-repeats",
+        type=int,
+        default=1,
+        help="timed runs of each, alternating ours / Meta; the median run is reported (default 1)",
+    )
+    ap.add_argument(
+        "--warmup-frames",
+        type=int,
+        default=None,
+        help="frames of an untimed warm-up run of each first (default 2; all --frames with --meta-vos "
+        "or --compile, whose compilation would otherwise be timed)",
+    )
+    ap.add_argument(
+        "--weights",
+        choices=["test", "official"],
+        default="test",
+        help="test: the tests' deterministic weights (default); official: cached official checkpoints",
+    )
     ap.add_argument("--checkpoint", help="explicit checkpoint file (only with a single --configs entry)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "meta_reference.jsonl")
-    ap.add_argument("--dry-run", action="store_true", help="parse the options, check the checkout, print the plan")
+    ap.add_argument(
+        "--dry-run", action="store_true", help="parse the options, check the checkout, print the plan"
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     return ap
 
@@ -351,7 +478,9 @@ def main(argv: list[str] | None = None) -> int:
         bs.emit(measure(json.loads(args.child)), args.out)
         return 0
     if not args.meta_repo:
-        ap.error("--meta-repo is required: the path of your checkout of https://github.com/facebookresearch/sam2")
+        ap.error(
+            "--meta-repo is required: the path of your checkout of https://github.com/facebookresearch/sam2"
+        )
     if args.frames < 1 or args.track_repeats < 1 or any(k < 1 for k in args.objects):
         ap.error("--frames, --track-repeats and --objects must be >= 1")
     if args.checkpoint and len(args.configs) != 1:
@@ -365,20 +494,39 @@ def main(argv: list[str] | None = None) -> int:
     devices, problems = bs.resolve_devices([args.device])
     device = devices[0]
     if args.meta_vos and not device.startswith("cuda"):
-        problems.append("--meta-vos needs --device cuda (Meta's VOS predictor compiles its components "
-                        "with torch.compile(mode='max-autotune'), which targets GPUs)")
+        problems.append(
+            "--meta-vos needs --device cuda (Meta's VOS predictor compiles its components "
+            "with torch.compile(mode='max-autotune'), which targets GPUs)"
+        )
     run_id = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
-    specs = [{"run_id": run_id, "config": c, "device": device, "dtype": args.dtype, "meta_vos": args.meta_vos,
-              "compile": args.compile, "objects": k, "frames": args.frames, "track_repeats": args.track_repeats,
-              "warmup_frames": args.warmup_frames, "weights": args.weights, "checkpoint": args.checkpoint,
-              "threads": args.threads, "meta_repo": str(pkg_dir)}
-             for c in args.configs for k in args.objects]
+    specs = [
+        {
+            "run_id": run_id,
+            "config": c,
+            "device": device,
+            "dtype": args.dtype,
+            "meta_vos": args.meta_vos,
+            "compile": args.compile,
+            "objects": k,
+            "frames": args.frames,
+            "track_repeats": args.track_repeats,
+            "warmup_frames": args.warmup_frames,
+            "weights": args.weights,
+            "checkpoint": args.checkpoint,
+            "threads": args.threads,
+            "meta_repo": str(pkg_dir),
+        }
+        for c in args.configs
+        for k in args.objects
+    ]
     if args.dry_run:
         print(f"Meta's sam2 package: {pkg_dir} (git {meta_revision(pkg_dir) or 'unknown'})")
         print(f"plan ({len(specs)} fresh processes; results would be appended to {args.out}):")
         for s in specs:
-            print(f"  {s['config']:16s} {s['device']:6s} {s['dtype']:5s} {s['objects']} obj, {s['frames']} frames, "
-                  f"Meta {'VOS' if s['meta_vos'] else 'SAM2VideoPredictor'}")
+            print(
+                f"  {s['config']:16s} {s['device']:6s} {s['dtype']:5s} {s['objects']} obj, {s['frames']} frames, "
+                f"Meta {'VOS' if s['meta_vos'] else 'SAM2VideoPredictor'}"
+            )
         for p in problems:
             print(f"  note: {p}")
         return 0
@@ -386,9 +534,16 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("; ".join(problems))
     for config in args.configs:
         bs.resolve_checkpoint(config, args.weights, args.checkpoint)
-    header = {"kind": "run", "run_id": run_id, "script": "meta_reference", "command": bs.command_line(),
-              "date": bs.now_iso(), "machine": bs.machine_info(),
-              "meta_package": str(pkg_dir), "meta_git": meta_revision(pkg_dir)}
+    header = {
+        "kind": "run",
+        "run_id": run_id,
+        "script": "meta_reference",
+        "command": bs.command_line(),
+        "date": bs.now_iso(),
+        "machine": bs.machine_info(),
+        "meta_package": str(pkg_dir),
+        "meta_git": meta_revision(pkg_dir),
+    }
     bs.append_jsonl(args.out, header)
     print(json.dumps(header))
     records = []

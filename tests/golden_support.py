@@ -66,7 +66,9 @@ def write_image_case(golden_dir: Path, case: str, predictor, out_dir: Path) -> N
         packed, shape = gio.pack_masks(masks)
         gio.save_npz(
             out_dir / f"call_{i:02d}_{call['name']}.npz",
-            masks_packed=packed, masks_shape=shape, iou_predictions=ious.astype(np.float32),
+            masks_packed=packed,
+            masks_shape=shape,
+            iou_predictions=ious.astype(np.float32),
             low_res_masks=low.astype(np.float32),
         )
 
@@ -113,14 +115,25 @@ def write_video_case(golden_dir: Path, case: str, predictor, out_dir: Path, fram
         path = out_dir / f"op_{i:02d}_{name}.npz"
         if name == "add_new_points_or_box":
             f_idx, obj_ids, masks = predictor.add_new_points_or_box(
-                state, op["frame_idx"], op["obj_id"], points=op.get("points"), labels=op.get("labels"),
-                clear_old_points=op.get("clear_old_points", True), box=op.get("box"),
+                state,
+                op["frame_idx"],
+                op["obj_id"],
+                points=op.get("points"),
+                labels=op.get("labels"),
+                clear_old_points=op.get("clear_old_points", True),
+                box=op.get("box"),
             )
             logits, scores, ptrs = _output_arrays(predictor.frame_outputs(state, f_idx))
             packed, shape = gio.pack_masks((masks[:, 0] > 0).cpu().numpy())
             gio.save_npz(
-                path, frame_idx=np.array([f_idx]), obj_ids=np.array(obj_ids), masks_packed=packed, masks_shape=shape,
-                low_res_logits=logits, object_score_logits=scores, obj_ptr=ptrs,
+                path,
+                frame_idx=np.array([f_idx]),
+                obj_ids=np.array(obj_ids),
+                masks_packed=packed,
+                masks_shape=shape,
+                low_res_logits=logits,
+                object_score_logits=scores,
+                obj_ptr=ptrs,
             )
         elif name == "add_new_mask":
             raise NotImplementedError("no golden case uses add_new_mask yet")
@@ -128,8 +141,10 @@ def write_video_case(golden_dir: Path, case: str, predictor, out_dir: Path, fram
             rows = {"frame_idx": [], "masks": [], "logits": [], "scores": [], "ptrs": []}
             obj_ids = []
             for f_idx, obj_ids, masks in predictor.propagate_in_video(  # noqa: B007 - the last ids are saved
-                state, start_frame_idx=op.get("start_frame_idx"),
-                max_frame_num_to_track=op.get("max_frame_num_to_track"), reverse=op.get("reverse", False),
+                state,
+                start_frame_idx=op.get("start_frame_idx"),
+                max_frame_num_to_track=op.get("max_frame_num_to_track"),
+                reverse=op.get("reverse", False),
             ):
                 logits, scores, ptrs = _output_arrays(predictor.frame_outputs(state, f_idx))
                 rows["frame_idx"].append(f_idx)
@@ -140,9 +155,14 @@ def write_video_case(golden_dir: Path, case: str, predictor, out_dir: Path, fram
             if rows["frame_idx"]:
                 packed, shape = gio.pack_masks(np.stack(rows["masks"]))
                 gio.save_npz(
-                    path, frame_idx=np.array(rows["frame_idx"]), obj_ids=np.array(obj_ids), masks_packed=packed,
-                    masks_shape=shape, low_res_logits=np.stack(rows["logits"]),
-                    object_score_logits=np.stack(rows["scores"]), obj_ptr=np.stack(rows["ptrs"]),
+                    path,
+                    frame_idx=np.array(rows["frame_idx"]),
+                    obj_ids=np.array(obj_ids),
+                    masks_packed=packed,
+                    masks_shape=shape,
+                    low_res_logits=np.stack(rows["logits"]),
+                    object_score_logits=np.stack(rows["scores"]),
+                    obj_ptr=np.stack(rows["ptrs"]),
                 )
             else:
                 gio.save_npz(path, frame_idx=np.zeros(0, dtype=np.int64))

@@ -60,8 +60,17 @@ def test_cli_track_end_to_end(tiny_checkpoint, tmp_path, capsys):
     prompts.add_point(0, 4, 15.0, 16.0)
     prompts_file = save_prompts(tmp_path / "prompts.json", prompts)
     out = tmp_path / "labels.tif"
-    args = ["track", str(stack), str(prompts_file), str(out), "--checkpoint", str(tiny_checkpoint),
-            "--device", "cpu", "--quiet"]
+    args = [
+        "track",
+        str(stack),
+        str(prompts_file),
+        str(out),
+        "--checkpoint",
+        str(tiny_checkpoint),
+        "--device",
+        "cpu",
+        "--quiet",
+    ]
     assert main(args) == 0
     labels = tifffile.imread(out)
     assert labels.shape == (3, 48, 64) and labels.dtype == np.uint16
@@ -77,5 +86,8 @@ def test_cli_track_reports_bad_prompts_file(tmp_path, capsys):
     tifffile.imwrite(stack, _stack(t=2), photometric="minisblack")
     bad = tmp_path / "p.json"
     bad.write_text(json.dumps({"hello": 1}))
-    assert main(["track", str(stack), str(bad), str(tmp_path / "o.tif"), "--quiet", "--checkpoint", str(bad)]) == 2
+    assert (
+        main(["track", str(stack), str(bad), str(tmp_path / "o.tif"), "--quiet", "--checkpoint", str(bad)])
+        == 2
+    )
     assert "napari-sam2 track:" in capsys.readouterr().err

@@ -38,10 +38,24 @@ def test_bench_speed_knows_every_config(bench_speed):
 
 def test_bench_speed_dry_run_prints_the_plan_and_writes_nothing(bench_speed, tmp_path, capsys):
     out = tmp_path / "speed.jsonl"
-    code = bench_speed.main([
-        "--dry-run", "--configs", "sam2.1_hiera_t", "sam2_hiera_l", "--device", "cpu",
-        "--dtype", "fp32", "bf16", "--objects", "1", "5", "--out", str(out),
-    ])
+    code = bench_speed.main(
+        [
+            "--dry-run",
+            "--configs",
+            "sam2.1_hiera_t",
+            "sam2_hiera_l",
+            "--device",
+            "cpu",
+            "--dtype",
+            "fp32",
+            "bf16",
+            "--objects",
+            "1",
+            "5",
+            "--out",
+            str(out),
+        ]
+    )
     text = capsys.readouterr().out
     assert code == 0
     assert "plan (12 fresh processes" in text
@@ -49,9 +63,17 @@ def test_bench_speed_dry_run_prints_the_plan_and_writes_nothing(bench_speed, tmp
     assert not out.exists()
 
 
-@pytest.mark.parametrize("bad", [["--frames", "0"], ["--configs", "nope"], ["--dtype", "fp16"],
-                                 ["--device", "tpu"], ["--objects", "0"],
-                                 ["--checkpoint", "x.pt", "--configs", "sam2_hiera_t", "sam2_hiera_s"]])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        ["--frames", "0"],
+        ["--configs", "nope"],
+        ["--dtype", "fp16"],
+        ["--device", "tpu"],
+        ["--objects", "0"],
+        ["--checkpoint", "x.pt", "--configs", "sam2_hiera_t", "sam2_hiera_s"],
+    ],
+)
 def test_bench_speed_rejects_bad_options(bench_speed, bad, capsys):
     with pytest.raises(SystemExit):
         bench_speed.main(["--dry-run", *bad])
@@ -60,13 +82,49 @@ def test_bench_speed_rejects_bad_options(bench_speed, bad, capsys):
 def _records():
     common = {"config": "sam2.1_hiera_t", "device": "cuda", "run_id": "r"}
     return [
-        {**common, "dtype": "fp32", "kind": "image", "part": "image", "load_s": 1.5, "set_image_ms": 40.0,
-         "predict_ms": 5.0, "peak_rss_mb": 900.0, "cuda_max_allocated_mb": 300.0},
-        {**common, "dtype": "fp32", "kind": "track", "part": "track", "objects": 1, "load_s": 1.7,
-         "s_per_frame": 0.05, "fps": 20.0, "tracked_frames": 8, "peak_rss_mb": 1000.0, "cuda_max_allocated_mb": 400.0},
-        {**common, "dtype": "bf16", "kind": "track", "part": "track", "objects": 5, "load_s": 1.6,
-         "s_per_frame": 0.1, "fps": 10.0, "tracked_frames": 8, "peak_rss_mb": 1100.0, "cuda_max_allocated_mb": 500.0,
-         "vs_fp32": {"iou_min": 0.97, "iou_mean": 0.99, "logit_rel_l2_max": 0.04, "logit_rel_l2_mean": 0.02}},
+        {
+            **common,
+            "dtype": "fp32",
+            "kind": "image",
+            "part": "image",
+            "load_s": 1.5,
+            "set_image_ms": 40.0,
+            "predict_ms": 5.0,
+            "peak_rss_mb": 900.0,
+            "cuda_max_allocated_mb": 300.0,
+        },
+        {
+            **common,
+            "dtype": "fp32",
+            "kind": "track",
+            "part": "track",
+            "objects": 1,
+            "load_s": 1.7,
+            "s_per_frame": 0.05,
+            "fps": 20.0,
+            "tracked_frames": 8,
+            "peak_rss_mb": 1000.0,
+            "cuda_max_allocated_mb": 400.0,
+        },
+        {
+            **common,
+            "dtype": "bf16",
+            "kind": "track",
+            "part": "track",
+            "objects": 5,
+            "load_s": 1.6,
+            "s_per_frame": 0.1,
+            "fps": 10.0,
+            "tracked_frames": 8,
+            "peak_rss_mb": 1100.0,
+            "cuda_max_allocated_mb": 500.0,
+            "vs_fp32": {
+                "iou_min": 0.97,
+                "iou_mean": 0.99,
+                "logit_rel_l2_max": 0.04,
+                "logit_rel_l2_mean": 0.02,
+            },
+        },
         {**common, "dtype": "bf16", "kind": "error", "part": "image", "returncode": 1},
     ]
 
@@ -117,7 +175,10 @@ def _fake_checkout(root: Path) -> Path:
 def test_meta_reference_dry_run(meta_reference, tmp_path, capsys):
     repo = _fake_checkout(tmp_path)
     out = tmp_path / "meta.jsonl"
-    assert meta_reference.main(["--dry-run", "--meta-repo", str(repo), "--device", "cpu", "--out", str(out)]) == 0
+    assert (
+        meta_reference.main(["--dry-run", "--meta-repo", str(repo), "--device", "cpu", "--out", str(out)])
+        == 0
+    )
     text = capsys.readouterr().out
     assert "plan (2 fresh processes" in text and "1 obj" in text and "5 obj" in text
     assert not out.exists()
@@ -138,15 +199,32 @@ def test_meta_reference_needs_a_checkout(meta_reference, bad, capsys):
 
 def test_meta_reference_table(meta_reference):
     record = {
-        "kind": "meta_reference", "config": "sam2.1_hiera_t", "device": "cuda", "dtype": "bf16", "meta_vos": True,
-        "objects": 5, "ours": {"s_per_frame": 0.05}, "meta": {"s_per_frame": 0.04},
-        "fps_ratio_ours_over_meta": 0.8, "agreement": {"iou_min": 0.995, "logit_rel_l2_max": 0.01},
+        "kind": "meta_reference",
+        "config": "sam2.1_hiera_t",
+        "device": "cuda",
+        "dtype": "bf16",
+        "meta_vos": True,
+        "objects": 5,
+        "ours": {"s_per_frame": 0.05},
+        "meta": {"s_per_frame": 0.04},
+        "fps_ratio_ours_over_meta": 0.8,
+        "agreement": {"iou_min": 0.995, "logit_rel_l2_max": 0.01},
         "parity_ok": True,
     }
-    failed = {"kind": "error", "config": "sam2.1_hiera_l", "device": "cuda", "dtype": "bf16", "meta_vos": False,
-              "objects": 1, "returncode": 1}
+    failed = {
+        "kind": "error",
+        "config": "sam2.1_hiera_l",
+        "device": "cuda",
+        "dtype": "bf16",
+        "meta_vos": False,
+        "objects": 1,
+        "returncode": 1,
+    }
     table = meta_reference.markdown_table([record, failed])
-    assert "| sam2.1_hiera_t | cuda | bf16 | VOS (compiled) | 5 | 0.05 | 0.04 | 0.8 | 0.99500 | 0.01 | yes |" in table
+    assert (
+        "| sam2.1_hiera_t | cuda | bf16 | VOS (compiled) | 5 | 0.05 | 0.04 | 0.8 | 0.99500 | 0.01 | yes |"
+        in table
+    )
     assert "failed (exit 1)" in table
 
 
@@ -161,7 +239,11 @@ def test_matmul_peak_writes_one_record_per_shape_and_dtype(tmp_path, monkeypatch
     assert records[0]["kind"] == "run"
     rows = [r for r in records if r["kind"] == "matmul"]
     assert [(r["shape"], r["dtype"]) for r in rows] == [
-        ("small", "fp32"), ("small", "bf16"), ("thin", "fp32"), ("thin", "bf16")]
+        ("small", "fp32"),
+        ("small", "bf16"),
+        ("thin", "fp32"),
+        ("thin", "bf16"),
+    ]
     for r in rows:
         assert r["best_s"] <= r["median_s"]
         assert r["gflops_best"] >= r["gflops_median"]

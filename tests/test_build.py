@@ -215,7 +215,13 @@ def test_failed_load_leaves_the_model_untouched():
 
 
 @pytest.mark.parametrize(
-    "alias", ["facebook/sam2.1-hiera-tiny", "sam2.1_hiera_tiny", "sam2.1_hiera_tiny.pt", "configs/sam2.1/sam2.1_hiera_t.yaml"]
+    "alias",
+    [
+        "facebook/sam2.1-hiera-tiny",
+        "sam2.1_hiera_tiny",
+        "sam2.1_hiera_tiny.pt",
+        "configs/sam2.1/sam2.1_hiera_t.yaml",
+    ],
 )
 def test_config_aliases_match_the_checkpoint_registry(alias):
     from napari_sam2.engine.checkpoints import resolve_config_name
@@ -256,8 +262,11 @@ def test_image_encoder_compiles_as_one_graph_with_the_same_features(small_model)
         got = compiled.forward_image(x)[0]
     assert counter.frame_count == 1
     assert set(compiled.state_dict()) == set(small_model.state_dict())  # checkpoints still load strictly
-    for a, b in [(got.vision_feat, want.vision_feat), (got.vision_pos, want.vision_pos),
-                 *zip(got.high_res, want.high_res)]:
+    for a, b in [
+        (got.vision_feat, want.vision_feat),
+        (got.vision_pos, want.vision_pos),
+        *zip(got.high_res, want.high_res),
+    ]:
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 

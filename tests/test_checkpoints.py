@@ -114,9 +114,7 @@ def _assert_message(err: CheckpointError, url: str, dest: Path) -> None:
 
 
 def test_registry_has_the_eight_official_checkpoints():
-    assert set(CHECKPOINTS) == {
-        f"{v}_hiera_{s}" for v in ("sam2", "sam2.1") for s in ("t", "s", "b+", "l")
-    }
+    assert set(CHECKPOINTS) == {f"{v}_hiera_{s}" for v in ("sam2", "sam2.1") for s in ("t", "s", "b+", "l")}
     for name, info in CHECKPOINTS.items():
         date = "092824" if name.startswith("sam2.1") else "072824"
         assert info.url == f"https://dl.fbaipublicfiles.com/segment_anything_2/{date}/{info.filename}"
@@ -177,7 +175,10 @@ def test_cache_dir_default_uses_platformdirs(monkeypatch):
 def test_download_good_file(server, cache):
     calls = []
     path = download_checkpoint(
-        CONFIG, url=f"{server}/good.pt", expected_sha256=PAYLOAD_SHA, expected_size=len(PAYLOAD),
+        CONFIG,
+        url=f"{server}/good.pt",
+        expected_sha256=PAYLOAD_SHA,
+        expected_size=len(PAYLOAD),
         progress=lambda done, total: calls.append((done, total)),
     )
     assert path == checkpoint_path(CONFIG) == cache / "sam2.1_hiera_tiny.pt"
@@ -188,14 +189,18 @@ def test_download_good_file(server, cache):
 
 
 def test_download_with_tqdm_and_no_length(server, cache):
-    path = download_checkpoint(CONFIG, url=f"{server}/nolength.pt", expected_sha256=PAYLOAD_SHA, expected_size=None, progress=True)
+    path = download_checkpoint(
+        CONFIG, url=f"{server}/nolength.pt", expected_sha256=PAYLOAD_SHA, expected_size=None, progress=True
+    )
     assert path.read_bytes() == PAYLOAD
 
 
 def test_download_from_file_url(tmp_path, cache):
     src = tmp_path / "mirror.pt"
     src.write_bytes(PAYLOAD)
-    path = download_checkpoint(CONFIG, url=src.as_uri(), expected_sha256=PAYLOAD_SHA, expected_size=len(PAYLOAD), progress=False)
+    path = download_checkpoint(
+        CONFIG, url=src.as_uri(), expected_sha256=PAYLOAD_SHA, expected_size=len(PAYLOAD), progress=False
+    )
     assert path.read_bytes() == PAYLOAD
 
 
@@ -210,7 +215,9 @@ def test_download_truncated(server, cache):
 def test_download_wrong_checksum(server, cache):
     url = f"{server}/good.pt"
     with pytest.raises(CheckpointError, match="SHA-256") as info:
-        download_checkpoint(CONFIG, url=url, expected_sha256="0" * 64, expected_size=len(PAYLOAD), progress=False)
+        download_checkpoint(
+            CONFIG, url=url, expected_sha256="0" * 64, expected_size=len(PAYLOAD), progress=False
+        )
     _assert_message(info.value, url, checkpoint_path(CONFIG))
     _assert_clean(cache, checkpoint_path(CONFIG))
 
@@ -254,7 +261,9 @@ def test_download_cancel(server, cache):
 
     url = f"{server}/slow.pt"
     with pytest.raises(DownloadCancelled, match="cancelled") as info:
-        download_checkpoint(CONFIG, url=url, cancel=cancel, progress=progress, expected_sha256=None, expected_size=None)
+        download_checkpoint(
+            CONFIG, url=url, cancel=cancel, progress=progress, expected_sha256=None, expected_size=None
+        )
     assert isinstance(info.value, CheckpointError)
     _assert_message(info.value, url, checkpoint_path(CONFIG))
     _assert_clean(cache, checkpoint_path(CONFIG))
@@ -266,16 +275,27 @@ def test_download_cancel_from_another_thread(server, cache):
     timer.start()
     try:
         with pytest.raises(DownloadCancelled):
-            download_checkpoint(CONFIG, url=f"{server}/slow.pt", cancel=cancel, progress=False, expected_sha256=None, expected_size=None)
+            download_checkpoint(
+                CONFIG,
+                url=f"{server}/slow.pt",
+                cancel=cancel,
+                progress=False,
+                expected_sha256=None,
+                expected_size=None,
+            )
     finally:
         timer.cancel()
     _assert_clean(cache, checkpoint_path(CONFIG))
 
 
 def test_failed_download_keeps_existing_good_file(server, cache):
-    good = download_checkpoint(CONFIG, url=f"{server}/good.pt", expected_sha256=PAYLOAD_SHA, expected_size=None, progress=False)
+    good = download_checkpoint(
+        CONFIG, url=f"{server}/good.pt", expected_sha256=PAYLOAD_SHA, expected_size=None, progress=False
+    )
     with pytest.raises(CheckpointError):
-        download_checkpoint(CONFIG, url=f"{server}/truncated.pt", expected_sha256=None, expected_size=None, progress=False)
+        download_checkpoint(
+            CONFIG, url=f"{server}/truncated.pt", expected_sha256=None, expected_size=None, progress=False
+        )
     assert good.read_bytes() == PAYLOAD
     assert sorted(p.name for p in cache.iterdir()) == [good.name]
 
@@ -307,7 +327,9 @@ def test_ensure_uses_cache_and_checks_size(cache, monkeypatch):
         ensure_checkpoint(CONFIG, download=False)
     info = CHECKPOINTS[CONFIG]
     patched = dict(CHECKPOINTS)
-    patched[CONFIG] = ck.CheckpointInfo(info.config_name, info.filename, info.url, info.config_file, len(PAYLOAD), None)
+    patched[CONFIG] = ck.CheckpointInfo(
+        info.config_name, info.filename, info.url, info.config_file, len(PAYLOAD), None
+    )
     monkeypatch.setattr(ck, "CHECKPOINTS", patched)
     assert ensure_checkpoint(CONFIG, download=False) == dest
 
@@ -315,7 +337,9 @@ def test_ensure_uses_cache_and_checks_size(cache, monkeypatch):
 def test_ensure_downloads_when_missing(server, cache, monkeypatch):
     info = CHECKPOINTS[CONFIG]
     patched = dict(CHECKPOINTS)
-    patched[CONFIG] = ck.CheckpointInfo(info.config_name, info.filename, f"{server}/good.pt", info.config_file, len(PAYLOAD), PAYLOAD_SHA)
+    patched[CONFIG] = ck.CheckpointInfo(
+        info.config_name, info.filename, f"{server}/good.pt", info.config_file, len(PAYLOAD), PAYLOAD_SHA
+    )
     monkeypatch.setattr(ck, "CHECKPOINTS", patched)
     path = ensure_checkpoint(CONFIG, progress=False)
     assert path.read_bytes() == PAYLOAD

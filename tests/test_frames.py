@@ -62,7 +62,10 @@ def test_dask_reads_only_the_requested_frame(stack):
         reads.append(i)
         return stack[i]
 
-    frames = [da.from_delayed(dask.delayed(load)(i), shape=stack.shape[1:], dtype=stack.dtype) for i in range(len(stack))]
+    frames = [
+        da.from_delayed(dask.delayed(load)(i), shape=stack.shape[1:], dtype=stack.dtype)
+        for i in range(len(stack))
+    ]
     lazy = da.stack(frames)
     src = open_frames(lazy)
     assert reads == []  # opening computes nothing

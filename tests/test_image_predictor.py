@@ -120,7 +120,9 @@ def spy_decoder(model, monkeypatch):
 def test_uint16_grayscale_non_square(pred_a):
     masks, ious, low = pred_a.predict(point_coords=[[300, 80]], point_labels=[1])
     assert masks.shape == (3, H_A, W_A) and masks.dtype == np.bool_
-    assert ious.shape == (3,) and ious.dtype == np.float32 and np.all((ious >= 0) & (ious <= 1))  # sigmoid IoUs
+    assert (
+        ious.shape == (3,) and ious.dtype == np.float32 and np.all((ious >= 0) & (ious <= 1))
+    )  # sigmoid IoUs
     assert low.shape == (3, 256, 256) and low.dtype == np.float32
     assert np.abs(low).max() <= 32.0  # clamped as in Meta's predictor
     emb = pred_a.get_image_embedding()
@@ -301,8 +303,20 @@ def test_bad_image_batches(model):
         (dict(mask_input=np.zeros((256, 256), np.float32)), "mask_input"),
         (dict(), "prompt"),
     ],
-    ids=["no-labels", "no-points", "no-points-box", "xyz", "label-count", "label-batch", "flat", "box3",
-         "mask128", "mask1024", "mask2d", "nothing"],
+    ids=[
+        "no-labels",
+        "no-points",
+        "no-points-box",
+        "xyz",
+        "label-count",
+        "label-batch",
+        "flat",
+        "box3",
+        "mask128",
+        "mask1024",
+        "mask2d",
+        "nothing",
+    ],
 )
 def test_bad_prompts(pred_a, kwargs, match):
     with pytest.raises(ValueError, match=match):

@@ -71,12 +71,19 @@ def mini_config(family: str = "sam2.1", **tracking):
         cfg,
         image_size=64,
         trunk=TrunkConfig(
-            embed_dim=8, num_heads=1, stages=(1, 2, 2, 2), global_att_blocks=(2,),
-            window_spec=(4, 2, 6, 2), window_pos_embed_bkg_spatial_size=(2, 2),
+            embed_dim=8,
+            num_heads=1,
+            stages=(1, 2, 2, 2),
+            global_att_blocks=(2,),
+            window_spec=(4, 2, 6, 2),
+            window_pos_embed_bkg_spatial_size=(2, 2),
         ),
         neck=NeckConfig(
-            d_model=32, backbone_channel_list=(64, 32, 16, 8), fpn_top_down_levels=(2, 3),
-            fpn_interp_model="nearest", scalp=1,
+            d_model=32,
+            backbone_channel_list=(64, 32, 16, 8),
+            fpn_top_down_levels=(2, 3),
+            fpn_interp_model="nearest",
+            scalp=1,
         ),
         memory_attention=MemoryAttentionConfig(
             num_layers=2, dim_feedforward=64, num_heads=1, rope_theta=10000.0, feat_sizes=(4, 4)
@@ -107,7 +114,9 @@ def _meta_model(name: str, tracking: tuple) -> SAM2Model:
         return SAM2Model(cfg)
 
 
-def manual_attention(mod: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotate=None) -> torch.Tensor:
+def manual_attention(
+    mod: Attention, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, rotate=None
+) -> torch.Tensor:
     """Multi-head attention with explicit projections and softmax (Meta's Attention)."""
     Q = q @ mod.q_proj.weight.T + mod.q_proj.bias
     K = k @ mod.k_proj.weight.T + mod.k_proj.bias
@@ -276,8 +285,14 @@ def test_multiscale_block_matches_explicit_window_attention(dim, dim_out, heads,
 
 
 def test_hiera_layout_shapes_and_channel_list():
-    trunk = Hiera(embed_dim=8, num_heads=1, stages=(1, 2, 2, 2), global_att_blocks=(2,),
-                  window_spec=(4, 2, 6, 2), window_pos_embed_bkg_spatial_size=(2, 2))
+    trunk = Hiera(
+        embed_dim=8,
+        num_heads=1,
+        stages=(1, 2, 2, 2),
+        global_att_blocks=(2,),
+        window_spec=(4, 2, 6, 2),
+        window_pos_embed_bkg_spatial_size=(2, 2),
+    )
     # Meta's rule: a stage's first block keeps the previous stage's window (0 if global)
     # and pools its queries; widths and heads double at each stage start.
     assert [b.window_size for b in trunk.blocks] == [4, 4, 0, 2, 6, 6, 2]
@@ -292,8 +307,17 @@ def test_hiera_layout_shapes_and_channel_list():
 
 
 def test_hiera_forward_chains_patch_embed_pos_embed_and_blocks():
-    trunk = randomize(Hiera(embed_dim=8, num_heads=1, stages=(1, 2, 2, 2), global_att_blocks=(2,),
-                            window_spec=(4, 2, 6, 2), window_pos_embed_bkg_spatial_size=(2, 2)), 4)
+    trunk = randomize(
+        Hiera(
+            embed_dim=8,
+            num_heads=1,
+            stages=(1, 2, 2, 2),
+            global_att_blocks=(2,),
+            window_spec=(4, 2, 6, 2),
+            window_pos_embed_bkg_spatial_size=(2, 2),
+        ),
+        4,
+    )
     img = torch.randn(1, 3, 64, 64)
     with torch.no_grad():
         outs = trunk(img)
@@ -402,7 +426,9 @@ def test_rope_attention_rotates_queries_and_repeated_keys_but_not_excluded_token
     def rotate(Q, K, exclude=n_ptr):
         Qr = rotate_pairs(Q, ang)
         n_rope = K.shape[-2] - exclude
-        Kr = torch.cat([rotate_pairs(K[..., :n_rope, :], ang.repeat(n_rope // n, 1)), K[..., n_rope:, :]], dim=-2)
+        Kr = torch.cat(
+            [rotate_pairs(K[..., :n_rope, :], ang.repeat(n_rope // n, 1)), K[..., n_rope:, :]], dim=-2
+        )
         return Qr, Kr
 
     with torch.no_grad():
@@ -740,7 +766,9 @@ def test_sam_heads_selection_gating_and_pointers(mini21, mini_feats, monkeypatch
     iou = torch.tensor([[0.1, 0.9, 0.3], [0.5, 0.2, 0.1]])
     tokens = torch.randn(b, 3, 32)
     obj = torch.tensor([[1.5], [-0.5]])  # object 1 is absent
-    monkeypatch.setattr(mini21.sam_mask_decoder, "forward", lambda *a, **k: DecoderOutput(low, iou, tokens, obj))
+    monkeypatch.setattr(
+        mini21.sam_mask_decoder, "forward", lambda *a, **k: DecoderOutput(low, iou, tokens, obj)
+    )
     f = mini_feats[0]
     feats = f.vision_feat.expand(b, -1, -1, -1)
     hr = [t.expand(b, -1, -1, -1) for t in f.high_res]
@@ -768,11 +796,15 @@ def test_mask_as_output(mini21, mini_feats):
     mask[0, 0, 8:40, 16:48] = 1.0  # object 0 present, object 1 empty
     with torch.no_grad():
         out = mini21.mask_as_output(feats, hr, mask)
-        heads0 = mini21.sam_heads(feats[:1], [t[:1] for t in hr], mask_inputs=mini21.mask_downsample(mask[:1]))
+        heads0 = mini21.sam_heads(
+            feats[:1], [t[:1] for t in hr], mask_inputs=mini21.mask_downsample(mask[:1])
+        )
     torch.testing.assert_close(out.high_res_masks, mask * 20 - 10)
     assert set(out.high_res_masks.unique().tolist()) == {-10.0, 10.0}
     assert out.low_res_masks.shape == (b, 1, 16, 16)
-    want_low = F.interpolate(mask * 20 - 10, size=(16, 16), mode="bilinear", align_corners=False, antialias=True)
+    want_low = F.interpolate(
+        mask * 20 - 10, size=(16, 16), mode="bilinear", align_corners=False, antialias=True
+    )
     torch.testing.assert_close(out.low_res_masks, want_low)
     torch.testing.assert_close(out.low_res_masks[0, 0, 4, 8], torch.tensor(10.0))  # inside the object
     torch.testing.assert_close(out.low_res_masks[1], torch.full((1, 16, 16), -10.0))
@@ -885,7 +917,9 @@ def test_track_step_with_mask_input_uses_mask_as_output(mini21, mini_feats, monk
     monkeypatch.setattr(mini21, "condition_on_memory", lambda *a, **k: called.append(1))
     with torch.no_grad():
         heads, mem = mini21.track_step(0, True, f, None, None, mask, {}, {}, 5)
-        want = mini21.encode_memory(f.vision_feat, mask * 20 - 10, torch.tensor([[10.0]]), is_mask_from_pts=False)
+        want = mini21.encode_memory(
+            f.vision_feat, mask * 20 - 10, torch.tensor([[10.0]]), is_mask_from_pts=False
+        )
     assert not called
     torch.testing.assert_close(heads.high_res_masks, mask * 20 - 10)
     torch.testing.assert_close(mem, want)
@@ -901,6 +935,7 @@ def test_non_overlapping_constraints_by_hand():
 
 
 # ---------------------------------------------------------------- attention dispatch
+
 
 def _qkv(dtype=torch.float32, b=2, heads=3, lq=37, lk=53, d=16):
     g = torch.Generator().manual_seed(0)

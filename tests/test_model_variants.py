@@ -37,7 +37,12 @@ TRUNK = {
     "l": dict(embed_dim=144, num_heads=2, stages=(2, 6, 36, 4), global_att_blocks=(23, 33, 43),
               window_spec=(8, 4, 16, 8), window_pos_embed_bkg_spatial_size=(7, 7)),
 }  # fmt: skip
-CHANNELS = {"t": (768, 384, 192, 96), "s": (768, 384, 192, 96), "b+": (896, 448, 224, 112), "l": (1152, 576, 288, 144)}
+CHANNELS = {
+    "t": (768, 384, 192, 96),
+    "s": (768, 384, 192, 96),
+    "b+": (896, 448, 224, 112),
+    "l": (1152, 576, 288, 144),
+}
 
 # SAM2Base flags as Meta's yaml sets them (defaults of SAM2Base otherwise), plus
 # build_sam2_video_predictor's binarize_mask_from_pts_for_mem_enc=true.
@@ -158,7 +163,11 @@ def test_state_dict_equals_official_manifest(name):
     missing = sorted(set(want) - set(got))
     unexpected = sorted(set(got) - set(want))
     wrong = {k: (got[k], want[k]) for k in set(got) & set(want) if got[k] != want[k]}
-    assert not missing and not unexpected and not wrong, (missing[:5], unexpected[:5], list(wrong.items())[:5])
+    assert not missing and not unexpected and not wrong, (
+        missing[:5],
+        unexpected[:5],
+        list(wrong.items())[:5],
+    )
     assert len(got) == man["num_tensors"]
     assert sum(v.numel() for v in meta_model(name).state_dict().values()) == man["num_parameters"]
 

@@ -21,7 +21,17 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 MANIFEST_FILE = REPO_ROOT / "napari.yaml"
 SRC = REPO_ROOT / "src"
 DIST_NAME = "napari-sam2"
-FORBIDDEN_DEPS = {"sam2", "hydra-core", "hydra", "iopath", "torchvision", "pyqt5", "pyqt6", "pyside2", "pyside6"}
+FORBIDDEN_DEPS = {
+    "sam2",
+    "hydra-core",
+    "hydra",
+    "iopath",
+    "torchvision",
+    "pyqt5",
+    "pyqt6",
+    "pyside2",
+    "pyside6",
+}
 
 try:
     import tomllib
@@ -68,7 +78,9 @@ def test_manifest_contributions(manifest):
 
     widget_cmd = next(cmd for cmd in c.commands if cmd.id == "napari-sam2.make_widget")
     assert widget_cmd.python_name == "napari_sam2.plugin._qt.widget:SAM2Widget"
-    assert [(w.command, w.display_name) for w in c.widgets] == [("napari-sam2.make_widget", "SAM 2 Segment & Track")]
+    assert [(w.command, w.display_name) for w in c.widgets] == [
+        ("napari-sam2.make_widget", "SAM 2 Segment & Track")
+    ]
 
     assert {s.key for s in c.sample_data} == {"timelapse", "volume"}
     for s in c.sample_data:
@@ -131,7 +143,9 @@ def test_pyproject_dependencies(pyproject):
     from packaging.requirements import Requirement
     from packaging.utils import canonicalize_name
 
-    deps = {canonicalize_name(Requirement(r).name): Requirement(r) for r in pyproject["project"]["dependencies"]}
+    deps = {
+        canonicalize_name(Requirement(r).name): Requirement(r) for r in pyproject["project"]["dependencies"]
+    }
     assert not set(deps) & FORBIDDEN_DEPS, set(deps) & FORBIDDEN_DEPS
     for name in ["torch", "numpy", "napari", "magicgui", "npe2", "scikit-image", "tifffile", "pyyaml",
                  "platformdirs", "dask", "zarr", "tqdm"]:  # fmt: skip
@@ -196,7 +210,9 @@ def test_console_script_and_python_m():
 
 
 needs_display = pytest.mark.skipif(
-    sys.platform.startswith("linux") and not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"),
+    sys.platform.startswith("linux")
+    and not os.environ.get("DISPLAY")
+    and not os.environ.get("WAYLAND_DISPLAY"),
     reason="no display (run under xvfb-run)",
 )
 

@@ -121,11 +121,26 @@ class FakePredictor:
 
     # ---- prompts
     def add_new_points_or_box(
-        self, state, frame_idx, obj_id, points=None, labels=None, clear_old_points=True, normalize_coords=True, box=None
+        self,
+        state,
+        frame_idx,
+        obj_id,
+        points=None,
+        labels=None,
+        clear_old_points=True,
+        normalize_coords=True,
+        box=None,
     ):
-        self.calls.append(("points", frame_idx, obj_id, None if points is None else np.asarray(points).tolist(),
-                           None if labels is None else np.asarray(labels).tolist(),
-                           None if box is None else np.asarray(box).tolist()))
+        self.calls.append(
+            (
+                "points",
+                frame_idx,
+                obj_id,
+                None if points is None else np.asarray(points).tolist(),
+                None if labels is None else np.asarray(labels).tolist(),
+                None if box is None else np.asarray(box).tolist(),
+            )
+        )
         self._check_obj(state, obj_id)
         inp = state["inputs"].setdefault((frame_idx, obj_id), {})
         if clear_old_points or inp.get("points") is None:
@@ -287,7 +302,9 @@ def test_points_layer_in_other_units_maps_through_world():
 def test_points_off_the_held_slice_are_reported():
     image = _image((3, 4, 20, 20))
     g = StackGeometry.from_layer(image, frame_axis=0, position=[0, 1, 0, 0])
-    pts = Points(np.array([[0, 1, 5, 5], [1, 2, 5, 5]], float), features={"obj_id": [1, 1], "positive": [True, True]})
+    pts = Points(
+        np.array([[0, 1, 5, 5], [1, 2, 5, 5]], float), features={"obj_id": [1, 1], "positive": [True, True]}
+    )
     report = ConversionReport()
     ps = points_to_prompts(pts, image, g, report=report)
     assert ps.frames() == [0] and report.off_sequence == 1

@@ -49,7 +49,9 @@ def test_timelapse_shapes_dtypes(timelapse):
     assert 300 < np.median(image[labels == 0]) < 1500
 
 
-@pytest.mark.parametrize("n_frames,shape,n_cells", [(1, (64, 64), 1), (5, (100, 160), 3), (12, (256, 256), 9)])
+@pytest.mark.parametrize(
+    "n_frames,shape,n_cells", [(1, (64, 64), 1), (5, (100, 160), 3), (12, (256, 256), 9)]
+)
 def test_timelapse_parameters(n_frames, shape, n_cells):
     image, labels = synthetic_timelapse(n_frames=n_frames, shape=shape, n_cells=n_cells, seed=3)
     assert image.shape == labels.shape == (n_frames, *shape)
@@ -113,6 +115,7 @@ def test_timelapse_division_happens(timelapse):
     mother = before == 1
     for d in daughters:
         assert (mother & (after == d)).sum() > 0.3 * (after == d).sum()
+
     # and then move apart
     def dist(lab):
         a, b = (np.array(ndi.center_of_mass(lab == d)) for d in sorted(daughters))

@@ -71,7 +71,9 @@ def test_prompted_frame_output_is_kept_while_tracked_frames_are_recomputed(predi
 def test_spilled_outputs_are_bit_exact(small_model, frames, tmp_path):
     results = []
     for spill, hot in ((False, 16), (True, 1)):
-        p = SAM2VideoPredictor(small_model, fill_hole_area=0, hot_frames=hot, spill_to_disk=spill, spill_dir=str(tmp_path))
+        p = SAM2VideoPredictor(
+            small_model, fill_hole_area=0, hot_frames=hot, spill_to_disk=spill, spill_dir=str(tmp_path)
+        )
         state = p.init_state(frames)
         _click(p, state, frame=0)
         _all(p, state)
@@ -199,8 +201,9 @@ def test_closing_the_generator_halfway_keeps_yielded_frames(predictor, frames):
 
 def test_memory_state_is_bounded(small_model, frames, tmp_path):
     long_stack = np.concatenate([frames] * 5)  # 30 frames
-    p = SAM2VideoPredictor(small_model, fill_hole_area=0, hot_frames=3, spill_dir=str(tmp_path),
-                           feature_cache_bytes=1)
+    p = SAM2VideoPredictor(
+        small_model, fill_hole_area=0, hot_frames=3, spill_dir=str(tmp_path), feature_cache_bytes=1
+    )
     state = p.init_state(long_stack)
     _click(p, state)
     sizes = [state.resident_bytes() for _ in p.propagate_in_video(state)]
@@ -249,7 +252,11 @@ def test_objects_with_the_same_memory_layout_share_one_pass(small_model, frames,
     p.add_new_points_or_box(state, 0, 2, box=[30, 5, 50, 30])
     batch_sizes = []
     real = small_model.track_selected
-    monkeypatch.setattr(small_model, "track_selected", lambda f, sel, n, **kw: batch_sizes.append(len(sel)) or real(f, sel, n, **kw))
+    monkeypatch.setattr(
+        small_model,
+        "track_selected",
+        lambda f, sel, n, **kw: batch_sizes.append(len(sel)) or real(f, sel, n, **kw),
+    )
     _all(p, state)
     assert batch_sizes == [2] * (T - 1)
     batch_sizes.clear()
@@ -264,7 +271,9 @@ def test_objects_with_the_same_memory_layout_share_one_pass(small_model, frames,
 def test_clear_non_cond_mem_around_input_drops_every_objects_memories_near_a_prompted_frame(
     small_model, frames, tmp_path
 ):
-    p = SAM2VideoPredictor(small_model, fill_hole_area=0, clear_non_cond_mem_around_input=True, spill_dir=str(tmp_path))
+    p = SAM2VideoPredictor(
+        small_model, fill_hole_area=0, clear_non_cond_mem_around_input=True, spill_dir=str(tmp_path)
+    )
     state = p.init_state(frames)
     for obj in (1, 2):
         _click(p, state, frame=0, obj=obj, xy=(25, 17) if obj == 1 else (40, 15))

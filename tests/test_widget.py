@@ -78,7 +78,9 @@ def _direct_fake(frames, calls):
     state = pred.init_state(frames)
     out = {}
     for _, f, obj, xy, labels in calls:
-        fi, ids, m = pred.add_new_points_or_box(state, f, obj, points=np.array(xy, float), labels=np.array(labels))
+        fi, ids, m = pred.add_new_points_or_box(
+            state, f, obj, points=np.array(xy, float), labels=np.array(labels)
+        )
         out[fi] = masks_to_labels(ids, m)
     return pred, state, out
 
@@ -116,7 +118,11 @@ def test_preview_and_propagate_equal_the_engine(viewer_widget):
 
     _, _, direct = _direct_fake(
         data,
-        [("points", 0, 1, [[12, 10], [14, 12]], [1, 0]), ("points", 0, 2, [[20, 22]], [1]), ("points", 3, 2, [[8, 20]], [1])],
+        [
+            ("points", 0, 1, [[12, 10], [14, 12]], [1, 0]),
+            ("points", 0, 2, [[20, 22]], [1]),
+            ("points", 3, 2, [[8, 20]], [1]),
+        ],
     )
     np.testing.assert_array_equal(lab0, direct[0])
     np.testing.assert_array_equal(w.labels(3), direct[3])
@@ -127,7 +133,11 @@ def test_preview_and_propagate_equal_the_engine(viewer_widget):
     w.propagate("forward")
     pred2, state2, _ = _direct_fake(
         data,
-        [("points", 0, 1, [[12, 10], [14, 12]], [1, 0]), ("points", 0, 2, [[20, 22]], [1]), ("points", 3, 2, [[8, 20]], [1])],
+        [
+            ("points", 0, 1, [[12, 10], [14, 12]], [1, 0]),
+            ("points", 0, 2, [[20, 22]], [1]),
+            ("points", 3, 2, [[8, 20]], [1]),
+        ],
     )
     for f, ids, m in pred2.propagate_in_video(state2, start_frame_idx=0):
         np.testing.assert_array_equal(out.data[f], masks_to_labels(ids, m), err_msg=f"frame {f}")
@@ -183,7 +193,10 @@ def test_correction_repropagates_from_the_corrected_frame(viewer_widget):
     w.use_predictor(pred)
     w.add_point(1, 1, y=16, x=16)
     w.propagate("both")
-    assert [c for c in pred.calls if c[0] == "propagate"] == [("propagate", 1, None, False), ("propagate", 1, None, True)]
+    assert [c for c in pred.calls if c[0] == "propagate"] == [
+        ("propagate", 1, None, False),
+        ("propagate", 1, None, True),
+    ]
     before = w.output_layer().data.copy()
     w.add_point(5, 1, y=8, x=8)  # correction on frame 5
     w.propagate("forward")
@@ -236,7 +249,9 @@ def test_engine_failure_is_a_plain_notification_and_keeps_frames(viewer_widget, 
     w.use_predictor(Failing())
     w.add_point(0, 1, y=10, x=10)
     w.propagate("forward")
-    assert notes["error"] and "device-side assert" in notes["error"][0] and "Traceback" not in notes["error"][0]
+    assert (
+        notes["error"] and "device-side assert" in notes["error"][0] and "Traceback" not in notes["error"][0]
+    )
     assert w.last_error and w.busy is None
     out = w.output_layer().data
     assert out[0].any() and out[1].any() and not out[2:].any()
@@ -550,7 +565,9 @@ def test_checkpoint_download_progress_cancel_and_failure(viewer_widget, notes, m
 
     # offline
     def offline(config, progress=None, cancel=None):
-        raise ck.CheckpointError("cannot reach https://dl.fbaipublicfiles.com (offline?); put the file at /x/y.pt")
+        raise ck.CheckpointError(
+            "cannot reach https://dl.fbaipublicfiles.com (offline?); put the file at /x/y.pt"
+        )
 
     monkeypatch.setattr(ck, "download_checkpoint", offline)
     w.download_checkpoint(synchronous=True)

@@ -58,7 +58,9 @@ def stack():
 @pytest.fixture(scope="module")
 def direct(stack, tiny_checkpoint):
     """The engine run directly with the same prompts: preview and full forward propagation."""
-    pred = video_predictor.build_sam2_video_predictor("sam2.1_hiera_t", checkpoint=tiny_checkpoint, device="cpu")
+    pred = video_predictor.build_sam2_video_predictor(
+        "sam2.1_hiera_t", checkpoint=tiny_checkpoint, device="cpu"
+    )
     state = pred.init_state(stack)
     preview = {}
     for frame, obj in sorted({(f, o) for f, o, *_ in PROMPTS}):

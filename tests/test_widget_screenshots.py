@@ -21,7 +21,8 @@ import numpy as np
 import pytest
 
 pytestmark = pytest.mark.skipif(
-    not os.environ.get("NAPARI_SAM2_SCREENSHOTS"), reason="set NAPARI_SAM2_SCREENSHOTS=1 to (re)make the screenshots"
+    not os.environ.get("NAPARI_SAM2_SCREENSHOTS"),
+    reason="set NAPARI_SAM2_SCREENSHOTS=1 to (re)make the screenshots",
 )
 
 IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"

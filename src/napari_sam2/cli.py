@@ -76,7 +76,9 @@ def add_demo_parser(subparsers) -> None:
     p.add_argument("--frames", type=int, default=40, metavar="N", help="number of time points (default 40)")
     p.add_argument("--seed", type=int, default=0, help="seed of the synthetic data (default 0)")
     p.add_argument("--no-widget", action="store_true", help="do not dock the SAM 2 widget")
-    p.add_argument("--no-run", action="store_true", help="set everything up, then close instead of running napari")
+    p.add_argument(
+        "--no-run", action="store_true", help="set everything up, then close instead of running napari"
+    )
     p.add_argument(
         "--screenshot",
         metavar="PATH",
@@ -92,8 +94,15 @@ def _run_track(args: argparse.Namespace) -> int:
 
     try:
         out = track_files(
-            args.stack, args.prompts, args.output, config_name=args.model, checkpoint=args.checkpoint,
-            device=args.device, direction=args.direction, overwrite=args.overwrite, progress=not args.quiet,
+            args.stack,
+            args.prompts,
+            args.output,
+            config_name=args.model,
+            checkpoint=args.checkpoint,
+            device=args.device,
+            direction=args.direction,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
         )
     except (CheckpointError, FileExistsError, FileNotFoundError, ValueError, KeyError, IndexError) as exc:
         print(f"napari-sam2 track: {exc}", file=sys.stderr)
@@ -113,7 +122,9 @@ def add_track_parser(subparsers) -> None:
     p.add_argument("stack", help="TIFF/OME-TIFF stack (T, Y, X[, C]) or a folder of images")
     p.add_argument("prompts", help="prompts file (.json or .csv)")
     p.add_argument("output", help="labels TIFF to write")
-    p.add_argument("--model", default="sam2.1_hiera_t", help="model config, e.g. sam2.1_hiera_t, sam2_hiera_l")
+    p.add_argument(
+        "--model", default="sam2.1_hiera_t", help="model config, e.g. sam2.1_hiera_t, sam2_hiera_l"
+    )
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the cached official one)")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, mps")
     p.add_argument("--direction", default="both", choices=["forward", "backward", "both"])

@@ -26,7 +26,12 @@ def add_prompts(predictor: SAM2VideoPredictor, state: VideoSession, prompts: Pro
         if p.has_points_or_box:
             points, labels = p.engine_points()
             predictor.add_new_points_or_box(
-                state, frame, obj_id, points=points, labels=labels, box=p.engine_box(),
+                state,
+                frame,
+                obj_id,
+                points=points,
+                labels=labels,
+                box=p.engine_box(),
                 clear_old_points=p.mask is None,
             )
         n += 1

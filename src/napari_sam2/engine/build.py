@@ -22,13 +22,19 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but PyTorch sees no CUDA GPU; use device='cpu' or 'auto'")
+        raise RuntimeError(
+            "device 'cuda' was requested but PyTorch sees no CUDA GPU; use device='cpu' or 'auto'"
+        )
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-        raise RuntimeError("device 'mps' was requested but Apple's Metal backend is not available; use 'cpu' or 'auto'")
+        raise RuntimeError(
+            "device 'mps' was requested but Apple's Metal backend is not available; use 'cpu' or 'auto'"
+        )
     return dev
 
 
-def load_model_weights(model: SAM2Model, state_dict: dict[str, torch.Tensor], source: str = "checkpoint") -> None:
+def load_model_weights(
+    model: SAM2Model, state_dict: dict[str, torch.Tensor], source: str = "checkpoint"
+) -> None:
     """Load strictly: every key of the official checkpoint, nothing missing, nothing extra.
 
     A mismatch names the variant the checkpoint looks like, which is the usual cause.

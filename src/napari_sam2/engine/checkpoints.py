@@ -76,7 +76,7 @@ class CheckpointInfo:
 
     @property
     def model_size(self) -> str:
-        """"tiny", "small", "base_plus" or "large"."""
+        """ "tiny", "small", "base_plus" or "large"."""
         return self.filename.split("_hiera_")[1].removesuffix(".pt")
 
 
@@ -114,7 +114,9 @@ def _build_registry() -> Mapping[str, CheckpointInfo]:
         base = _BASE_21 if family == "sam2.1" else _BASE_20
         filename = checkpoint_stem(name) + ".pt"
         size, sha = _PUBLISHED.get(name, (None, None))
-        reg[name] = CheckpointInfo(name, filename, base + filename, f"configs/{family}/{name}.yaml", size, sha)
+        reg[name] = CheckpointInfo(
+            name, filename, base + filename, f"configs/{family}/{name}.yaml", size, sha
+        )
     return MappingProxyType(reg)
 
 
@@ -232,7 +234,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(f"The checkpoint path {p} is not a file.")
     size = p.stat().st_size
     if size == 0:
-        raise CheckpointError(f"The checkpoint file {p} is empty (0 bytes), e.g. from a failed download.{_redownload_hint(p)}")
+        raise CheckpointError(
+            f"The checkpoint file {p} is empty (0 bytes), e.g. from a failed download.{_redownload_hint(p)}"
+        )
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as e:  # zip/pickle errors take many forms; all mean "unreadable"
@@ -255,7 +259,9 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     elif isinstance(obj, Mapping):
         sd = obj
     else:
-        raise CheckpointError(f"The file {p} does not contain a state dict (it holds a {type(obj).__name__}).")
+        raise CheckpointError(
+            f"The file {p} does not contain a state dict (it holds a {type(obj).__name__})."
+        )
     if not sd:
         raise CheckpointError(f"The checkpoint file {p} contains an empty state dict.")
     for key, value in sd.items():

@@ -162,9 +162,13 @@ def download_checkpoint(
         if announced is not None and done != announced:
             raise _Failure(f"the connection was cut after {done} of {announced} bytes (truncated download)")
         if size is not None and done != size:
-            raise _Failure(f"received {done} bytes but the official file has {size} bytes (truncated or different file)")
+            raise _Failure(
+                f"received {done} bytes but the official file has {size} bytes (truncated or different file)"
+            )
         if sha is not None and h.hexdigest() != sha.lower():
-            raise _Failure(f"the SHA-256 of the received file is {h.hexdigest()}, expected {sha.lower()} (corrupted download)")
+            raise _Failure(
+                f"the SHA-256 of the received file is {h.hexdigest()}, expected {sha.lower()} (corrupted download)"
+            )
         try:
             os.replace(tmp, dest)  # atomic on the same file system
         except OSError as e:
@@ -181,5 +185,3 @@ def download_checkpoint(
         if tmp is not None:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-
-

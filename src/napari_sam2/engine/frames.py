@@ -64,15 +64,24 @@ def _check_dtype(dtype: np.dtype, what: str) -> np.dtype:
         return np.dtype(np.uint8)
     if dtype.kind in "ui" or dtype.kind == "f":
         return dtype
-    kinds = {"c": "complex", "O": "object", "U": "string", "S": "bytes", "V": "structured/void",
-             "M": "datetime", "m": "timedelta"}
+    kinds = {
+        "c": "complex",
+        "O": "object",
+        "U": "string",
+        "S": "bytes",
+        "V": "structured/void",
+        "M": "datetime",
+        "m": "timedelta",
+    }
     raise FrameSourceError(
         f"{what} has dtype {dtype} ({kinds.get(dtype.kind, dtype.kind)}), which is not an image type; "
         "expected integers, floats or bool (for complex data pass np.abs(x) or x.real)"
     )
 
 
-def _resolve_layout(raw_shape: Sequence[int], channel_axis: int | None, what: str) -> tuple[tuple[int, ...], int | None]:
+def _resolve_layout(
+    raw_shape: Sequence[int], channel_axis: int | None, what: str
+) -> tuple[tuple[int, ...], int | None]:
     """Validate ``raw_shape`` and return (shape with channels last, raw channel axis or None).
 
     Raises FrameSourceError with a message that says what the shape looks like instead.
@@ -82,7 +91,9 @@ def _resolve_layout(raw_shape: Sequence[int], channel_axis: int | None, what: st
     given_axis = channel_axis
     if channel_axis is not None:
         if not -ndim <= channel_axis < ndim:
-            raise FrameSourceError(f"channel_axis={channel_axis} is out of range for {what} of shape {_shape_str(raw_shape)}")
+            raise FrameSourceError(
+                f"channel_axis={channel_axis} is out of range for {what} of shape {_shape_str(raw_shape)}"
+            )
         channel_axis %= ndim
         if ndim == 3:
             raise FrameSourceError(
@@ -106,14 +117,21 @@ def _resolve_layout(raw_shape: Sequence[int], channel_axis: int | None, what: st
                 f"expected a stack of frames (T, H, W) or (T, H, W, C); got shape (H, W) = {_shape_str(shape)} — "
                 f"{_SINGLE_IMAGE_HINT}"
             )
-        raise FrameSourceError(f"expected a stack of frames (T, H, W) or (T, H, W, C); got {len(shape)}-D shape {_shape_str(shape)}")
+        raise FrameSourceError(
+            f"expected a stack of frames (T, H, W) or (T, H, W, C); got {len(shape)}-D shape {_shape_str(shape)}"
+        )
     if len(shape) > 4:
         raise FrameSourceError(
             f"expected a stack of frames (T, H, W) or (T, H, W, C); got {len(shape)}-D shape {_shape_str(shape)} — "
             "select one time point or one z-stack first (e.g. data[:, 0] or data[0]) so that one axis is left to "
             "step through"
         )
-    if len(shape) == 3 and channel_axis is None and shape[2] in (3, 4) and min(shape[0], shape[1]) > 2 * _MAX_CHANNELS:
+    if (
+        len(shape) == 3
+        and channel_axis is None
+        and shape[2] in (3, 4)
+        and min(shape[0], shape[1]) > 2 * _MAX_CHANNELS
+    ):
         # A (H, W, 3) RGB(A) picture would otherwise be read as H frames that are 3 pixels wide.
         raise FrameSourceError(
             f"expected a stack of frames (T, H, W) or (T, H, W, C); got shape {_shape_str(shape)}, which looks like a "
@@ -226,7 +244,9 @@ class FrameSource:
         n = self._shape[0]
         j = int(i)
         if not -n <= j < n:
-            raise IndexError(f"frame index {j} is out of range for a stack of {n} frames (valid: 0..{n - 1} or -{n}..-1)")
+            raise IndexError(
+                f"frame index {j} is out of range for a stack of {n} frames (valid: 0..{n - 1} or -{n}..-1)"
+            )
         return j % n
 
     def __getitem__(self, i: int) -> np.ndarray:
@@ -288,11 +308,20 @@ def _frame_reader(arr: Any, channel_axis: int | None) -> Callable[[int], np.ndar
     return read
 
 
-def _from_array(arr: Any, channel_axis: int | None, description: str, closer: Callable[[], None] | None = None) -> FrameSource:
+def _from_array(
+    arr: Any, channel_axis: int | None, description: str, closer: Callable[[], None] | None = None
+) -> FrameSource:
     source_dtype = np.dtype(arr.dtype)
     dtype = _check_dtype(source_dtype, description)
     shape, moved = _resolve_layout(arr.shape, channel_axis, description)
-    return FrameSource(shape, dtype, _frame_reader(arr, moved), description=description, source_dtype=source_dtype, closer=closer)
+    return FrameSource(
+        shape,
+        dtype,
+        _frame_reader(arr, moved),
+        description=description,
+        source_dtype=source_dtype,
+        closer=closer,
+    )
 
 
 def _describe_array(arr: Any) -> str:
@@ -320,7 +349,12 @@ def _open_tiff(path: Path, channel_axis: int | None) -> FrameSource:
             raise FrameSourceError(f"{path} contains no image data")
         series = tif.series[0]
         axes = series.axes
-        if channel_axis is None and "C" in axes and axes.index("C") != len(axes) - 1 and len(series.shape) == 4:
+        if (
+            channel_axis is None
+            and "C" in axes
+            and axes.index("C") != len(axes) - 1
+            and len(series.shape) == 4
+        ):
             # ImageJ hyperstacks store (T, C, Y, X): use the file's own axis labels.
             channel_axis = axes.index("C")
         description = f"TIFF file {path.name}"
@@ -379,8 +413,12 @@ def _open_tiff(path: Path, channel_axis: int | None) -> FrameSource:
 
     shape, _ = _resolve_layout(series.shape, channel_axis, description)
     return FrameSource(
-        shape, _check_dtype(series.dtype, description), read_page, description=f"{description} (page by page)",
-        source_dtype=series.dtype, closer=tif.close,
+        shape,
+        _check_dtype(series.dtype, description),
+        read_page,
+        description=f"{description} (page by page)",
+        source_dtype=series.dtype,
+        closer=tif.close,
     )
 
 
@@ -400,7 +438,11 @@ def _read_image_file(path: Path) -> np.ndarray:
 
 def _open_folder(folder: Path, channel_axis: int | None) -> FrameSource:
     files = sorted(
-        (p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES),
+        (
+            p
+            for p in folder.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+        ),
         key=lambda p: natural_sort_key(p.name),
     )
     if not files:
@@ -422,7 +464,9 @@ def _open_folder(folder: Path, channel_axis: int | None) -> FrameSource:
     dtype = _check_dtype(frame_dtype, f"image {files[0].name}")
     raw_shape = (len(files),) + tuple(first.shape)
     if channel_axis is not None and channel_axis % (first.ndim + 1) == 0:
-        raise FrameSourceError("channel_axis=0 is the frame axis of a folder (one file per frame); give the channel axis of the stack (T, ...)")
+        raise FrameSourceError(
+            "channel_axis=0 is the frame axis of a folder (one file per frame); give the channel axis of the stack (T, ...)"
+        )
     shape, moved = _resolve_layout(raw_shape, channel_axis, description)
     first_shape = tuple(first.shape)
     del first  # only its shape and dtype are needed; do not keep the pixels alive
@@ -448,7 +492,11 @@ def _open_folder(folder: Path, channel_axis: int | None) -> FrameSource:
         return img
 
     return FrameSource(
-        shape, dtype, read, description=description, source_dtype=source_dtype,
+        shape,
+        dtype,
+        read,
+        description=description,
+        source_dtype=source_dtype,
         frame_names=[p.name for p in files],
     )
 
@@ -475,7 +523,9 @@ def open_frames(source: Any, *, channel_axis: int | None = None) -> FrameSource:
     """
     if isinstance(source, FrameSource):
         if channel_axis is not None:
-            raise FrameSourceError("channel_axis cannot be given for a FrameSource: its channels are already last")
+            raise FrameSourceError(
+                "channel_axis cannot be given for a FrameSource: its channels are already last"
+            )
         return source
     if isinstance(source, (str, PathLike)):
         path = Path(source).expanduser()

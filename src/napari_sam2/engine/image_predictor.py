@@ -64,7 +64,9 @@ class SAM2ImagePredictor:
     def _embed(self, batch: torch.Tensor) -> None:
         with self._autocast():
             feats = self.model.forward_image(batch)
-        no_mem = self.model.no_mem_embed.view(1, -1, 1, 1) if self.model.tracking.directly_add_no_mem_embed else 0
+        no_mem = (
+            self.model.no_mem_embed.view(1, -1, 1, 1) if self.model.tracking.directly_add_no_mem_embed else 0
+        )
         self._features = {
             "image_embed": torch.cat([f.vision_feat.float() for f in feats]) + no_mem,
             "high_res_feats": [torch.cat([f.high_res[i].float() for f in feats]) for i in range(2)],
@@ -140,7 +142,9 @@ class SAM2ImagePredictor:
     def _predict(self, coords, labels, boxes, mask_input, multimask_output, return_logits, img_idx):
         if boxes is not None:
             # A box is its two corners, labelled 2 and 3, placed before any points.
-            box_labels = torch.tensor([[2, 3]], dtype=torch.int32, device=boxes.device).repeat(boxes.shape[0], 1)
+            box_labels = torch.tensor([[2, 3]], dtype=torch.int32, device=boxes.device).repeat(
+                boxes.shape[0], 1
+            )
             if coords is not None:
                 coords = torch.cat([boxes, coords], dim=1)
                 labels = torch.cat([box_labels, labels], dim=1)
@@ -213,7 +217,9 @@ class SAM2ImagePredictor:
             batches = (point_coords_batch, point_labels_batch, box_batch, mask_input_batch)
             per_image = [None if seq is None else seq[i] for seq in batches]
             prompts = self._prep_prompts(*per_image, normalize_coords, i)
-            masks, ious, low_res = self._to_numpy(*self._predict(*prompts, multimask_output, return_logits, i))
+            masks, ious, low_res = self._to_numpy(
+                *self._predict(*prompts, multimask_output, return_logits, i)
+            )
             out_masks.append(masks)
             out_ious.append(ious)
             out_low.append(low_res)

@@ -236,7 +236,9 @@ class Normalizer:
             chan = f"channels {list(self.channels)} of {self.num_channels} -> {names}"
         if self.mode == "rgb8":
             return f"8-bit RGB, x / 255 (as SAM 2); {chan}"
-        ranges = ", ".join(f"c{c} [{_fmt(lo)}, {_fmt(hi)}]" for c, lo, hi in zip(self.channels, self.low, self.high))
+        ranges = ", ".join(
+            f"c{c} [{_fmt(lo)}, {_fmt(hi)}]" for c, lo, hi in zip(self.channels, self.low, self.high)
+        )
         plo, phi = self.percentiles if self.percentiles else (float("nan"), float("nan"))
         return (
             f"percentiles {_fmt(plo)}-{_fmt(phi)} % from {len(self.sampled_frames)} of {self.num_frames} frames: "
@@ -269,7 +271,9 @@ def preprocess(frame_rgb: np.ndarray, image_size: int = 1024, device: Any = "cpu
     # ToTensor: HWC -> CHW float32.
     t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).permute(2, 0, 1).to(device)
     if t.shape[1:] != (image_size, image_size):
-        t = F.interpolate(t[None], size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True)[0]
+        t = F.interpolate(
+            t[None], size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+        )[0]
     mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=t.device)[:, None, None]
     std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=t.device)[:, None, None]
     # torchvision Normalize: sub then div (not multiplication by 1/std).

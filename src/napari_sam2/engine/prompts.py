@@ -158,14 +158,18 @@ class PromptSet:
                 x0, y0, x1, y1 = p.box
                 boxes.append({"frame": f, "obj_id": o, "x0": x0, "y0": y0, "x1": x1, "y1": y1})
             if p.mask is not None:
-                masks.append({"frame": f, "obj_id": o, "shape": list(p.mask.shape), "rle": rle_encode(p.mask)})
+                masks.append(
+                    {"frame": f, "obj_id": o, "shape": list(p.mask.shape), "rle": rle_encode(p.mask)}
+                )
         return {"points": points, "boxes": boxes, "masks": masks}
 
     @classmethod
     def from_records(cls, records: dict[str, Iterable[dict]]) -> PromptSet:
         ps = cls()
         for r in records.get("points", []):
-            ps.add_point(int(r["frame"]), int(r["obj_id"]), float(r["x"]), float(r["y"]), bool(int(r["label"])))
+            ps.add_point(
+                int(r["frame"]), int(r["obj_id"]), float(r["x"]), float(r["y"]), bool(int(r["label"]))
+            )
         for r in records.get("boxes", []):
             ps.set_box(int(r["frame"]), int(r["obj_id"]), [r["x0"], r["y0"], r["x1"], r["y1"]])
         for r in records.get("masks", []):

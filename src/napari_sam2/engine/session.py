@@ -60,7 +60,9 @@ class FrameResult:
 def _default_builder(key: ModelKey):
     from .video_predictor import build_sam2_video_predictor
 
-    return build_sam2_video_predictor(config_name=key.config_name, checkpoint=key.checkpoint, device=key.device)
+    return build_sam2_video_predictor(
+        config_name=key.config_name, checkpoint=key.checkpoint, device=key.device
+    )
 
 
 class EngineSession:

@@ -187,15 +187,19 @@ class FrameOutputStore:
     def _load(self, t: int, keep: bool = True) -> FrameOutput:
         mask_shape, mem_shape = self._shapes
         ptr, score = self._small[t]
-        masks = torch.from_numpy(np.frombuffer(self._masks.read(t), dtype=np.float32).reshape(mask_shape).copy())
+        masks = torch.from_numpy(
+            np.frombuffer(self._masks.read(t), dtype=np.float32).reshape(mask_shape).copy()
+        )
         mem = None
         if self._has_mem.get(t):
             raw = np.frombuffer(self._mems.read(t), dtype=np.int16).reshape(mem_shape).copy()
             mem = torch.from_numpy(raw).view(torch.bfloat16)
         dev = ptr.device
         out = FrameOutput(
-            maskmem_features=None if mem is None else mem.to(dev), obj_ptr=ptr,
-            pred_masks=masks.to(dev), object_score_logits=score,
+            maskmem_features=None if mem is None else mem.to(dev),
+            obj_ptr=ptr,
+            pred_masks=masks.to(dev),
+            object_score_logits=score,
         )
         if keep:
             # Back into the hot set (most recently used); something older may spill.

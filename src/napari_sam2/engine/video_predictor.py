@@ -250,8 +250,14 @@ class SAM2VideoPredictor:
         if normalizer is None:
             normalizer = Normalizer.fit(source, channels=channels)
         session = VideoSession(
-            source, normalizer, self.image_size, self.device, self.feature_cache_bytes,
-            self.hot_frames, self.spill_to_disk, self.spill_dir,
+            source,
+            normalizer,
+            self.image_size,
+            self.device,
+            self.feature_cache_bytes,
+            self.hot_frames,
+            self.spill_to_disk,
+            self.spill_dir,
         )
         self._features(session, 0)
         return session
@@ -271,7 +277,9 @@ class SAM2VideoPredictor:
             with self._autocast():
                 feats = self.model.forward_image(image[None])[0]
             feats = FrameFeatures(
-                feats.vision_feat.float(), self._shared_pos(state, feats.vision_pos), [h.float() for h in feats.high_res]
+                feats.vision_feat.float(),
+                self._shared_pos(state, feats.vision_pos),
+                [h.float() for h in feats.high_res],
             )
             state.features.put(frame_idx, feats)
         return feats
@@ -306,9 +314,15 @@ class SAM2VideoPredictor:
         if (points is None) != (labels is None):
             raise ValueError("points and labels must be given together")
         if points is None and box is None:
-            raise ValueError("give points (with labels) or a box: an empty prompt says nothing about the object")
+            raise ValueError(
+                "give points (with labels) or a box: an empty prompt says nothing about the object"
+            )
         pts = torch.zeros(0, 2) if points is None else torch.as_tensor(np.asarray(points, dtype=np.float32))
-        lbl = torch.zeros(0, dtype=torch.int32) if labels is None else torch.as_tensor(np.asarray(labels), dtype=torch.int32)
+        lbl = (
+            torch.zeros(0, dtype=torch.int32)
+            if labels is None
+            else torch.as_tensor(np.asarray(labels), dtype=torch.int32)
+        )
         if pts.ndim == 3 and pts.shape[0] == 1:
             pts = pts[0]
         if lbl.ndim == 2 and lbl.shape[0] == 1:
@@ -385,8 +399,16 @@ class SAM2VideoPredictor:
             prev_logits = torch.clamp(prev.pred_masks.to(self.device), -32.0, 32.0)
 
         out = self._run_frame(
-            state, obj, frame_idx, is_init_cond_frame, coords, lbls, None, reverse,
-            run_mem_encoder=False, prev_sam_mask_logits=prev_logits,
+            state,
+            obj,
+            frame_idx,
+            is_init_cond_frame,
+            coords,
+            lbls,
+            None,
+            reverse,
+            run_mem_encoder=False,
+            prev_sam_mask_logits=prev_logits,
         )
         obj.temp(is_cond)[frame_idx] = out
         return frame_idx, state.obj_ids, self._consolidated_video_res(state, frame_idx, is_cond)
@@ -396,7 +418,9 @@ class SAM2VideoPredictor:
         return self.add_new_points_or_box(*args, **kwargs)
 
     @torch.inference_mode()
-    def add_new_mask(self, state: VideoSession, frame_idx: int, obj_id: Any, mask: Any) -> tuple[int, list, torch.Tensor]:
+    def add_new_mask(
+        self, state: VideoSession, frame_idx: int, obj_id: Any, mask: Any
+    ) -> tuple[int, list, torch.Tensor]:
         """Give an object's mask (H, W) on one frame (bool or 0/1), e.g. from a Labels layer."""
         frame_idx = self._check_frame(state, frame_idx)
         m = torch.as_tensor(np.asarray(mask))
@@ -413,7 +437,9 @@ class SAM2VideoPredictor:
         mask_in = m[None, None].float().to(self.device)
         size = self.image_size
         if tuple(mask_in.shape[-2:]) != (size, size):
-            mask_in = F.interpolate(mask_in, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+            mask_in = F.interpolate(
+                mask_in, size=(size, size), mode="bilinear", align_corners=False, antialias=True
+            )
             mask_in = (mask_in >= 0.5).float()
         obj.mask_inputs[frame_idx] = mask_in
         obj.point_inputs.pop(frame_idx, None)
@@ -421,20 +447,40 @@ class SAM2VideoPredictor:
         is_init_cond_frame = frame_idx not in obj.frames_tracked
         reverse = False if is_init_cond_frame else obj.frames_tracked[frame_idx]
         is_cond = is_init_cond_frame or self.add_all_frames_to_correct_as_cond
-        out = self._run_frame(state, obj, frame_idx, is_init_cond_frame, None, None, mask_in, reverse, run_mem_encoder=False)
+        out = self._run_frame(
+            state, obj, frame_idx, is_init_cond_frame, None, None, mask_in, reverse, run_mem_encoder=False
+        )
         obj.temp(is_cond)[frame_idx] = out
         return frame_idx, state.obj_ids, self._consolidated_video_res(state, frame_idx, is_cond)
 
     # ================================================================== inference
     def _run_frame(
-        self, state, obj: ObjectTrack, frame_idx, is_init_cond_frame, coords, labels, mask_inputs, reverse,
-        run_mem_encoder, prev_sam_mask_logits=None,
+        self,
+        state,
+        obj: ObjectTrack,
+        frame_idx,
+        is_init_cond_frame,
+        coords,
+        labels,
+        mask_inputs,
+        reverse,
+        run_mem_encoder,
+        prev_sam_mask_logits=None,
     ) -> FrameOutput:
         feats = self._features(state, frame_idx)
         with self._autocast():
             heads, memory = self.model.track_step(
-                frame_idx, is_init_cond_frame, feats, coords, labels, mask_inputs, obj.cond, obj.non_cond,
-                state.num_frames, reverse=reverse, run_mem_encoder=run_mem_encoder,
+                frame_idx,
+                is_init_cond_frame,
+                feats,
+                coords,
+                labels,
+                mask_inputs,
+                obj.cond,
+                obj.non_cond,
+                state.num_frames,
+                reverse=reverse,
+                run_mem_encoder=run_mem_encoder,
                 prev_sam_mask_logits=prev_sam_mask_logits,
             )
         return self._frame_output(heads, memory, 0)
@@ -452,10 +498,13 @@ class SAM2VideoPredictor:
             object_score_logits=heads.object_score_logits[i : i + 1].float(),
         )
 
-    def _track_objects(self, state: VideoSession, frame_idx: int, objects: list[ObjectTrack], reverse: bool) -> list[FrameOutput]:
+    def _track_objects(
+        self, state: VideoSession, frame_idx: int, objects: list[ObjectTrack], reverse: bool
+    ) -> list[FrameOutput]:
         """Track unprompted objects on a frame, batching those whose memories line up."""
         selections = [
-            self.model.select_memories(frame_idx, obj.cond, obj.non_cond, state.num_frames, reverse) for obj in objects
+            self.model.select_memories(frame_idx, obj.cond, obj.non_cond, state.num_frames, reverse)
+            for obj in objects
         ]
         groups: dict[tuple, list[int]] = {}
         for i, (mems, ptrs) in enumerate(selections):
@@ -465,7 +514,9 @@ class SAM2VideoPredictor:
         outputs: list[FrameOutput | None] = [None] * len(objects)
         for members in groups.values():
             with self._autocast():
-                heads, memory = self.model.track_selected(feats, [selections[i] for i in members], state.num_frames)
+                heads, memory = self.model.track_selected(
+                    feats, [selections[i] for i in members], state.num_frames
+                )
             for row, i in enumerate(members):
                 outputs[i] = self._frame_output(heads, memory, row)
         return outputs
@@ -474,19 +525,28 @@ class SAM2VideoPredictor:
         """Memory of a prompted frame, from its binarised mask (encoded when tracking starts)."""
         feats = self._features(state, frame_idx)
         high_res = F.interpolate(
-            out.pred_masks.to(self.device), size=(self.image_size, self.image_size), mode="bilinear", align_corners=False
+            out.pred_masks.to(self.device),
+            size=(self.image_size, self.image_size),
+            mode="bilinear",
+            align_corners=False,
         )
         with self._autocast():
-            memory = self.model.encode_memory(feats.vision_feat, high_res, out.object_score_logits, is_mask_from_pts=True)
+            memory = self.model.encode_memory(
+                feats.vision_feat, high_res, out.object_score_logits, is_mask_from_pts=True
+            )
         out.maskmem_features = memory.to(torch.bfloat16)
 
-    def _consolidated_low_res(self, state: VideoSession, frame_idx: int, is_cond: bool | None) -> list[FrameOutput | None]:
+    def _consolidated_low_res(
+        self, state: VideoSession, frame_idx: int, is_cond: bool | None
+    ) -> list[FrameOutput | None]:
         outs = []
         for obj in state.objects.values():
             outs.append(obj.output_on(frame_idx, is_cond))
         return outs
 
-    def _consolidated_video_res(self, state: VideoSession, frame_idx: int, is_cond: bool | None) -> torch.Tensor:
+    def _consolidated_video_res(
+        self, state: VideoSession, frame_idx: int, is_cond: bool | None
+    ) -> torch.Tensor:
         outs = self._consolidated_low_res(state, frame_idx, is_cond)
         size = self.image_size // 4
         low = torch.full((len(outs), 1, size, size), NO_OBJ_SCORE, dtype=torch.float32, device=self.device)
@@ -597,7 +657,10 @@ class SAM2VideoPredictor:
         return range(start, end + 1)
 
     def propagate(
-        self, state: VideoSession, start_frame_idx: int | None = None, max_frame_num_to_track: int | None = None,
+        self,
+        state: VideoSession,
+        start_frame_idx: int | None = None,
+        max_frame_num_to_track: int | None = None,
         direction: str = "both",
     ) -> Iterator[tuple[int, list, torch.Tensor]]:
         """Propagate ``"forward"``, ``"backward"`` or ``"both"`` ways from the prompts in one call.

@@ -28,7 +28,9 @@ def to_windows(x: torch.Tensor, size: int) -> tuple[torch.Tensor, tuple[int, int
     return x.reshape(-1, size, size, c), (hp, wp)
 
 
-def from_windows(windows: torch.Tensor, size: int, padded_hw: tuple[int, int], hw: tuple[int, int]) -> torch.Tensor:
+def from_windows(
+    windows: torch.Tensor, size: int, padded_hw: tuple[int, int], hw: tuple[int, int]
+) -> torch.Tensor:
     """Inverse of :func:`to_windows`, cropping the padding."""
     hp, wp = padded_hw
     b = windows.shape[0] // ((hp // size) * (wp // size))
@@ -154,7 +156,10 @@ class Hiera(nn.Module):
                 stage += 1
             self.blocks.append(
                 MultiScaleBlock(
-                    dim, dim_out, num_heads, window_size=window,
+                    dim,
+                    dim_out,
+                    num_heads,
+                    window_size=window,
                     q_stride=q_stride if i in q_pool_blocks else None,
                 )
             )

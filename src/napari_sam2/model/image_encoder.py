@@ -47,7 +47,9 @@ class FpnNeck(nn.Module):
             lateral = self.convs[n - i](xs[i])
             if i in self.top_down_levels and prev is not None:
                 up = F.interpolate(
-                    prev.float(), scale_factor=2.0, mode=self.interp_mode,
+                    prev.float(),
+                    scale_factor=2.0,
+                    mode=self.interp_mode,
                     align_corners=None if self.interp_mode == "nearest" else False,
                 )
                 prev = lateral + up

@@ -36,7 +36,9 @@ class MaskDecoder(nn.Module):
         dynamic_multimask_stability_thresh: float = 0.98,
     ) -> None:
         super().__init__()
-        self.transformer = TwoWayTransformer(depth=2, embedding_dim=transformer_dim, num_heads=8, mlp_dim=2048)
+        self.transformer = TwoWayTransformer(
+            depth=2, embedding_dim=transformer_dim, num_heads=8, mlp_dim=2048
+        )
         self.num_mask_tokens = num_multimask_outputs + 1
         self.iou_token = nn.Embedding(1, transformer_dim)
         self.mask_tokens = nn.Embedding(self.num_mask_tokens, transformer_dim)
@@ -57,15 +59,21 @@ class MaskDecoder(nn.Module):
             self.conv_s0 = nn.Conv2d(transformer_dim, transformer_dim // 8, kernel_size=1)
             self.conv_s1 = nn.Conv2d(transformer_dim, transformer_dim // 4, kernel_size=1)
         self.output_hypernetworks_mlps = nn.ModuleList(
-            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3) for _ in range(self.num_mask_tokens)
+            MLP(transformer_dim, transformer_dim, transformer_dim // 8, 3)
+            for _ in range(self.num_mask_tokens)
         )
         self.iou_prediction_head = MLP(
-            transformer_dim, iou_head_hidden_dim, self.num_mask_tokens, iou_head_depth,
+            transformer_dim,
+            iou_head_hidden_dim,
+            self.num_mask_tokens,
+            iou_head_depth,
             sigmoid_output=iou_prediction_use_sigmoid,
         )
         if pred_obj_scores:
             self.pred_obj_score_head = (
-                MLP(transformer_dim, transformer_dim, 1, 3) if pred_obj_scores_mlp else nn.Linear(transformer_dim, 1)
+                MLP(transformer_dim, transformer_dim, 1, 3)
+                if pred_obj_scores_mlp
+                else nn.Linear(transformer_dim, 1)
             )
         self.dynamic_multimask_via_stability = dynamic_multimask_via_stability
         self.stability_delta = dynamic_multimask_stability_delta
@@ -82,7 +90,12 @@ class MaskDecoder(nn.Module):
         high_res_features: list[torch.Tensor] | None = None,
     ) -> DecoderOutput:
         masks, iou_pred, mask_tokens_out, obj_logits = self.predict_masks(
-            image_embeddings, image_pe, sparse_prompt_embeddings, dense_prompt_embeddings, repeat_image, high_res_features
+            image_embeddings,
+            image_pe,
+            sparse_prompt_embeddings,
+            dense_prompt_embeddings,
+            repeat_image,
+            high_res_features,
         )
         if multimask_output:
             masks, iou_pred = masks[:, 1:], iou_pred[:, 1:]
@@ -151,7 +164,9 @@ class MaskDecoder(nn.Module):
         union = (flat > -self.stability_delta).sum(-1).float()
         return torch.where(union > 0, inter / union, 1.0)
 
-    def _stable_single_mask(self, masks: torch.Tensor, iou: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _stable_single_mask(
+        self, masks: torch.Tensor, iou: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Single-mask output, falling back to the best multimask output when it is unstable."""
         best = torch.argmax(iou[:, 1:], dim=-1)
         rows = torch.arange(masks.shape[0], device=masks.device)

@@ -29,7 +29,12 @@ class MemoryAttentionLayer(nn.Module):
         super().__init__()
         self.self_attn = RoPEAttention(d_model, num_heads, rope_theta=rope_theta, feat_sizes=feat_sizes)
         self.cross_attn_image = RoPEAttention(
-            d_model, num_heads, kv_in_dim=kv_in_dim, rope_theta=rope_theta, rope_k_repeat=True, feat_sizes=feat_sizes
+            d_model,
+            num_heads,
+            kv_in_dim=kv_in_dim,
+            rope_theta=rope_theta,
+            rope_k_repeat=True,
+            feat_sizes=feat_sizes,
         )
         self.linear1 = nn.Linear(d_model, dim_feedforward)
         self.linear2 = nn.Linear(dim_feedforward, d_model)
@@ -41,7 +46,12 @@ class MemoryAttentionLayer(nn.Module):
         self.pos_enc_at_cross_attn_queries = pos_enc_at_cross_attn_queries
 
     def forward(
-        self, tgt: torch.Tensor, memory: torch.Tensor, pos: torch.Tensor, query_pos: torch.Tensor, num_k_exclude_rope: int = 0
+        self,
+        tgt: torch.Tensor,
+        memory: torch.Tensor,
+        pos: torch.Tensor,
+        query_pos: torch.Tensor,
+        num_k_exclude_rope: int = 0,
     ) -> torch.Tensor:
         x = self.norm1(tgt)
         qk = x + query_pos if self.pos_enc_at_attn else x
@@ -59,7 +69,9 @@ class MemoryAttentionLayer(nn.Module):
 
 
 class MemoryAttention(nn.Module):
-    def __init__(self, layer: MemoryAttentionLayer, num_layers: int, d_model: int = 256, pos_enc_at_input: bool = True) -> None:
+    def __init__(
+        self, layer: MemoryAttentionLayer, num_layers: int, d_model: int = 256, pos_enc_at_input: bool = True
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(copy.deepcopy(layer) for _ in range(num_layers))
         self.norm = nn.LayerNorm(d_model)

@@ -15,7 +15,14 @@ from .position_encoding import PositionEmbeddingSine
 class MaskDownSampler(nn.Module):
     """Strided convs (x4 channels per 2x downsample) to reach the feature stride, then 1x1 conv."""
 
-    def __init__(self, embed_dim: int = 256, kernel_size: int = 3, stride: int = 2, padding: int = 1, total_stride: int = 16) -> None:
+    def __init__(
+        self,
+        embed_dim: int = 256,
+        kernel_size: int = 3,
+        stride: int = 2,
+        padding: int = 1,
+        total_stride: int = 16,
+    ) -> None:
         super().__init__()
         num_layers = int(math.log2(total_stride) // math.log2(stride))
         layers: list[nn.Module] = []
@@ -69,7 +76,9 @@ class MemoryEncoder(nn.Module):
         self.position_encoding = PositionEmbeddingSine(out_dim)
         self.out_proj = nn.Conv2d(in_dim, out_dim, kernel_size=1) if out_dim != in_dim else nn.Identity()
 
-    def forward(self, pix_feat: torch.Tensor, mask_for_mem: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, pix_feat: torch.Tensor, mask_for_mem: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """pix_feat (B, C, h, w) and a full-resolution mask input (already scaled/biased).
 
         Returns memory features (B, out_dim, h, w) and their position encoding.

@@ -76,9 +76,7 @@ class PositionEmbeddingRandom(nn.Module):
         device = self.positional_encoding_gaussian_matrix.device
         ys = (torch.arange(height, dtype=torch.float32, device=device) + 0.5) / height
         xs = (torch.arange(width, dtype=torch.float32, device=device) + 0.5) / width
-        grid = torch.stack(
-            (xs[None, :].expand(height, width), ys[:, None].expand(height, width)), dim=-1
-        )
+        grid = torch.stack((xs[None, :].expand(height, width), ys[:, None].expand(height, width)), dim=-1)
         return self.encode(grid).permute(2, 0, 1)
 
     def points(self, coords: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:

@@ -14,7 +14,11 @@ LABEL_PAD, LABEL_NEG, LABEL_POS, LABEL_BOX_TL, LABEL_BOX_BR = -1, 0, 1, 2, 3
 
 class PromptEncoder(nn.Module):
     def __init__(
-        self, embed_dim: int, image_embedding_size: tuple[int, int], input_image_size: tuple[int, int], mask_in_chans: int = 16
+        self,
+        embed_dim: int,
+        image_embedding_size: tuple[int, int],
+        input_image_size: tuple[int, int],
+        mask_in_chans: int = 16,
     ) -> None:
         super().__init__()
         self.embed_dim = embed_dim
@@ -58,7 +62,10 @@ class PromptEncoder(nn.Module):
         return emb
 
     def forward(
-        self, points: tuple[torch.Tensor, torch.Tensor] | None, masks: torch.Tensor | None, batch_size: int = 1
+        self,
+        points: tuple[torch.Tensor, torch.Tensor] | None,
+        masks: torch.Tensor | None,
+        batch_size: int = 1,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sparse (B, N, C) and dense (B, C, h, w) prompt embeddings.
 

@@ -75,8 +75,12 @@ class SAM2Model(nn.Module):
 
         t = cfg.trunk
         trunk = Hiera(
-            embed_dim=t.embed_dim, num_heads=t.num_heads, stages=t.stages, global_att_blocks=t.global_att_blocks,
-            window_spec=t.window_spec, window_pos_embed_bkg_spatial_size=t.window_pos_embed_bkg_spatial_size,
+            embed_dim=t.embed_dim,
+            num_heads=t.num_heads,
+            stages=t.stages,
+            global_att_blocks=t.global_att_blocks,
+            window_spec=t.window_spec,
+            window_pos_embed_bkg_spatial_size=t.window_pos_embed_bkg_spatial_size,
         )
         n = cfg.neck
         neck = FpnNeck(n.d_model, n.backbone_channel_list, n.fpn_top_down_levels, n.fpn_interp_model)
@@ -86,11 +90,17 @@ class SAM2Model(nn.Module):
         self.mem_dim = mem_dim
         ma = cfg.memory_attention
         layer = MemoryAttentionLayer(
-            d_model=d, dim_feedforward=ma.dim_feedforward, num_heads=ma.num_heads, kv_in_dim=mem_dim,
-            rope_theta=ma.rope_theta, feat_sizes=ma.feat_sizes,
+            d_model=d,
+            dim_feedforward=ma.dim_feedforward,
+            num_heads=ma.num_heads,
+            kv_in_dim=mem_dim,
+            rope_theta=ma.rope_theta,
+            feat_sizes=ma.feat_sizes,
         )
         self.memory_attention = MemoryAttention(layer, ma.num_layers, d_model=d)
-        self.memory_encoder = MemoryEncoder(out_dim=mem_dim, in_dim=d, num_fuser_layers=cfg.memory_encoder.num_fuser_layers)
+        self.memory_encoder = MemoryEncoder(
+            out_dim=mem_dim, in_dim=d, num_fuser_layers=cfg.memory_encoder.num_fuser_layers
+        )
 
         self.num_maskmem = tr.num_maskmem
         self.maskmem_tpos_enc = nn.Parameter(torch.zeros(tr.num_maskmem, 1, 1, mem_dim))
@@ -140,8 +150,12 @@ class SAM2Model(nn.Module):
 
     # ------------------------------------------------------------------ SAM heads
     def _finish_heads(
-        self, low_res_multimasks: torch.Tensor, ious: torch.Tensor, sam_tokens: torch.Tensor,
-        object_score_logits: torch.Tensor, multimask_output: bool,
+        self,
+        low_res_multimasks: torch.Tensor,
+        ious: torch.Tensor,
+        sam_tokens: torch.Tensor,
+        object_score_logits: torch.Tensor,
+        multimask_output: bool,
     ) -> HeadsOutput:
         b = low_res_multimasks.shape[0]
         is_present = object_score_logits > 0
@@ -188,30 +202,48 @@ class SAM2Model(nn.Module):
             mask_prompt = mask_inputs
             if mask_inputs.shape[-2:] != self.sam_prompt_encoder.mask_input_size:
                 mask_prompt = F.interpolate(
-                    mask_inputs.float(), size=self.sam_prompt_encoder.mask_input_size,
-                    mode="bilinear", align_corners=False, antialias=True,
+                    mask_inputs.float(),
+                    size=self.sam_prompt_encoder.mask_input_size,
+                    mode="bilinear",
+                    align_corners=False,
+                    antialias=True,
                 )
         sparse, dense = self.sam_prompt_encoder((point_coords, point_labels), mask_prompt)
         dec = self.sam_mask_decoder(
-            backbone_features, self.sam_prompt_encoder.get_dense_pe(), sparse, dense,
-            multimask_output=multimask_output, repeat_image=False, high_res_features=high_res_features,
+            backbone_features,
+            self.sam_prompt_encoder.get_dense_pe(),
+            sparse,
+            dense,
+            multimask_output=multimask_output,
+            repeat_image=False,
+            high_res_features=high_res_features,
         )
-        return self._finish_heads(dec.masks, dec.iou_pred, dec.sam_tokens, dec.object_score_logits, multimask_output)
+        return self._finish_heads(
+            dec.masks, dec.iou_pred, dec.sam_tokens, dec.object_score_logits, multimask_output
+        )
 
     def mask_as_output(
-        self, backbone_features: torch.Tensor, high_res_features: list[torch.Tensor] | None, mask_inputs: torch.Tensor
+        self,
+        backbone_features: torch.Tensor,
+        high_res_features: list[torch.Tensor] | None,
+        mask_inputs: torch.Tensor,
     ) -> HeadsOutput:
         """A binary mask prompt taken as the output itself (logits +-10); the decoder only makes the pointer."""
         scale, bias = 20.0, -10.0
         mask = mask_inputs.float()
         high_res = mask * scale + bias
         low_res = F.interpolate(
-            high_res, size=(high_res.shape[-2] // 4, high_res.shape[-1] // 4),
-            mode="bilinear", align_corners=False, antialias=True,
+            high_res,
+            size=(high_res.shape[-2] // 4, high_res.shape[-1] // 4),
+            mode="bilinear",
+            align_corners=False,
+            antialias=True,
         )
         ious = mask.new_ones(mask.shape[0], 1)
         if self.tracking.use_obj_ptrs_in_encoder:
-            obj_ptr = self.sam_heads(backbone_features, high_res_features, mask_inputs=self.mask_downsample(mask)).obj_ptr
+            obj_ptr = self.sam_heads(
+                backbone_features, high_res_features, mask_inputs=self.mask_downsample(mask)
+            ).obj_ptr
         else:
             obj_ptr = mask.new_zeros(mask.shape[0], self.hidden_dim)
         present = (mask.flatten(1) > 0).any(dim=1, keepdim=True).float()
@@ -266,7 +298,9 @@ class SAM2Model(nn.Module):
         if tr.use_obj_ptrs_in_encoder:
             max_ptrs = min(num_frames, tr.max_obj_ptrs_in_encoder)
             if tr.only_obj_ptrs_in_the_past_for_eval:
-                ptr_cond = {t: o for t, o in selected.items() if (t >= frame_idx if reverse else t <= frame_idx)}
+                ptr_cond = {
+                    t: o for t, o in selected.items() if (t >= frame_idx if reverse else t <= frame_idx)
+                }
             else:
                 ptr_cond = selected
             sign = -1 if reverse else 1
@@ -343,7 +377,9 @@ class SAM2Model(nn.Module):
                 [torch.cat([sel[1][k][1] for sel in selections]) for k in range(len(pointers))], dim=1
             ).to(device)  # (B, P, C)
             dists = torch.tensor([d for d, _ in pointers], device=device)
-            ptr_pos = self.pointer_pos_enc(dists, num_frames).unsqueeze(0).expand(b, -1, -1)  # (B, P, mem_dim)
+            ptr_pos = (
+                self.pointer_pos_enc(dists, num_frames).unsqueeze(0).expand(b, -1, -1)
+            )  # (B, P, mem_dim)
             if self.mem_dim < c:
                 # Each C-wide pointer becomes C/mem_dim tokens of width mem_dim.
                 split = c // self.mem_dim
@@ -377,7 +413,11 @@ class SAM2Model(nn.Module):
         return self.memory_encoder.position_encoding.grid(h, w, device)
 
     def encode_memory(
-        self, vision_feat: torch.Tensor, high_res_masks: torch.Tensor, object_score_logits: torch.Tensor, is_mask_from_pts: bool
+        self,
+        vision_feat: torch.Tensor,
+        high_res_masks: torch.Tensor,
+        object_score_logits: torch.Tensor,
+        is_mask_from_pts: bool,
     ) -> torch.Tensor:
         """Memory features (B, mem_dim, h, w) from raw frame features and a full-resolution mask."""
         tr = self.tracking
@@ -417,20 +457,33 @@ class SAM2Model(nn.Module):
             heads = self.mask_as_output(vision_feat, high_res, mask_inputs)
         else:
             pix_feat = self.condition_on_memory(
-                frame_idx, is_init_cond_frame, vision_feat, features.vision_pos,
-                cond_outputs, non_cond_outputs, num_frames, reverse,
+                frame_idx,
+                is_init_cond_frame,
+                vision_feat,
+                features.vision_pos,
+                cond_outputs,
+                non_cond_outputs,
+                num_frames,
+                reverse,
             )
             if prev_sam_mask_logits is not None:
                 mask_inputs = prev_sam_mask_logits
             num_points = 0 if point_labels is None else point_labels.shape[1]
             heads = self.sam_heads(
-                pix_feat, high_res, point_coords, point_labels, mask_inputs,
+                pix_feat,
+                high_res,
+                point_coords,
+                point_labels,
+                mask_inputs,
                 multimask_output=self.use_multimask(is_init_cond_frame, num_points),
             )
         memory = None
         if run_mem_encoder and self.num_maskmem > 0:
             memory = self.encode_memory(
-                vision_feat, heads.high_res_masks, heads.object_score_logits, is_mask_from_pts=point_labels is not None
+                vision_feat,
+                heads.high_res_masks,
+                heads.object_score_logits,
+                is_mask_from_pts=point_labels is not None,
             )
         return heads, memory
 
@@ -444,7 +497,9 @@ class SAM2Model(nn.Module):
         """Track B objects on a frame without prompts, in one pass (one selection per object)."""
         b = len(selections)
         high_res = [t.expand(b, -1, -1, -1) for t in features.high_res]
-        pix_feat = self.condition_on_selected_memories(features.vision_feat, features.vision_pos, selections, num_frames)
+        pix_feat = self.condition_on_selected_memories(
+            features.vision_feat, features.vision_pos, selections, num_frames
+        )
         heads = self.sam_heads(pix_feat, high_res, multimask_output=self.use_multimask(False, 0))
         memory = None
         if run_mem_encoder and self.num_maskmem > 0:

@@ -15,10 +15,14 @@ import re
 SIZE_WORDS = {"t": "tiny", "s": "small", "b+": "base_plus", "l": "large"}
 
 #: the official variants, SAM 2.1 first, smallest first
-VARIANTS: tuple[str, ...] = tuple(f"{family}_hiera_{size}" for family in ("sam2.1", "sam2") for size in SIZE_WORDS)
+VARIANTS: tuple[str, ...] = tuple(
+    f"{family}_hiera_{size}" for family in ("sam2.1", "sam2") for size in SIZE_WORDS
+)
 
 _LONG_TO_SHORT = {
-    f"{family}_hiera_{word}": f"{family}_hiera_{size}" for family in ("sam2.1", "sam2") for size, word in SIZE_WORDS.items()
+    f"{family}_hiera_{word}": f"{family}_hiera_{size}"
+    for family in ("sam2.1", "sam2")
+    for size, word in SIZE_WORDS.items()
 }
 
 

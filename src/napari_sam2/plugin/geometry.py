@@ -240,7 +240,9 @@ class StackGeometry:
         if self.frame_axis is None:
             text = f"single {self.height}×{self.width} image: preview only"
         else:
-            text = f"{self.n_frames} frames along axis {names[self.frame_axis]}, {self.height}×{self.width} each"
+            text = (
+                f"{self.n_frames} frames along axis {names[self.frame_axis]}, {self.height}×{self.width} each"
+            )
         if self.held:
             text += "; held: " + ", ".join(f"{names[a]}={i}" for a, i in self.held)
         if self.channel_axis is not None:
@@ -252,5 +254,3 @@ class StackGeometry:
 
 def _is_dask(a) -> bool:
     return type(a).__module__.startswith("dask")
-
-

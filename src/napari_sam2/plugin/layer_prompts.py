@@ -66,7 +66,9 @@ class ConversionReport:
         if self.not_rectangles:
             msgs.append(f"{self.not_rectangles} shape(s) are not rectangles and were left out")
         if self.extra_boxes:
-            msgs.append(f"{self.extra_boxes} extra box(es) for the same object and frame were left out (one box each)")
+            msgs.append(
+                f"{self.extra_boxes} extra box(es) for the same object and frame were left out (one box each)"
+            )
         return msgs
 
 
@@ -78,7 +80,11 @@ def _feature_column(layer, name: str, n: int, default) -> np.ndarray:
 
 
 def points_to_prompts(
-    points_layer, image_layer, geom: StackGeometry, prompts: PromptSet | None = None, report: ConversionReport | None = None
+    points_layer,
+    image_layer,
+    geom: StackGeometry,
+    prompts: PromptSet | None = None,
+    report: ConversionReport | None = None,
 ) -> PromptSet:
     """Read a Points layer (features ``obj_id``, ``positive``) into ``prompts``."""
     prompts = PromptSet() if prompts is None else prompts
@@ -101,7 +107,11 @@ def points_to_prompts(
 
 
 def shapes_to_prompts(
-    shapes_layer, image_layer, geom: StackGeometry, prompts: PromptSet | None = None, report: ConversionReport | None = None
+    shapes_layer,
+    image_layer,
+    geom: StackGeometry,
+    prompts: PromptSet | None = None,
+    report: ConversionReport | None = None,
 ) -> PromptSet:
     """Read the rectangles of a Shapes layer (feature ``obj_id``) into boxes of ``prompts``."""
     prompts = PromptSet() if prompts is None else prompts
@@ -170,7 +180,13 @@ def labels_to_masks(
 
 
 def add_points_to_layer(
-    points_layer, image_layer, geom: StackGeometry, frame: int, obj_id: int, xy: Sequence[Sequence[float]], positive
+    points_layer,
+    image_layer,
+    geom: StackGeometry,
+    frame: int,
+    obj_id: int,
+    xy: Sequence[Sequence[float]],
+    positive,
 ) -> None:
     """Add points ``(x, y)`` of one object on one frame to a Points layer."""
     xy = np.asarray(xy, dtype=float).reshape(-1, 2)
@@ -191,7 +207,9 @@ def add_points_to_layer(
         points_layer.feature_defaults = old_defaults
 
 
-def add_box_to_layer(shapes_layer, image_layer, geom: StackGeometry, frame: int, obj_id: int, box: Sequence[float]) -> None:
+def add_box_to_layer(
+    shapes_layer, image_layer, geom: StackGeometry, frame: int, obj_id: int, box: Sequence[float]
+) -> None:
     """Add a rectangle ``[x0, y0, x1, y1]`` of one object on one frame to a Shapes layer."""
     x0, y0, x1, y1 = (float(v) for v in box)
     corners = [(x0, y0), (x1, y0), (x1, y1), (x0, y1)]
@@ -203,5 +221,3 @@ def add_box_to_layer(shapes_layer, image_layer, geom: StackGeometry, frame: int,
         shapes_layer.add_rectangles([coords])
     finally:
         shapes_layer.feature_defaults = old_defaults
-
-

@@ -197,7 +197,11 @@ def synthetic_timelapse(
     split_dir_angle = mother.angle0 + mother.spin * DIVISION_AT  # daughters part along the long axis
 
     def centre(k, s):
-        return anchors[k] + drift[k] * s + wobble_amp[k] * np.sin(2 * np.pi * wobble_freq[k] * s + wobble_phase[k])
+        return (
+            anchors[k]
+            + drift[k] * s
+            + wobble_amp[k] * np.sin(2 * np.pi * wobble_freq[k] * s + wobble_phase[k])
+        )
 
     image = np.empty((n_frames, h, w), dtype=np.uint16)
     labels = np.zeros((n_frames, h, w), dtype=np.uint16)

@@ -31,7 +31,16 @@ def _axes_from_labels(labels: Sequence[str] | None, ndim: int) -> str | None:
     letters = []
     for lab in labels:
         s = str(lab).strip().lower()
-        aliases = {"time": "t", "frame": "t", "depth": "z", "slice": "z", "channel": "c", "ch": "c", "row": "y", "col": "x"}
+        aliases = {
+            "time": "t",
+            "frame": "t",
+            "depth": "z",
+            "slice": "z",
+            "channel": "c",
+            "ch": "c",
+            "row": "y",
+            "col": "x",
+        }
         s = aliases.get(s, s)
         if s not in ("t", "z", "c", "y", "x"):
             return None
@@ -99,9 +108,15 @@ def write_labels_tiff(path: str, data: Any, attributes: dict) -> list[str]:
             meta["spacing"] = float(scale[axes.index("Z")])
         if "T" in axes:
             meta["finterval"] = float(scale[axes.index("T")])
-        tifffile.imwrite(path, np.ascontiguousarray(arr, dtype=np.uint16), imagej=True, metadata=meta, **kwargs)
+        tifffile.imwrite(
+            path, np.ascontiguousarray(arr, dtype=np.uint16), imagej=True, metadata=meta, **kwargs
+        )
     else:
         tifffile.imwrite(
-            path, np.ascontiguousarray(arr, dtype=np.uint32), photometric="minisblack", metadata={"axes": axes}, **kwargs
+            path,
+            np.ascontiguousarray(arr, dtype=np.uint32),
+            photometric="minisblack",
+            metadata={"axes": axes},
+            **kwargs,
         )
     return [path]

@@ -70,7 +70,11 @@ DEFAULT_CONFIGS = (
 )
 DEVICES = ("auto", "cpu", "cuda", "mps")
 DIRECTIONS = ("forward", "backward", "both")
-START_CHOICES = {"auto": "from last correction (auto)", "first": "from the prompted frame", "current": "from the current frame"}
+START_CHOICES = {
+    "auto": "from last correction (auto)",
+    "first": "from the prompted frame",
+    "current": "from the current frame",
+}
 PREVIEW_DELAY_MS = 200
 OUTPUT_DTYPE = np.uint16
 
@@ -191,7 +195,9 @@ class SAM2Widget(QWidget):
     job_finished = Signal(str, str)
     _download_progress = Signal(int, int)
 
-    def __init__(self, napari_viewer, *, synchronous: bool | None = None, parent: QWidget | None = None) -> None:
+    def __init__(
+        self, napari_viewer, *, synchronous: bool | None = None, parent: QWidget | None = None
+    ) -> None:
         super().__init__(parent)
         self.viewer = napari_viewer
         if synchronous is None:
@@ -261,11 +267,15 @@ class SAM2Widget(QWidget):
         self.image_combo.currentIndexChanged.connect(self._on_image_changed)
         form.addRow("Image layer", self.image_combo)
         self.axis_combo = QComboBox()
-        self.axis_combo.setToolTip("The axis the masks are propagated along (time or z). Other leading axes are held at the viewer's current position.")
+        self.axis_combo.setToolTip(
+            "The axis the masks are propagated along (time or z). Other leading axes are held at the viewer's current position."
+        )
         self.axis_combo.currentIndexChanged.connect(self._on_geometry_changed)
         form.addRow("Propagate along", self.axis_combo)
         self.channel_combo = QComboBox()
-        self.channel_combo.setToolTip("For multichannel images: the axis that holds the channels (RGB layers are handled automatically)")
+        self.channel_combo.setToolTip(
+            "For multichannel images: the axis that holds the channels (RGB layers are handled automatically)"
+        )
         self.channel_combo.currentIndexChanged.connect(self._on_geometry_changed)
         form.addRow("Channel axis", self.channel_combo)
         self.channels_edit = QLineEdit()
@@ -329,12 +339,16 @@ class SAM2Widget(QWidget):
         self.positive_btn = QPushButton("Positive (t)")
         self.positive_btn.setCheckable(True)
         self.positive_btn.setChecked(True)
-        self.positive_btn.setToolTip("Positive points mark the object, negative points mark what is not the object. Key t on the points layer toggles.")
+        self.positive_btn.setToolTip(
+            "Positive points mark the object, negative points mark what is not the object. Key t on the points layer toggles."
+        )
         self.positive_btn.toggled.connect(self._on_positive_toggled)
         form.addRow("Point type", self.positive_btn)
         row = QHBoxLayout()
         self.points_btn = QPushButton("Add points")
-        self.points_btn.setToolTip("Select (or create) the prompt points layer in add mode: click on the object")
+        self.points_btn.setToolTip(
+            "Select (or create) the prompt points layer in add mode: click on the object"
+        )
         self.points_btn.clicked.connect(self._on_points_mode)
         self.boxes_btn = QPushButton("Draw boxes")
         self.boxes_btn.setToolTip("Select (or create) the prompt boxes layer in rectangle mode")
@@ -344,7 +358,9 @@ class SAM2Widget(QWidget):
         form.addRow(row)
         row = QHBoxLayout()
         self.mask_combo = QComboBox()
-        self.mask_combo.setToolTip("A Labels layer whose labels on the current frame become mask prompts (label value = object id)")
+        self.mask_combo.setToolTip(
+            "A Labels layer whose labels on the current frame become mask prompts (label value = object id)"
+        )
         self.mask_btn = QPushButton("Use as mask on this frame")
         self.mask_btn.clicked.connect(self._on_mask_prompt)
         row.addWidget(self.mask_combo, 1)
@@ -407,7 +423,9 @@ class SAM2Widget(QWidget):
         box = QGroupBox("Output")
         form = QFormLayout(box)
         self.output_combo = QComboBox()
-        self.output_combo.setToolTip("Where the masks go: a new 'SAM2 masks [image]' layer, or a Labels layer you choose")
+        self.output_combo.setToolTip(
+            "Where the masks go: a new 'SAM2 masks [image]' layer, or a Labels layer you choose"
+        )
         form.addRow("Labels layer", self.output_combo)
         self.per_object_check = QCheckBox("One layer per object")
         form.addRow(self.per_object_check)
@@ -653,11 +671,16 @@ class SAM2Widget(QWidget):
                 ndim=image.ndim,
                 name=self._unique_name(f"SAM2 points [{image.name}]"),
                 features={OBJ_FEATURE: np.zeros(0, dtype=int), POSITIVE_FEATURE: np.zeros(0, dtype=bool)},
-                feature_defaults={OBJ_FEATURE: self.obj_spin.value(), POSITIVE_FEATURE: self.positive_btn.isChecked()},
+                feature_defaults={
+                    OBJ_FEATURE: self.obj_spin.value(),
+                    POSITIVE_FEATURE: self.positive_btn.isChecked(),
+                },
                 size=size,
                 border_width=0.15,
                 border_width_is_relative=True,
-                metadata={META_KEY: {"role": "points", "image": image.name, "image_id": str(image.unique_id)}},
+                metadata={
+                    META_KEY: {"role": "points", "image": image.name, "image_id": str(image.unique_id)}
+                },
                 **{k: v for k, v in _layer_transforms(image).items() if k != "units"},
             )
             self.viewer.add_layer(lay)
@@ -740,7 +763,11 @@ class SAM2Widget(QWidget):
         self._recoloring = True
         try:
             if n:
-                obj = np.asarray(lay.features[OBJ_FEATURE], dtype=int) if OBJ_FEATURE in lay.features else np.ones(n, int)
+                obj = (
+                    np.asarray(lay.features[OBJ_FEATURE], dtype=int)
+                    if OBJ_FEATURE in lay.features
+                    else np.ones(n, int)
+                )
                 pos = (
                     np.asarray(lay.features[POSITIVE_FEATURE], dtype=bool)
                     if POSITIVE_FEATURE in lay.features
@@ -748,7 +775,9 @@ class SAM2Widget(QWidget):
                 )
                 colors = _obj_colors(obj)
                 lay.face_color = colors
-                border = np.where(pos[:, None], np.array([[1.0, 1.0, 1.0, 1.0]]), np.array([[1.0, 0.1, 0.1, 1.0]]))
+                border = np.where(
+                    pos[:, None], np.array([[1.0, 1.0, 1.0, 1.0]]), np.array([[1.0, 0.1, 0.1, 1.0]])
+                )
                 lay.border_color = border
                 lay.symbol = np.where(pos, "disc", "x")
         finally:
@@ -761,7 +790,11 @@ class SAM2Widget(QWidget):
         self._recoloring = True
         try:
             if n:
-                obj = np.asarray(lay.features[OBJ_FEATURE], dtype=int) if OBJ_FEATURE in lay.features else np.ones(n, int)
+                obj = (
+                    np.asarray(lay.features[OBJ_FEATURE], dtype=int)
+                    if OBJ_FEATURE in lay.features
+                    else np.ones(n, int)
+                )
                 lay.edge_color = _obj_colors(obj)
         finally:
             self._recoloring = False
@@ -901,7 +934,9 @@ class SAM2Widget(QWidget):
             self._preview_timer.start()
 
     # ================================================================== scripted prompts
-    def set_image_layer(self, layer, axis: int | str | None = "auto", channel_axis: int | None = None) -> None:
+    def set_image_layer(
+        self, layer, axis: int | str | None = "auto", channel_axis: int | None = None
+    ) -> None:
         """Choose the image (a layer or its name), the propagation ``axis`` (an axis
         index of the layer; ``"auto"``: the first non-plane axis) and, for multichannel
         data without RGB, the ``channel_axis``."""
@@ -929,7 +964,12 @@ class SAM2Widget(QWidget):
         self.axis_combo.setCurrentIndex(j)
         self._update_geometry_label()
 
-    def set_model(self, config_name: str | None = None, checkpoint: str | os.PathLike | None = None, device: str | None = None) -> None:
+    def set_model(
+        self,
+        config_name: str | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        device: str | None = None,
+    ) -> None:
         """Choose the model variant, a checkpoint file (None: the downloaded one) and the device."""
         if config_name is not None:
             i = self.model_combo.findText(config_name)
@@ -972,13 +1012,17 @@ class SAM2Widget(QWidget):
         propagation axis) for object ``obj_id``; other axes at the held position."""
         geom = self._require_geometry()
         self._check_frame(geom, frame)
-        add_points_to_layer(self.points_layer(create=True), self.image_layer, geom, frame, obj_id, [(x, y)], positive)
+        add_points_to_layer(
+            self.points_layer(create=True), self.image_layer, geom, frame, obj_id, [(x, y)], positive
+        )
 
     def add_box(self, frame: int, obj_id: int, y0: float, x0: float, y1: float, x1: float) -> None:
         """Add a box with corners (row ``y0``, column ``x0``) and (``y1``, ``x1``) on ``frame``."""
         geom = self._require_geometry()
         self._check_frame(geom, frame)
-        add_box_to_layer(self.boxes_layer(create=True), self.image_layer, geom, frame, obj_id, (x0, y0, x1, y1))
+        add_box_to_layer(
+            self.boxes_layer(create=True), self.image_layer, geom, frame, obj_id, (x0, y0, x1, y1)
+        )
 
     def add_mask_prompt(self, frame: int, labels, obj_id: int | None = None) -> list[int]:
         """Use a mask as prompt on ``frame``.
@@ -994,7 +1038,9 @@ class SAM2Widget(QWidget):
             labels = self.viewer.layers[labels]
         if hasattr(labels, "data") and hasattr(labels, "ndim") and not isinstance(labels, np.ndarray):
             try:
-                masks = labels_to_masks(labels, self.image_layer, geom, frame, None if obj_id is None else [obj_id])
+                masks = labels_to_masks(
+                    labels, self.image_layer, geom, frame, None if obj_id is None else [obj_id]
+                )
             except ValueError as e:
                 raise SessionError(str(e)) from None
         else:
@@ -1093,7 +1139,9 @@ class SAM2Widget(QWidget):
                 self._go_to_held(geom)
         bad = [f for f in ps.frames() if not 0 <= f < geom.n_frames]
         if bad:
-            raise SessionError(f"the file has prompts on frame(s) {bad}, outside this stack (0 … {geom.n_frames - 1})")
+            raise SessionError(
+                f"the file has prompts on frame(s) {bad}, outside this stack (0 … {geom.n_frames - 1})"
+            )
         pts = boxes = None
         for f, o, p in ps.items():
             if p.points:
@@ -1106,7 +1154,9 @@ class SAM2Widget(QWidget):
                 add_box_to_layer(boxes, image, geom, f, o, p.box)
             if p.mask is not None:
                 if p.mask.shape != (geom.height, geom.width):
-                    raise SessionError(f"a mask in the file is {p.mask.shape}, the image frames are {(geom.height, geom.width)}")
+                    raise SessionError(
+                        f"a mask in the file is {p.mask.shape}, the image frames are {(geom.height, geom.width)}"
+                    )
                 self._mask_prompts.setdefault(self._seq_key(geom), PromptSet()).set_mask(f, o, p.mask)
         if ps.objects():
             self.obj_spin.setValue(max(ps.objects()))
@@ -1178,7 +1228,9 @@ class SAM2Widget(QWidget):
             self.download_btn.setEnabled(self._busy != "download")
 
     def _on_browse_checkpoint(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "Choose a SAM 2 checkpoint", "", "PyTorch checkpoint (*.pt *.pth);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Choose a SAM 2 checkpoint", "", "PyTorch checkpoint (*.pt *.pth);;All files (*)"
+        )
         if path:
             self._checkpoint_file = Path(path)
             self._update_checkpoint_status()
@@ -1293,7 +1345,12 @@ class SAM2Widget(QWidget):
             data,
             name=self._unique_name(base),
             metadata={
-                META_KEY: {"role": "output", "image": image.name, "image_id": str(image.unique_id), "obj_id": obj_id}
+                META_KEY: {
+                    "role": "output",
+                    "image": image.name,
+                    "image_id": str(image.unique_id),
+                    "obj_id": obj_id,
+                }
             },
             opacity=0.5,
             **_layer_transforms(image),
@@ -1318,7 +1375,9 @@ class SAM2Widget(QWidget):
 
     def _write_result(self, geom: StackGeometry, r: FrameResult) -> None:
         if r.logits.shape[-2:] != (geom.height, geom.width):
-            raise SessionError(f"the engine returned {r.logits.shape[-2:]} masks for {(geom.height, geom.width)} frames")
+            raise SessionError(
+                f"the engine returned {r.logits.shape[-2:]} masks for {(geom.height, geom.width)} frames"
+            )
         idx = geom.output_index(r.frame)
         if self.per_object_check.isChecked():
             for k, o in enumerate(r.obj_ids):
@@ -1414,7 +1473,9 @@ class SAM2Widget(QWidget):
             yield ("frame", results[f])
         return "done"
 
-    def _propagate_job(self, model_key, frames_key, frames_fn, prompts, n_frames, direction, start, max_frames, cancel):
+    def _propagate_job(
+        self, model_key, frames_key, frames_fn, prompts, n_frames, direction, start, max_frames, cancel
+    ):
         yield from self._engine_steps(model_key, frames_key, frames_fn)
         s = self.session
         if s.pending(prompts):
@@ -1484,7 +1545,9 @@ class SAM2Widget(QWidget):
                 self._set_status("Preview done.")
             elif outcome == "nothing":
                 self._set_status("Preview is up to date.")
-            self.job_finished.emit(kind, "failed" if error is not None else ("cancelled" if outcome == "cancelled" else "done"))
+            self.job_finished.emit(
+                kind, "failed" if error is not None else ("cancelled" if outcome == "cancelled" else "done")
+            )
             if self._preview_pending:
                 self._preview_pending = False
                 self._preview_timer.start()
@@ -1564,7 +1627,9 @@ class SAM2Widget(QWidget):
         if self.image_layer is None:
             return
         try:
-            geom, prompts, model_key, frames_key, frames_fn = self._prepare(explicit=False, need_prompts=False)
+            geom, prompts, model_key, frames_key, frames_fn = self._prepare(
+                explicit=False, need_prompts=False
+            )
         except SessionError as e:
             self._set_status(f"No preview: {e}.")
             return
@@ -1643,7 +1708,15 @@ class SAM2Widget(QWidget):
             max_frames = self.max_frames_spin.value() or None
         self._cancel.clear()
         gen = self._propagate_job(
-            model_key, frames_key, frames_fn, prompts, geom.n_frames, direction, start, max_frames, self._cancel
+            model_key,
+            frames_key,
+            frames_fn,
+            prompts,
+            geom.n_frames,
+            direction,
+            start,
+            max_frames,
+            self._cancel,
         )
         self._start_job("propagate", gen, geom, synchronous, f"SAM 2: propagating {direction}")
         if synchronous and self._last_outcome != "failed":
