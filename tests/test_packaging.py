@@ -209,12 +209,16 @@ def test_console_script_and_python_m():
         assert out.startswith("napari-sam2 "), out
 
 
-needs_display = pytest.mark.skipif(
+_no_display = pytest.mark.skipif(
     sys.platform.startswith("linux")
     and not os.environ.get("DISPLAY")
     and not os.environ.get("WAYLAND_DISPLAY"),
     reason="no display (run under xvfb-run)",
 )
+
+
+def needs_display(test):
+    return pytest.mark.gui(_no_display(test))
 
 
 def _demo(tmp_path, *extra) -> subprocess.CompletedProcess:

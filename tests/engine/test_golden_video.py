@@ -15,6 +15,8 @@ from golden_support import run_compare, write_video_case
 from napari_sam2.engine.build import build_sam2_model
 from napari_sam2.engine.video_predictor import SAM2VideoPredictor
 
+pytestmark = [pytest.mark.golden, pytest.mark.slow]
+
 CASES = [("video_bedroom_sam2.1t_s0", True), ("video_bedroom_occlusion_sam2.1t_s0", False)]
 
 

@@ -53,6 +53,7 @@ def test_empty_prompts_are_refused(small_model, tmp_path):
         track_stack(pred, _stack(), PromptSet())
 
 
+@pytest.mark.slow
 def test_cli_track_end_to_end(tiny_checkpoint, tmp_path, capsys):
     stack = tmp_path / "cells.tif"
     tifffile.imwrite(stack, _stack(t=3), photometric="minisblack")

@@ -20,12 +20,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.skipif(
-    not os.environ.get("NAPARI_SAM2_SCREENSHOTS"),
-    reason="set NAPARI_SAM2_SCREENSHOTS=1 to (re)make the screenshots",
-)
+pytestmark = [
+    pytest.mark.gui,
+    pytest.mark.skipif(
+        not os.environ.get("NAPARI_SAM2_SCREENSHOTS"),
+        reason="set NAPARI_SAM2_SCREENSHOTS=1 to (re)make the screenshots",
+    ),
+]
 
-IMAGES = Path(__file__).resolve().parents[1] / "docs" / "images"
+IMAGES = Path(__file__).resolve().parents[3] / "docs" / "images"
 
 
 class GroundTruthPredictor:

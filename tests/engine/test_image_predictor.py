@@ -117,6 +117,7 @@ def spy_decoder(model, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- dtypes and shapes
+@pytest.mark.slow
 def test_uint16_grayscale_non_square(pred_a):
     masks, ious, low = pred_a.predict(point_coords=[[300, 80]], point_labels=[1])
     assert masks.shape == (3, H_A, W_A) and masks.dtype == np.bool_
@@ -129,18 +130,21 @@ def test_uint16_grayscale_non_square(pred_a):
     assert emb.shape == (1, 256, 64, 64) and torch.isfinite(emb).all()
 
 
+@pytest.mark.slow
 def test_float_rgb_portrait(pred_b):
     masks, ious, low = pred_b.predict(point_coords=[[90, 160]], point_labels=[1], multimask_output=False)
     assert masks.shape == (1, H_B, W_B) and masks.dtype == np.bool_
     assert ious.shape == (1,) and low.shape == (1, 256, 256)
 
 
+@pytest.mark.slow
 def test_embedding_depends_on_the_image(pred_a, pred_b):
     a, b = pred_a.get_image_embedding(), pred_b.get_image_embedding()
     assert (a - b).abs().mean() > 1e-2 * a.abs().mean()
 
 
 # ----------------------------------------------------------------------------- coordinates
+@pytest.mark.slow
 def test_points_and_boxes_map_to_the_1024_frame(pred_a, spy_prompts):
     # x is scaled by 1024 / W, y by 1024 / H (400 x 240 image)
     pred_a.predict(point_coords=[[100, 60], [399, 0]], point_labels=[1, 0])
@@ -160,12 +164,14 @@ def test_points_and_boxes_map_to_the_1024_frame(pred_a, spy_prompts):
     torch.testing.assert_close(coords, torch.tensor([[[256.0, 512.0]]]))
 
 
+@pytest.mark.slow
 def test_same_fraction_same_prompt_on_other_image_size(pred_a, pred_b, spy_prompts):
     pred_a.predict(point_coords=[[0.3 * W_A, 0.7 * H_A]], point_labels=[1])
     pred_b.predict(point_coords=[[0.3 * W_B, 0.7 * H_B]], point_labels=[1])
     torch.testing.assert_close(spy_prompts[0][0][0], spy_prompts[1][0][0])
 
 
+@pytest.mark.slow
 def test_masks_are_low_res_logits_resized_to_the_image(pred_a, spy_decoder):
     logits, ious, low = pred_a.predict(point_coords=[[300, 80]], point_labels=[1], return_logits=True)
     raw = spy_decoder[-1]  # (1, 3, 256, 256)
@@ -175,6 +181,7 @@ def test_masks_are_low_res_logits_resized_to_the_image(pred_a, spy_decoder):
     np.testing.assert_array_equal(low, raw.clamp(-32, 32)[0].numpy())
 
 
+@pytest.mark.slow
 def test_return_logits_threshold_equals_boolean_masks(pred_a):
     kw = dict(point_coords=[[300, 80], [50, 200]], point_labels=[1, 0])
     masks, ious, low = pred_a.predict(**kw)
@@ -190,6 +197,7 @@ def test_return_logits_threshold_equals_boolean_masks(pred_a):
         pred_a.mask_threshold = 0.0
 
 
+@pytest.mark.slow
 def test_mask_input_from_a_previous_call(pred_a, spy_prompts):
     masks, ious, low = pred_a.predict(point_coords=[[300, 80]], point_labels=[1])
     best = low[int(np.argmax(ious))][None]
@@ -206,6 +214,7 @@ def test_mask_input_from_a_previous_call(pred_a, spy_prompts):
 
 
 # ----------------------------------------------------------------------------- batched prompts
+@pytest.mark.slow
 def test_batched_points_equal_one_prompt_at_a_time(pred_a):
     pts = np.array([[[300, 80]], [[50, 200]], [[200, 120]]], dtype=np.float32)
     lab = np.array([[1], [1], [0]])
@@ -219,6 +228,7 @@ def test_batched_points_equal_one_prompt_at_a_time(pred_a):
     assert not np.allclose(low[0], low[1])  # the prompts really differ
 
 
+@pytest.mark.slow
 def test_batched_boxes_equal_one_box_at_a_time(pred_a):
     boxes = np.array([[250, 40, 360, 120], [0, 0, 399, 239]], dtype=np.float32)
     masks, ious, low = pred_a.predict(box=boxes, multimask_output=False, return_logits=True)
@@ -230,6 +240,7 @@ def test_batched_boxes_equal_one_box_at_a_time(pred_a):
 
 
 # ----------------------------------------------------------------------------- batched images
+@pytest.mark.slow
 def test_image_batch_embeddings_equal_single_images(pred_a, pred_b, pred_batch):
     emb = pred_batch.get_image_embedding()
     assert emb.shape == (2, 256, 64, 64)
@@ -237,6 +248,7 @@ def test_image_batch_embeddings_equal_single_images(pred_a, pred_b, pred_batch):
     torch.testing.assert_close(emb[1:2], pred_b.get_image_embedding(), atol=1e-3, rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_predict_batch_equals_per_image_predict(pred_a, pred_b, pred_batch):
     pts = [np.array([[300.0, 80.0]]), np.array([[90.0, 160.0], [10.0, 10.0]])]
     labels = [np.array([1]), np.array([1, 0])]
@@ -323,6 +335,7 @@ def test_bad_prompts(pred_a, kwargs, match):
         pred_a.predict(**kwargs)
 
 
+@pytest.mark.slow
 def test_single_and_batch_modes_are_not_mixed(pred_a, pred_batch):
     with pytest.raises(RuntimeError, match="predict_batch"):
         pred_batch.predict(point_coords=[[1, 1]], point_labels=[1])

@@ -140,6 +140,7 @@ def test_corrupt_checkpoint_file_names_the_path(kind, tiny_checkpoint, tmp_path,
     assert str(path) in str(err.value)
 
 
+@pytest.mark.slow
 def test_wrong_variant_checkpoint_files_name_what_they_look_like(tiny_checkpoint, monkeypatch):
     """SAM 2.1 tiny weights given for SAM 2.1 small and for SAM 2.0 tiny.
 
@@ -244,6 +245,7 @@ def test_compile_model_refuses_unknown_components(small_model):
         compile_model(small_model, components=("image_encoderr",))
 
 
+@pytest.mark.slow
 def test_image_encoder_compiles_as_one_graph_with_the_same_features(small_model):
     """A graph break would split the encoder and cost most of the compiled speed-up."""
     import copy
@@ -270,6 +272,7 @@ def test_image_encoder_compiles_as_one_graph_with_the_same_features(small_model)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_compiled_model_tracks_like_the_eager_one(small_model, tmp_path):
     import copy
 

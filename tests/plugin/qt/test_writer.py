@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.gui
+
 tifffile = pytest.importorskip("tifffile")
 
 from napari_sam2.plugin._qt.widget import _shared_channel_labels  # noqa: E402

@@ -68,6 +68,7 @@ def test_prompted_frame_output_is_kept_while_tracked_frames_are_recomputed(predi
         assert torch.equal(first[f], second[f]), f"frame {f} changed on an identical re-run"
 
 
+@pytest.mark.slow
 def test_spilled_outputs_are_bit_exact(small_model, frames, tmp_path):
     results = []
     for spill, hot in ((False, 16), (True, 1)):
@@ -137,12 +138,12 @@ def test_clear_prompts_and_reset(predictor, frames):
 def test_bad_prompts_raise_clear_errors_and_change_nothing(predictor, frames, kwargs, error, match):
     state = predictor.init_state(frames)
     _click(predictor, state, obj=1)
-    before = [f for f, *_ in _all(predictor, state)]
+    before = [f for f, *_ in _all(predictor, state, max_frame_num_to_track=1)]
     call = {"frame_idx": 0, "obj_id": 7, "points": [[5, 5]], "labels": [1]} | kwargs
     with pytest.raises(error, match=match):
         predictor.add_new_points_or_box(state, **call)
     assert state.obj_ids == [1]  # no half-made object left behind
-    assert [f for f, *_ in _all(predictor, state)] == before
+    assert [f for f, *_ in _all(predictor, state, max_frame_num_to_track=1)] == before
 
 
 def test_bad_masks_and_ids(predictor, frames):
@@ -182,6 +183,7 @@ def test_nan_frames_and_bad_stacks(predictor, frames):
         predictor.init_state(frames[0])  # a single 2-D image is not a stack
 
 
+@pytest.mark.slow
 def test_closing_the_generator_halfway_keeps_yielded_frames(predictor, frames):
     state = predictor.init_state(frames)
     _click(predictor, state)
@@ -199,6 +201,7 @@ def test_closing_the_generator_halfway_keeps_yielded_frames(predictor, frames):
         assert f == g and torch.equal(m, n)
 
 
+@pytest.mark.slow
 def test_memory_state_is_bounded(small_model, frames, tmp_path):
     long_stack = np.concatenate([frames] * 5)  # 30 frames
     p = SAM2VideoPredictor(
@@ -225,6 +228,7 @@ def test_fill_holes_fills_only_small_background_holes():
     assert torch.all(out[0, 0, 0, :] == -5.0)
 
 
+@pytest.mark.slow
 def test_batched_objects_match_one_by_one(small_model, frames, tmp_path):
     results = []
     for batch in (False, True):
@@ -245,6 +249,7 @@ def test_batching_objects_by_default_only_off_the_cpu(small_model):
     assert SAM2VideoPredictor(small_model, batch_objects=True).batches_objects is True
 
 
+@pytest.mark.slow
 def test_objects_with_the_same_memory_layout_share_one_pass(small_model, frames, tmp_path, monkeypatch):
     p = SAM2VideoPredictor(small_model, fill_hole_area=0, batch_objects=True, spill_dir=str(tmp_path))
     state = p.init_state(frames)

@@ -137,6 +137,7 @@ def test_timelapse_touching_happens(timelapse):
         assert (labels[t] == 2).sum() > 200 and (labels[t] == 3).sum() > 200
 
 
+@pytest.mark.slow
 def test_timelapse_400_frames_is_fast():
     t0 = time.perf_counter()
     image, labels = synthetic_timelapse(n_frames=400)

@@ -1,4 +1,4 @@
-"""The dock widget's logic with a fake engine (``FakePredictor`` from test_prompts).
+"""The dock widget's logic with a fake engine (``FakePredictor`` from tests/fakes.py).
 
 These tests check what the widget does with prompts and with the engine's answers:
 layers, coordinates, output writing, cancel, errors.  The acceptance tests with the
@@ -15,16 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.gui
+
 pytest.importorskip("qtpy")
 pytest.importorskip("pytestqt")
 
+from fakes import FakePredictor  # noqa: E402
 from napari.layers import Labels  # noqa: E402
-from test_prompts import FakePredictor  # noqa: E402
 
 from napari_sam2.engine.prompts import masks_to_labels  # noqa: E402
 from napari_sam2.plugin._qt.widget import SAM2Widget  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[3]
 PLUGIN, WIDGET = "napari-sam2", "SAM 2 Segment & Track"
 
 

@@ -6,6 +6,8 @@ from golden_support import run_compare, write_image_case
 
 from napari_sam2 import SAM2ImagePredictor, build_sam2
 
+pytestmark = pytest.mark.golden
+
 CASE = "image_truck_sam2.1t_s0"
 
 

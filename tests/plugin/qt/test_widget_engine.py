@@ -14,6 +14,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+pytestmark = [pytest.mark.gui, pytest.mark.slow]
+
 pytest.importorskip("pytestqt")
 video_predictor = pytest.importorskip("napari_sam2.engine.video_predictor")
 

@@ -1,0 +1,181 @@
+"""Stand-ins shared by the tests (one home): a fake video predictor for pure-logic tests.
+
+The acceptance tests use the real engine with test weights; these fakes only stand in
+where the model's numbers do not matter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+class FakePredictor:
+    """A stand-in for the engine's video predictor, for pure-logic tests only.
+
+    Masks are simple and predictable: a disc of radius ``radius`` around the mean of
+    an object's positive clicks (negative clicks cut a disc of radius 2), or the
+    filled box, or the given mask.  Tracking copies the mask of the nearest earlier
+    (later, in reverse) frame that has one, shifted by one column per frame.  Like
+    the real engine it refuses new objects once tracking started, and returns
+    logits of shape ``(num_objs, 1, H, W)`` (+5 inside, -5 outside).
+    """
+
+    def __init__(self, radius: int = 4) -> None:
+        self.radius = radius
+        self.calls: list[tuple] = []
+
+    # ---- state
+    def init_state(self, frames, normalizer=None):
+        self.calls.append(("init_state", tuple(frames.shape)))
+        shape = tuple(int(s) for s in frames.shape)
+        np.asarray(frames[0])  # read one frame, like the engine would lazily
+        return {
+            "num_frames": shape[0],
+            "hw": shape[1:3],
+            "frames": frames,
+            "inputs": {},
+            "cond": {},
+            "tracked": {},
+            "obj_ids": [],
+            "started": False,
+        }
+
+    def reset_state(self, state):
+        self.calls.append(("reset_state",))
+        for k in ("inputs", "cond", "tracked"):
+            state[k].clear()
+        state["obj_ids"].clear()
+        state["started"] = False
+
+    # ---- masks
+    def _disc(self, state, cx, cy, r):
+        h, w = state["hw"]
+        yy, xx = np.mgrid[:h, :w]
+        return (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+
+    def _render(self, state, inp):
+        h, w = state["hw"]
+        m = np.zeros((h, w), bool)
+        if inp.get("mask") is not None:
+            m |= inp["mask"]
+        if inp.get("box") is not None:
+            x0, y0, x1, y1 = inp["box"]
+            m[int(round(y0)) : int(round(y1)) + 1, int(round(x0)) : int(round(x1)) + 1] = True
+        pts = inp.get("points")
+        if pts is not None and len(pts):
+            labels = inp["labels"]
+            pos = pts[labels == 1]
+            if len(pos):
+                cx, cy = pos.mean(axis=0)
+                m |= self._disc(state, cx, cy, self.radius)
+            for x, y in pts[labels == 0]:
+                m &= ~self._disc(state, x, y, 2)
+        return m
+
+    def _frame_logits(self, state, f):
+        h, w = state["hw"]
+        out = np.full((len(state["obj_ids"]), 1, h, w), -5.0, dtype=np.float32)
+        for k, o in enumerate(state["obj_ids"]):
+            m = state["cond"].get((f, o))
+            if m is None:
+                m = state["tracked"].get((f, o))
+            if m is not None:
+                out[k, 0][m] = 5.0
+        return out
+
+    def _check_obj(self, state, obj_id):
+        if obj_id not in state["obj_ids"]:
+            if state["started"]:
+                raise RuntimeError(
+                    f"Cannot add new object id {obj_id} after tracking starts. "
+                    f"All existing object ids: {state['obj_ids']}. Please call 'reset_state' to restart from scratch."
+                )
+            state["obj_ids"].append(obj_id)
+
+    # ---- prompts
+    def add_new_points_or_box(
+        self,
+        state,
+        frame_idx,
+        obj_id,
+        points=None,
+        labels=None,
+        clear_old_points=True,
+        normalize_coords=True,
+        box=None,
+    ):
+        self.calls.append(
+            (
+                "points",
+                frame_idx,
+                obj_id,
+                None if points is None else np.asarray(points).tolist(),
+                None if labels is None else np.asarray(labels).tolist(),
+                None if box is None else np.asarray(box).tolist(),
+            )
+        )
+        self._check_obj(state, obj_id)
+        inp = state["inputs"].setdefault((frame_idx, obj_id), {})
+        if clear_old_points or inp.get("points") is None:
+            inp["points"] = None if points is None else np.asarray(points, float).reshape(-1, 2)
+            inp["labels"] = None if labels is None else np.asarray(labels).reshape(-1)
+        else:
+            inp["points"] = np.concatenate([inp["points"], np.asarray(points, float).reshape(-1, 2)])
+            inp["labels"] = np.concatenate([inp["labels"], np.asarray(labels).reshape(-1)])
+        inp["box"] = None if box is None else np.asarray(box, float)
+        state["cond"][(frame_idx, obj_id)] = self._render(state, inp)
+        return frame_idx, list(state["obj_ids"]), self._frame_logits(state, frame_idx)
+
+    def add_new_mask(self, state, frame_idx, obj_id, mask):
+        self.calls.append(("mask", frame_idx, obj_id, int(np.asarray(mask).sum())))
+        self._check_obj(state, obj_id)
+        inp = state["inputs"].setdefault((frame_idx, obj_id), {})
+        inp.clear()
+        inp["mask"] = np.asarray(mask, bool)
+        state["cond"][(frame_idx, obj_id)] = self._render(state, inp)
+        return frame_idx, list(state["obj_ids"]), self._frame_logits(state, frame_idx)
+
+    def clear_all_prompts_in_frame(self, state, frame_idx, obj_id):
+        self.calls.append(("clear", frame_idx, obj_id))
+        state["inputs"].pop((frame_idx, obj_id), None)
+        state["cond"].pop((frame_idx, obj_id), None)
+        return frame_idx, list(state["obj_ids"]), self._frame_logits(state, frame_idx)
+
+    def remove_object(self, state, obj_id):
+        self.calls.append(("remove", obj_id))
+        if obj_id in state["obj_ids"]:
+            state["obj_ids"].remove(obj_id)
+        for d in (state["inputs"], state["cond"], state["tracked"]):
+            for k in [k for k in d if k[1] == obj_id]:
+                del d[k]
+        return list(state["obj_ids"]), []
+
+    # ---- tracking
+    def propagate_in_video(self, state, start_frame_idx=None, max_frame_num_to_track=None, reverse=False):
+        self.calls.append(("propagate", start_frame_idx, max_frame_num_to_track, reverse))
+        cond_frames = sorted({f for f, _ in state["cond"]})
+        if not cond_frames:
+            raise RuntimeError("No points are provided; please add points first")
+        state["started"] = True
+        n = state["num_frames"]
+        if start_frame_idx is None:
+            start_frame_idx = max(cond_frames) if reverse else min(cond_frames)
+        if max_frame_num_to_track is None:
+            max_frame_num_to_track = n
+        if reverse:
+            end = max(start_frame_idx - max_frame_num_to_track, 0)
+            order = range(start_frame_idx, end - 1, -1)
+        else:
+            end = min(start_frame_idx + max_frame_num_to_track, n - 1)
+            order = range(start_frame_idx, end + 1)
+        step = -1 if reverse else 1
+        for f in order:
+            for o in state["obj_ids"]:
+                if (f, o) in state["cond"]:
+                    continue
+                prev = state["cond"].get((f - step, o))
+                if prev is None:
+                    prev = state["tracked"].get((f - step, o))
+                if prev is not None:
+                    state["tracked"][(f, o)] = np.roll(prev, step, axis=1)
+            yield f, list(state["obj_ids"]), self._frame_logits(state, f)
