@@ -103,6 +103,8 @@ class FakePredictor:
         clear_old_points=True,
         normalize_coords=True,
         box=None,
+        *,
+        refine=True,
     ):
         self.calls.append(
             (
@@ -135,10 +137,12 @@ class FakePredictor:
         state["cond"][(frame_idx, obj_id)] = self._render(state, inp)
         return frame_idx, list(state["obj_ids"]), self._frame_logits(state, frame_idx)
 
-    def clear_all_prompts_in_frame(self, state, frame_idx, obj_id):
+    def clear_all_prompts_in_frame(self, state, frame_idx, obj_id, need_output=True):
         self.calls.append(("clear", frame_idx, obj_id))
         state["inputs"].pop((frame_idx, obj_id), None)
         state["cond"].pop((frame_idx, obj_id), None)
+        if not need_output:
+            return None
         return frame_idx, list(state["obj_ids"]), self._frame_logits(state, frame_idx)
 
     def remove_object(self, state, obj_id):

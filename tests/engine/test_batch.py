@@ -8,7 +8,8 @@ import tifffile
 
 from napari_sam2.cli import main
 from napari_sam2.engine.batch import track_stack
-from napari_sam2.engine.prompts import PromptSet, masks_to_labels, save_prompts
+from napari_sam2.engine.prompt_files import save_prompts
+from napari_sam2.engine.prompts import PromptSet, masks_to_labels
 from napari_sam2.engine.video_predictor import SAM2VideoPredictor
 
 
@@ -92,3 +93,113 @@ def test_cli_track_reports_bad_prompts_file(tmp_path, capsys):
         == 2
     )
     assert "napari-sam2 track:" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- checked before computing
+
+
+class _NoModel:
+    """A builder that must not be reached: every bad argument is found before the model loads."""
+
+    calls = 0
+
+    def __call__(self, spec):
+        type(self).calls += 1
+        raise AssertionError("the model was built although an argument was bad")
+
+
+def _files(tmp_path, t=3):
+    stack = tmp_path / "cells.tif"
+    tifffile.imwrite(stack, _stack(t=t), photometric="minisblack")
+    prompts = PromptSet()
+    prompts.add_point(0, 4, 15.0, 16.0)
+    return stack, save_prompts(tmp_path / "prompts.json", prompts)
+
+
+@pytest.mark.parametrize(
+    "case, match",
+    [
+        ("output exists", "exists; pass --overwrite"),
+        ("output is a folder", "is a folder"),
+        ("output suffix", "must be a TIFF file"),
+        ("missing stack", "no such file or folder"),
+        ("prompt outside", "outside the 64 x 48 frame"),
+        ("prompt frame", "outside the stack"),
+        ("bad label", "label 5"),
+        ("other shape", r"made on an image of shape \[3, 96, 64\]"),
+        ("channels on gray", "the stack has one channel"),
+    ],
+)
+def test_track_files_checks_everything_before_the_model_loads(tmp_path, case, match):
+    from napari_sam2.engine.batch import track_files
+    from napari_sam2.engine.prompt_files import StackInfo
+
+    stack, prompts_file = _files(tmp_path)
+    out = tmp_path / "labels.tif"
+    kwargs = {}
+    if case == "output exists":
+        out.write_bytes(b"keep me")
+    elif case == "output is a folder":
+        out = tmp_path / "folder.tif"
+        out.mkdir()
+    elif case == "output suffix":
+        out = tmp_path / "labels.png"
+    elif case == "missing stack":
+        stack = tmp_path / "nope.tif"
+    elif case in ("prompt outside", "prompt frame"):
+        ps = PromptSet()
+        ps.add_point(7 if case == "prompt frame" else 0, 1, 80.0, 10.0 if case == "prompt outside" else 5.0)
+        if case == "prompt frame":
+            ps = PromptSet()
+            ps.add_point(7, 1, 5.0, 5.0)
+        prompts_file = save_prompts(tmp_path / "p2.json", ps)
+    elif case == "bad label":
+        prompts_file = tmp_path / "p.csv"
+        prompts_file.write_text("kind,frame,obj_id,x,y,label\npoint,0,1,5,5,5\n")
+    elif case == "other shape":
+        ps = PromptSet()
+        ps.add_point(0, 1, 5.0, 5.0)
+        prompts_file = save_prompts(tmp_path / "p3.json", ps, StackInfo((3, 96, 64), 0))
+    elif case == "channels on gray":
+        kwargs["channels"] = (0, 1)
+    with pytest.raises((ValueError, OSError)) as err:
+        track_files(stack, prompts_file, out, builder=_NoModel(), progress=False, **kwargs)
+    assert _NoModel.calls == 0
+    import re
+
+    assert re.search(match, str(err.value)), str(err.value)
+    if case == "output exists":
+        assert out.read_bytes() == b"keep me"
+
+
+def test_cli_reports_every_problem_in_one_line(tmp_path, capsys):
+    stack, prompts_file = _files(tmp_path)
+    out = tmp_path / "o.tif"
+    assert main(["track", str(stack), str(prompts_file), str(out), "--device", "gpu", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("napari-sam2 track: unknown device 'gpu'") and err.count("\n") == 1
+    assert main(["track", str(stack), str(prompts_file), str(out), "--model", "sam3", "--quiet"]) == 2
+    assert "unknown SAM 2 model variant 'sam3'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["track", str(stack), str(prompts_file), str(out), "--channels", "a,b"])
+    assert "channels must be numbers" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_saved_channels_and_frame_axis_are_applied(small_model, tmp_path):
+    """A (T, C, Y, X) stack whose prompts were saved with channel axis 1 and channels (1, 0):
+    the batch run sees the frames the widget saw."""
+    from napari_sam2.engine.batch import prepare_track
+    from napari_sam2.engine.prompt_files import StackInfo
+
+    data = np.stack([_stack(t=3), _stack(t=3)[:, ::-1]], axis=1)  # (T, C, Y, X)
+    stack = tmp_path / "2ch.tif"
+    tifffile.imwrite(stack, data, imagej=True, metadata={"axes": "TCYX"})
+    ps = PromptSet()
+    ps.add_point(0, 1, 15.0, 16.0)
+    info = StackInfo((3, 2, 48, 64), 0, 1, (1, 0), (), False, "2ch")
+    prepared = prepare_track(stack, save_prompts(tmp_path / "p.json", ps, info), tmp_path / "o.tif")
+    assert prepared.frames.shape == (3, 48, 64, 2) and prepared.channels == (1, 0)
+    np.testing.assert_array_equal(prepared.frames[1], np.moveaxis(data[1], 0, -1))
+    override = prepare_track(stack, tmp_path / "p.json", tmp_path / "o.tif", channels=(0,))
+    assert override.channels == (0,)

@@ -309,7 +309,7 @@ def test_ensure_explicit_path(tmp_path, cache):
     assert ensure_checkpoint(CONFIG, f) == f
     with pytest.raises(CheckpointError, match="does not exist"):
         ensure_checkpoint(CONFIG, tmp_path / "nope.pt")
-    with pytest.raises(CheckpointError, match="not a file"):
+    with pytest.raises(CheckpointError, match="is a folder"):
         ensure_checkpoint(CONFIG, tmp_path)
 
 
@@ -323,7 +323,7 @@ def test_ensure_uses_cache_and_checks_size(cache, monkeypatch):
     dest = checkpoint_path(CONFIG)
     dest.parent.mkdir(parents=True)
     dest.write_bytes(PAYLOAD)
-    with pytest.raises(CheckpointError, match="incomplete or a different file"):
+    with pytest.raises(CheckpointError, match="interrupted download or another file"):
         ensure_checkpoint(CONFIG, download=False)
     info = CHECKPOINTS[CONFIG]
     patched = dict(CHECKPOINTS)

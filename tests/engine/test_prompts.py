@@ -7,14 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from napari_sam2.engine.prompts import (
-    PromptSet,
-    load_prompts,
-    masks_to_labels,
-    rle_decode,
-    rle_encode,
-    save_prompts,
-)
+from napari_sam2.engine.prompt_files import StackInfo, load_prompts, save_prompts
+from napari_sam2.engine.prompts import PromptSet, masks_to_labels, rle_decode, rle_encode
+from napari_sam2.engine.validation import PromptError
 
 # --------------------------------------------------------------------------- files and labels
 
@@ -31,11 +26,15 @@ def _example_prompts():
 @pytest.mark.parametrize("suffix", [".json", ".csv"])
 def test_save_load_roundtrip(tmp_path, suffix):
     ps = _example_prompts()
-    path = save_prompts(tmp_path / f"p{suffix}", ps, {"image": "cells"})
-    back, meta = load_prompts(path)
+    stack = StackInfo((4, 30, 40, 2), 0, 3, (1,), (), False, "cells")
+    path = save_prompts(tmp_path / f"p{suffix}", ps, stack)
+    back, info = load_prompts(path)
     assert back.fingerprints() == ps.fingerprints()
     if suffix == ".json":
-        assert meta["image"] == "cells" and meta["format"] == "napari-sam2-prompts"
+        assert info == stack  # shape, axes, channels and the image name survive
+        assert json.loads(path.read_text())["format"] == "napari-sam2-prompts"
+    else:
+        assert info == StackInfo()  # a CSV holds prompts only
 
 
 def test_json_keeps_masks_csv_refuses_them(tmp_path):
@@ -57,13 +56,13 @@ def test_bad_prompt_files_give_plain_errors(tmp_path):
     with pytest.raises(ValueError, match="not a napari-sam2 prompts file"):
         load_prompts(tmp_path / "b.json")
     (tmp_path / "c.csv").write_text("kind,frame,obj_id,x\npoint,0,1,3\n")
-    with pytest.raises(ValueError, match="missing column"):
+    with pytest.raises(PromptError, match="line 2: missing y, label"):
         load_prompts(tmp_path / "c.csv")
 
 
 def test_rle_roundtrip():
     rng = np.random.default_rng(0)
-    for shape in [(5, 7), (1, 1), (3, 0)]:
+    for shape in [(5, 7), (1, 1), (3, 1)]:
         m = rng.random(shape) > 0.5
         np.testing.assert_array_equal(rle_decode(rle_encode(m), m.shape), m)
     full = np.ones((3, 3), bool)

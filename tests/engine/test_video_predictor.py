@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam2.engine.video_predictor import SAM2VideoPredictor, fill_holes_in_mask_scores
+from napari_sam2.engine.video_inference import fill_holes_in_mask_scores
+from napari_sam2.engine.video_predictor import SAM2VideoPredictor
 
 T, H, W = 6, 40, 56
 
@@ -40,10 +41,10 @@ def test_add_points_returns_video_resolution_logits_for_all_objects(predictor, f
     state = predictor.init_state(frames)
     f, ids, masks = _click(predictor, state, obj=1)
     assert (f, ids) == (0, [1]) and masks.shape == (1, 1, H, W)
-    f, ids, masks = predictor.add_new_points_or_box(state, 0, "cell-b", box=[30, 5, 50, 30])
-    assert ids == [1, "cell-b"] and masks.shape == (2, 1, H, W)
+    f, ids, masks = predictor.add_new_points_or_box(state, 0, 2, box=[30, 5, 50, 30])
+    assert ids == [1, 2] and masks.shape == (2, 1, H, W)
     # The first object's mask on that frame is reported unchanged.
-    again = predictor.add_new_points_or_box(state, 0, "cell-b", box=[30, 5, 50, 30])[2]
+    again = predictor.add_new_points_or_box(state, 0, 2, box=[30, 5, 50, 30])[2]
     assert torch.equal(again[0], masks[0])
 
 
@@ -126,11 +127,11 @@ def test_clear_prompts_and_reset(predictor, frames):
         ({"frame_idx": -1}, IndexError, "outside the stack"),
         ({"points": [[60, 5]], "labels": [1]}, ValueError, "outside the 56 x 40 frame"),
         ({"points": [[5, -1]], "labels": [1]}, ValueError, "outside"),
-        ({"points": [[5, 5], [6, 6]], "labels": [1]}, ValueError, "2 points but 1 labels"),
+        ({"points": [[5, 5], [6, 6]], "labels": [1]}, ValueError, "2 point.s. .* but labels holds 1 label"),
         ({"points": [[5, 5]], "labels": None}, ValueError, "together"),
         ({"points": None, "labels": None}, ValueError, "points .* or a box"),
         ({"points": np.zeros((0, 2)), "labels": []}, ValueError, "empty"),
-        ({"points": [[5, 5]], "labels": [2]}, ValueError, "1 \\(object\\) or 0"),
+        ({"points": [[5, 5]], "labels": [2]}, ValueError, "must be 1 \\(positive"),
         ({"points": [[np.nan, 5]], "labels": [1]}, ValueError, "finite|outside"),
         ({"box": [1, 2, 3]}, ValueError, "x0, y0, x1, y1"),
     ],
@@ -148,7 +149,7 @@ def test_bad_prompts_raise_clear_errors_and_change_nothing(predictor, frames, kw
 
 def test_bad_masks_and_ids(predictor, frames):
     state = predictor.init_state(frames)
-    with pytest.raises(ValueError, match="differs from the frame size"):
+    with pytest.raises(ValueError, match="has shape .* but the frames are"):
         predictor.add_new_mask(state, 0, 1, np.ones((H + 1, W), bool))
     with pytest.raises(ValueError, match="2-D"):
         predictor.add_new_mask(state, 0, 1, np.ones((1, H, W), bool))

@@ -11,7 +11,7 @@ from ..model import SAM2Model, load_config
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``"auto"`` picks CUDA, then Apple MPS, then CPU; anything else is passed to torch."""
+    """``"auto"`` picks CUDA, then Apple MPS, then CPU; else ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"mps"``."""
     if isinstance(device, torch.device):
         return device
     if device == "auto":
@@ -20,10 +20,26 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    dev = torch.device(device)
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string such as 'auto', 'cpu', 'cuda' or 'cuda:1'; got {device!r}")
+    try:
+        dev = torch.device(device.strip().lower())
+    except RuntimeError:
+        raise ValueError(
+            f"unknown device {device!r}; use 'auto' (CUDA, then Apple MPS, then CPU), 'cpu', 'cuda' "
+            "(or 'cuda:N' for GPU number N) or 'mps'"
+        ) from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r} is not supported; use 'auto', 'cpu', 'cuda' or 'mps'")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
-            "device 'cuda' was requested but PyTorch sees no CUDA GPU; use device='cpu' or 'auto'"
+            f"device {device!r} was requested but this PyTorch sees no CUDA GPU (torch {torch.__version__}, "
+            f"CUDA build: {torch.version.cuda or 'no'}); use device='cpu' or 'auto', or install the CUDA build "
+            "of torch from pytorch.org"
+        )
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise RuntimeError(
+            f"device {device!r} was requested but only {torch.cuda.device_count()} CUDA GPU(s) are visible"
         )
     if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise RuntimeError(

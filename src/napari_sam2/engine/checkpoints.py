@@ -33,7 +33,10 @@ __all__ = [
     "DownloadCancelled",
     "cache_dir",
     "checkpoint_path",
+    "CheckpointStatus",
+    "checkpoint_status",
     "ensure_checkpoint",
+    "offline_guidance",
     "find_checkpoint",
     "guess_variant",
     "load_state_dict_file",
@@ -167,6 +170,86 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def offline_guidance(config_name: str) -> str:
+    """How to put the official checkpoint in place by hand: URL, size, checksum, folder and file name."""
+    info = _info(config_name)
+    dest = checkpoint_path(info.config_name)
+    facts = []
+    if info.size is not None:
+        facts.append(f"{info.size:,} bytes")
+    if info.sha256 is not None:
+        facts.append(f"sha256 {info.sha256}")
+    about = f" ({'; '.join(facts)})" if facts else ""
+    return (
+        f"Without internet: download {info.url}{about} on another machine and save it in the folder "
+        f"{dest.parent} as {dest.name} (that is, {dest}); or choose any copy of the file with "
+        f"'Choose file…' / --checkpoint. The folder can be changed with ${ENV_CHECKPOINT_DIR}."
+    )
+
+
+@dataclass(frozen=True)
+class CheckpointStatus:
+    """What :func:`checkpoint_status` found: the one check the widget, the API and the CLI share.
+
+    ``state`` is ``"ok"`` (a file that can be loaded), ``"missing"`` (not downloaded yet),
+    ``"wrong_size"`` (a cached file of another size than the official one: an interrupted
+    download or another file) or ``"not_a_file"`` (an explicit path that does not exist or
+    is a folder). ``message`` says it in a sentence with what to do.
+    """
+
+    config_name: str
+    path: Path
+    state: str
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "ok"
+
+
+def checkpoint_status(config_name: str, checkpoint: str | os.PathLike | None = None) -> CheckpointStatus:
+    """Check, without loading it, the checkpoint that would be used for ``config_name``.
+
+    An explicit ``checkpoint`` must be a file (fine-tuned weights are welcome, so its size
+    is not compared). The cached official file must have the official size. The content
+    (zip archive, keys, shapes) is checked when it is loaded (:func:`load_state_dict_file`).
+    """
+    info = _info(config_name)
+    if checkpoint is not None:
+        path = Path(checkpoint).expanduser()
+        if not path.exists():
+            return CheckpointStatus(
+                info.config_name, path, "not_a_file", f"The checkpoint file {path} does not exist."
+            )
+        if not path.is_file():
+            return CheckpointStatus(
+                info.config_name,
+                path,
+                "not_a_file",
+                f"The checkpoint path {path} is a folder, not a .pt file.",
+            )
+        return CheckpointStatus(info.config_name, path, "ok", f"file: {path}")
+    path = checkpoint_path(info.config_name)
+    if not path.is_file():
+        return CheckpointStatus(
+            info.config_name,
+            path,
+            "missing",
+            f"The SAM 2 checkpoint '{info.config_name}' is not downloaded yet. {offline_guidance(info.config_name)}",
+        )
+    actual = path.stat().st_size
+    if info.size is not None and actual != info.size:
+        return CheckpointStatus(
+            info.config_name,
+            path,
+            "wrong_size",
+            f"The cached checkpoint {path} has {actual:,} bytes but the official '{info.config_name}' file has "
+            f"{info.size:,} bytes: it is an interrupted download or another file. Delete it and download it "
+            f"again. {offline_guidance(info.config_name)}",
+        )
+    return CheckpointStatus(info.config_name, path, "ok", f"found: {path}")
+
+
 def ensure_checkpoint(
     config_name: str,
     checkpoint: str | os.PathLike | None = None,
@@ -175,47 +258,35 @@ def ensure_checkpoint(
     progress: bool | ProgressCallback = True,
     cancel: threading.Event | None = None,
 ) -> Path:
-    """Path of a checkpoint to load for ``config_name``.
+    """Path of a checkpoint to load for ``config_name`` (see :func:`checkpoint_status`).
 
-    An explicit ``checkpoint`` path must exist (it is used as is: fine-tuned weights
-    are welcome). Otherwise the cached official file is used, after a size check; if it
-    is not cached it is downloaded, or, with ``download=False``, a CheckpointError says
-    where to get it and where to put it.
+    A missing official file is downloaded, or, with ``download=False``, a CheckpointError
+    says where to get it and where to put it.
     """
-    info = _info(config_name)
-    if checkpoint is not None:
-        path = Path(checkpoint).expanduser()
-        if not path.exists():
-            raise CheckpointError(f"The checkpoint file {path} does not exist.")
-        if not path.is_file():
-            raise CheckpointError(f"The checkpoint path {path} is not a file.")
-        return path
-    dest = checkpoint_path(info.config_name)
-    found = find_checkpoint(info.config_name)
-    if found is not None:
-        actual = found.stat().st_size
-        if info.size is not None and actual != info.size:
-            raise CheckpointError(
-                f"The cached checkpoint {found} has {actual} bytes but the official '{info.config_name}' file has "
-                f"{info.size} bytes; it is incomplete or a different file. Delete it to download it again, or replace "
-                f"it with {info.url}."
-            )
-        return found
-    if not download:
-        raise CheckpointError(
-            f"The SAM 2 checkpoint '{info.config_name}' is not downloaded yet. Download {info.url} and save it as "
-            f"{dest}, or allow napari-sam2 to download it."
-        )
-    from .download import download_checkpoint
+    status = checkpoint_status(config_name, checkpoint)
+    if status.ok:
+        return status.path
+    if status.state == "missing" and download:
+        from .download import download_checkpoint
 
-    return download_checkpoint(info.config_name, progress=progress, cancel=cancel)
+        return download_checkpoint(status.config_name, progress=progress, cancel=cancel)
+    raise CheckpointError(status.message)
 
 
 def _redownload_hint(path: Path) -> str:
     for info in CHECKPOINTS.values():
         if path.name == info.filename:
-            return f" Delete it and download it again ({info.url})."
+            return f" Delete it and download it again. {offline_guidance(info.config_name)}"
     return " Delete it and download or copy it again."
+
+
+def _zip_is_intact(path: Path) -> bool:
+    """Whether every member of a zip archive reads back with its CRC (a truncated download fails)."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return zf.testzip() is None
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+        return False
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -237,22 +308,31 @@ def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         raise CheckpointError(
             f"The checkpoint file {p} is empty (0 bytes), e.g. from a failed download.{_redownload_hint(p)}"
         )
+    # torch.save writes a zip archive; the legacy format is a bare pickle (first byte 0x80).
+    is_zip = zipfile.is_zipfile(p)
+    with open(p, "rb") as fh:
+        is_pickle = fh.read(1) == b"\x80"
+    if not (is_zip or is_pickle):
+        raise CheckpointError(
+            f"The checkpoint file {p} ({size:,} bytes) is corrupted or truncated: it is not a PyTorch checkpoint "
+            f"(neither the zip archive torch.save writes nor a legacy pickle).{_redownload_hint(p)}"
+        )
     try:
         obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # zip/pickle errors take many forms; all mean "unreadable"
-        detail = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        detail = f"{type(e).__name__}: {detail}" if detail else type(e).__name__
-        if not zipfile.is_zipfile(p):
-            detail += "; it is not a zip archive, as files written by torch.save are"
-        if "weights only load failed" in str(e).lower() or "weights_only" in str(e):
+    except Exception as e:  # noqa: BLE001 - zip/pickle errors take many forms; all mean "unreadable"
+        text = str(e).strip()
+        detail = f"{type(e).__name__}: {text.splitlines()[0]}" if text else type(e).__name__
+        unsafe = "weights only load failed" in text.lower() or "weights_only" in text
+        intact = is_pickle or _zip_is_intact(p)
+        if unsafe and intact:
             raise CheckpointError(
                 f"The file {p} is not a plain weights file: it holds Python objects other than tensors, which "
-                "napari-sam2 does not load for safety (weights_only=True). Re-save it as "
-                "torch.save({'model': model.state_dict()}, path)."
+                "napari-sam2 does not load for safety (weights_only=True), since loading them could run code. "
+                "If you trust the file, re-save its weights with torch.save({'model': model.state_dict()}, path)."
             ) from e
         raise CheckpointError(
-            f"The checkpoint file {p} ({size} bytes) cannot be read by PyTorch: {detail}. It is probably incomplete "
-            f"or corrupted (e.g. an interrupted download).{_redownload_hint(p)}"
+            f"The checkpoint file {p} ({size:,} bytes) is corrupted or truncated and cannot be read by PyTorch "
+            f"({detail}), e.g. an interrupted download.{_redownload_hint(p)}"
         ) from e
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj["model"], Mapping):
         sd = obj["model"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Sequence
 
 import numpy as np
@@ -11,8 +12,33 @@ import torch.nn.functional as F
 
 from ..model import SAM2Model
 from .normalization import Normalizer, preprocess
+from .validation import PromptError, check_box, check_points
 
 ArrayLike = np.ndarray | Sequence
+
+
+def _as_image_array(image) -> np.ndarray:
+    """One image as an array, with a message that says what to pass instead of a bad value."""
+    if isinstance(image, (str, os.PathLike)):
+        raise TypeError(
+            f"set_image takes the image's pixels, not a file name ({str(image)!r}); read it first, e.g. "
+            "tifffile.imread(path) or numpy.asarray(PIL.Image.open(path))"
+        )
+    if hasattr(image, "detach"):  # a torch tensor, as Meta's transforms would accept after ToTensor
+        image = image.detach().cpu().numpy()
+    arr = np.asarray(image)
+    if arr.dtype == object or arr.dtype.kind not in "biuf":
+        raise TypeError(
+            f"set_image takes a numeric (H, W) or (H, W, C) array; got {type(image).__name__} of dtype {arr.dtype}"
+        )
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] > 4):
+        raise ValueError(
+            f"expected one image of shape (H, W) or (H, W, C) with C <= 4; got shape {arr.shape}. "
+            "For a stack of frames use the video predictor."
+        )
+    if min(arr.shape[:2]) == 0:
+        raise ValueError(f"the image is empty: shape {arr.shape}")
+    return arr
 
 
 class SAM2ImagePredictor:
@@ -49,12 +75,7 @@ class SAM2ImagePredictor:
 
     # ------------------------------------------------------------------ images
     def _prepare(self, image: np.ndarray, normalizer: Normalizer | None) -> torch.Tensor:
-        image = np.asarray(image)
-        if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] > 4):
-            raise ValueError(
-                f"expected one image of shape (H, W) or (H, W, C) with C <= 4; got shape {image.shape}. "
-                "For a stack of frames use the video predictor."
-            )
+        image = _as_image_array(image)
         if normalizer is None:
             normalizer = Normalizer.fit(image[None])
         rgb = normalizer.to_rgb(image)
@@ -74,18 +95,18 @@ class SAM2ImagePredictor:
 
     def set_image(self, image: np.ndarray, normalizer: Normalizer | None = None) -> None:
         """Embed one image (H x W or H x W x C)."""
+        x = self._prepare(image, normalizer)  # a bad image is refused before the current one is dropped
         self.reset_predictor()
-        x = self._prepare(image, normalizer)
-        self._orig_hw = [tuple(np.asarray(image).shape[:2])]
+        self._orig_hw = [tuple(_as_image_array(image).shape[:2])]
         self._embed(x[None])
 
     def set_image_batch(self, image_list: list[np.ndarray], normalizer: Normalizer | None = None) -> None:
         """Embed several images at once, for :meth:`predict_batch`."""
-        self.reset_predictor()
         if not isinstance(image_list, (list, tuple)) or not image_list:
             raise ValueError("set_image_batch expects a non-empty list of images")
         batch = torch.stack([self._prepare(im, normalizer) for im in image_list])
-        self._orig_hw = [tuple(np.asarray(im).shape[:2]) for im in image_list]
+        self.reset_predictor()
+        self._orig_hw = [tuple(_as_image_array(im).shape[:2]) for im in image_list]
         self._embed(batch)
         self._is_batch = True
 
@@ -99,26 +120,32 @@ class SAM2ImagePredictor:
 
     # ------------------------------------------------------------------ prompts
     def _prep_prompts(self, point_coords, point_labels, box, mask_input, normalize_coords, img_idx):
+        """Checked prompts (engine/validation.py) as model-coordinate tensors."""
         h, w = self._orig_hw[img_idx]
         size = self.model.image_size
         coords = labels = boxes = mask = None
-        if (point_coords is None) != (point_labels is None):
-            raise ValueError("point_coords and point_labels must be given together")
-        if point_coords is not None:
-            coords = torch.as_tensor(np.asarray(point_coords, dtype=np.float32), device=self.device)
-            labels = torch.as_tensor(np.asarray(point_labels), dtype=torch.int32, device=self.device)
-            if coords.ndim == 2:
-                coords, labels = coords[None], labels[None]
-            if coords.ndim != 3 or coords.shape[-1] != 2 or labels.shape != coords.shape[:2]:
-                raise ValueError(
-                    f"point_coords must be (N, 2) or (B, N, 2) with matching point_labels; "
-                    f"got {tuple(coords.shape)} and {tuple(labels.shape)}"
+        if point_coords is not None or point_labels is not None:
+            xy, lab = check_points(
+                point_coords,
+                point_labels,
+                w,
+                h,
+                normalized=not normalize_coords,
+                argument="point_coords",
+                labels_argument="point_labels",
+            )
+            if xy.ndim == 2:
+                xy, lab = xy[None], lab[None]
+            if xy.ndim != 3:
+                raise PromptError(
+                    f"point_coords must be (N, 2) or (B, N, 2) with matching point_labels; got {xy.shape}"
                 )
+            coords = torch.as_tensor(xy, device=self.device)
+            labels = torch.as_tensor(lab, device=self.device)
             coords = self._to_model_coords(coords, normalize_coords, h, w, size)
         if box is not None:
-            boxes = torch.as_tensor(np.asarray(box, dtype=np.float32), device=self.device)
-            if boxes.shape[-1] != 4:
-                raise ValueError(f"box must be [x0, y0, x1, y1] or (B, 4); got shape {tuple(boxes.shape)}")
+            b = check_box(box, w, h, normalized=not normalize_coords)
+            boxes = torch.as_tensor(b, device=self.device)
             boxes = self._to_model_coords(boxes.reshape(-1, 2, 2), normalize_coords, h, w, size)
         if mask_input is not None:
             mask = torch.as_tensor(np.asarray(mask_input, dtype=np.float32), device=self.device)
@@ -126,10 +153,12 @@ class SAM2ImagePredictor:
                 mask = mask[None]
             expected = self.model.sam_prompt_encoder.mask_input_size
             if mask.ndim != 4 or tuple(mask.shape[-2:]) != expected:
-                raise ValueError(
+                raise PromptError(
                     f"mask_input must be low-resolution logits of shape (1, {expected[0]}, {expected[1]}) "
                     f"(the third output of predict); got {tuple(mask.shape)}"
                 )
+            if not torch.isfinite(mask).all():
+                raise PromptError("mask_input contains NaN or infinite values; pass a previous call's logits")
         return coords, labels, boxes, mask
 
     @staticmethod

@@ -37,7 +37,7 @@ import numpy as np
 
 from .frames import FrameSource, open_frames
 
-__all__ = ["Normalizer", "preprocess", "IMAGENET_MEAN", "IMAGENET_STD"]
+__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Normalizer", "choose_channels", "preprocess"]
 
 #: ImageNet statistics used by SAM 2 (sam2/utils/transforms.py, SAM2Transforms).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -46,6 +46,12 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # Pixels sampled per frame when fitting: bounds the cost on large frames while keeping
 # the percentile error far below one grey level of the 8-bit range SAM saw in training.
 _MAX_PIXELS_PER_FRAME = 1 << 17
+
+
+def choose_channels(num_channels: int, channels: int | Sequence[int] | None = None) -> tuple[int, ...]:
+    """The source channels the model sees (the one home of this choice): the given ones
+    (1 to 3, in R, G, B order), or by default the first three."""
+    return _channel_selection(num_channels, channels)
 
 
 def _channel_selection(num_channels: int, channels: int | Sequence[int] | None) -> tuple[int, ...]:

@@ -9,16 +9,55 @@ Coordinates are pixels of one frame, ``x`` = column, ``y`` = row.
 
 from __future__ import annotations
 
-import csv
-import json
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 
+from .validation import PromptError, check_box, check_mask, check_obj_id, check_points
+
 PROMPTS_FORMAT = "napari-sam2-prompts"
-PROMPTS_VERSION = 1
+#: version 2 adds the stack block (shape, axes, channel selection) and the corrections
+PROMPTS_VERSION = 2
+
+#: object ids become label values, written as 16-bit labels (ImageJ's integer type)
+MAX_OBJECT_ID = 65535
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def object_id(obj_id) -> int:
+    """An object id of a prompt: an integer from 1 to 65535 (it becomes the label value)."""
+    value = check_obj_id(obj_id)
+    if not 1 <= value <= MAX_OBJECT_ID:
+        raise PromptError(
+            f"object id {value} is out of range: ids are label values from 1 to {MAX_OBJECT_ID} (0 is background)"
+        )
+    return value
+
+
+def _frame_number(frame) -> int:
+    value = check_obj_id(frame, argument="frame")
+    if value < 0:
+        raise PromptError(f"frame {value} is negative; frames are counted from 0")
+    return value
+
+
+def point_label(value, *, where: str = "a point") -> int:
+    """1 (positive) or 0 (negative) from True/False or exactly 1/0; anything else is refused."""
+    if isinstance(value, (bool, np.bool_)):
+        return int(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        number = float("nan")
+    if number in (0.0, 1.0):
+        return int(number)
+    raise PromptError(
+        f"{where} has label {value!r}: a point label must be 1 (positive: part of the object) or 0 "
+        "(negative: not part of the object)"
+    )
 
 
 # --------------------------------------------------------------------------- prompts
@@ -66,25 +105,88 @@ class PromptSet:
 
     def __init__(self) -> None:
         self._data: dict[int, dict[int, ObjectPrompt]] = {}
+        #: (frame, obj_id) pairs whose prompts correct a tracked mask (see mark_correction)
+        self.corrections: set[tuple[int, int]] = set()
 
     # ---- building
     def get(self, frame: int, obj_id: int, create: bool = True) -> ObjectPrompt | None:
-        frame, obj_id = int(frame), int(obj_id)
+        frame, obj_id = _frame_number(frame), object_id(obj_id)
         if not create:
             return self._data.get(frame, {}).get(obj_id)
         return self._data.setdefault(frame, {}).setdefault(obj_id, ObjectPrompt())
 
-    def add_point(self, frame: int, obj_id: int, x: float, y: float, positive: bool = True) -> None:
+    def add_point(self, frame: int, obj_id: int, x: float, y: float, positive: bool | int = True) -> None:
+        """A click; ``positive`` is True/1 (part of the object) or False/0 (not part of it)."""
+        xy = np.array([[x, y]], dtype=np.float64)
+        if not np.isfinite(xy).all():
+            raise PromptError(
+                f"point (x={x}, y={y}) of object {obj_id} on frame {frame} is not a finite number"
+            )
+        label = point_label(positive, where=f"the point of object {obj_id} on frame {frame}")
         p = self.get(frame, obj_id)
         p.points.append((float(x), float(y)))
-        p.labels.append(1 if positive else 0)
+        p.labels.append(label)
 
     def set_box(self, frame: int, obj_id: int, box: Sequence[float]) -> None:
-        x0, y0, x1, y1 = (float(v) for v in box)
+        """A box ``[x0, y0, x1, y1]`` (corners put in order; one box per object and frame)."""
+        b = np.asarray(box, dtype=np.float64).reshape(-1)
+        if b.size != 4 or not np.isfinite(b).all():
+            raise PromptError(
+                f"box of object {obj_id} on frame {frame} must be 4 finite numbers [x0, y0, x1, y1]; got {list(box)}"
+            )
+        x0, y0, x1, y1 = (float(v) for v in b)
+        if x0 == x1 or y0 == y1:
+            raise PromptError(
+                f"box {list(b)} of object {obj_id} on frame {frame} has zero width or height; draw it around the object"
+            )
         self.get(frame, obj_id).box = (min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
 
     def set_mask(self, frame: int, obj_id: int, mask: np.ndarray) -> None:
-        self.get(frame, obj_id).mask = np.asarray(mask, dtype=bool)
+        """A mask prompt (2-D, 0/1 or bool, not empty)."""
+        arr = np.asarray(mask)
+        where = f"of object {obj_id} on frame {frame}"
+        if arr.ndim != 2:
+            raise PromptError(f"mask {where} must be 2-D (H, W); got shape {arr.shape}")
+        self.get(frame, obj_id).mask = check_mask(arr, *arr.shape, where=where)
+
+    def mark_correction(self, frame: int, obj_id: int, correction: bool = True) -> None:
+        """Record that the prompts of ``obj_id`` on ``frame`` refine a mask that tracking made there
+        (a correction), rather than define the object from scratch. Batch runs replay corrections
+        after a first propagation, as they were made."""
+        key = (_frame_number(frame), object_id(obj_id))
+        if correction:
+            self.corrections.add(key)
+        else:
+            self.corrections.discard(key)
+
+    def is_correction(self, frame: int, obj_id: int) -> bool:
+        return (int(frame), int(obj_id)) in self.corrections
+
+    def check(self, num_frames: int, height: int, width: int) -> None:
+        """Check every prompt against a stack of ``num_frames`` frames of ``height`` x ``width``
+        pixels; the first problem raises a PromptError naming the frame, the object and what to do."""
+        for f, o, p in self.items():
+            where = f"object {o} on frame {f}"
+            if not 0 <= f < num_frames:
+                raise PromptError(
+                    f"{where}: frame {f} is outside the stack (0 .. {num_frames - 1}); were the prompts made on "
+                    "another image, or along another axis?"
+                )
+            if p.points:
+                check_points(p.points, p.labels, width, height, argument=f"a point of {where}")
+            if p.box is not None:
+                check_box(p.box, width, height, argument=f"the box of {where}")
+            if p.mask is not None:
+                check_mask(p.mask, height, width, where=f"of {where}")
+
+    def copy(self) -> PromptSet:
+        out = PromptSet()
+        for f, o, p in self.items():
+            q = out.get(f, o)
+            q.points, q.labels, q.box = list(p.points), list(p.labels), p.box
+            q.mask = None if p.mask is None else p.mask.copy()
+        out.corrections = set(self.corrections)
+        return out
 
     def remove(self, frame: int | None = None, obj_id: int | None = None) -> None:
         for f in list(self._data):
@@ -95,6 +197,7 @@ class PromptSet:
                     del self._data[f][o]
             if not self._data[f]:
                 del self._data[f]
+        self.corrections = {(f, o) for f, o in self.corrections if self.get(f, o, create=False) is not None}
 
     def update(self, other: PromptSet) -> None:
         """Merge ``other`` in: its points are appended, its boxes and masks win."""
@@ -106,6 +209,7 @@ class PromptSet:
                 q.box = p.box
             if p.mask is not None:
                 q.mask = p.mask
+        self.corrections |= other.corrections
 
     # ---- reading
     def items(self) -> Iterator[tuple[int, int, ObjectPrompt]]:
@@ -161,20 +265,69 @@ class PromptSet:
                 masks.append(
                     {"frame": f, "obj_id": o, "shape": list(p.mask.shape), "rle": rle_encode(p.mask)}
                 )
-        return {"points": points, "boxes": boxes, "masks": masks}
+        corrections = [[f, o] for f, o in sorted(self.corrections)]
+        return {"points": points, "boxes": boxes, "masks": masks, "corrections": corrections}
 
     @classmethod
-    def from_records(cls, records: dict[str, Iterable[dict]]) -> PromptSet:
+    def from_records(cls, records: dict[str, Iterable[dict]], source: str = "prompts") -> PromptSet:
+        """Prompts from file records; a bad entry raises a PromptError naming it (``source``, entry)."""
         ps = cls()
-        for r in records.get("points", []):
-            ps.add_point(
-                int(r["frame"]), int(r["obj_id"]), float(r["x"]), float(r["y"]), bool(int(r["label"]))
-            )
-        for r in records.get("boxes", []):
-            ps.set_box(int(r["frame"]), int(r["obj_id"]), [r["x0"], r["y0"], r["x1"], r["y1"]])
-        for r in records.get("masks", []):
-            ps.set_mask(int(r["frame"]), int(r["obj_id"]), rle_decode(r["rle"], r["shape"]))
+        for kind, keys in (
+            ("points", ("frame", "obj_id", "x", "y", "label")),
+            ("boxes", ("frame", "obj_id", "x0", "y0", "x1", "y1")),
+            ("masks", ("frame", "obj_id", "shape", "rle")),
+        ):
+            entries = records.get(kind, [])
+            if not isinstance(entries, list):
+                raise PromptError(f"{source}: '{kind}' must be a list of entries")
+            for i, r in enumerate(entries):
+                where = (
+                    r.get("_where", f"{kind} entry {i + 1}")
+                    if isinstance(r, dict)
+                    else f"{kind} entry {i + 1}"
+                )
+                if not isinstance(r, dict):
+                    raise PromptError(f"{source}, {where}: expected an object with {', '.join(keys)}")
+                missing = [k for k in keys if k not in r or r[k] in (None, "")]
+                if missing:
+                    raise PromptError(f"{source}, {where}: missing {', '.join(missing)}")
+                try:
+                    frame, obj = _number(r["frame"], "frame"), _number(r["obj_id"], "obj_id")
+                    if kind == "points":
+                        ps.add_point(
+                            frame,
+                            obj,
+                            _number(r["x"], "x"),
+                            _number(r["y"], "y"),
+                            _number(r["label"], "label"),
+                        )
+                    elif kind == "boxes":
+                        ps.set_box(frame, obj, [_number(r[k], k) for k in ("x0", "y0", "x1", "y1")])
+                    else:
+                        ps.set_mask(frame, obj, rle_decode(r["rle"], r["shape"]))
+                except (PromptError, ValueError, TypeError) as e:
+                    raise PromptError(f"{source}, {where}: {e}") from None
+        for pair in records.get("corrections", []) or []:
+            try:
+                ps.mark_correction(*(int(v) for v in pair))
+            except (TypeError, ValueError) as e:
+                raise PromptError(f"{source}: bad corrections entry {pair!r} ({e})") from None
         return ps
+
+
+def _number(value, name: str):
+    """A number from JSON/CSV text; integers stay integers so that 1.5 is not read as 1."""
+    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+        return value
+    text = str(value).strip()
+    try:
+        return int(text)
+    except ValueError:
+        pass
+    try:
+        return float(text)
+    except ValueError:
+        raise PromptError(f"{name} {value!r} is not a number") from None
 
 
 def rle_encode(mask: np.ndarray) -> list[int]:
@@ -191,6 +344,17 @@ def rle_encode(mask: np.ndarray) -> list[int]:
 
 
 def rle_decode(runs: Sequence[int], shape: Sequence[int]) -> np.ndarray:
+    """Inverse of :func:`rle_encode`; refuses run lengths that do not add up to the shape."""
+    try:
+        shape = tuple(int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise PromptError(f"mask shape {shape!r} is not a list of two integers") from None
+    if len(shape) != 2 or min(shape) <= 0:
+        raise PromptError(f"mask shape {list(shape)} must be two positive integers (H, W)")
+    if not isinstance(runs, (list, tuple)) or any(
+        isinstance(r, bool) or not isinstance(r, int) or r < 0 for r in runs
+    ):
+        raise PromptError("mask run lengths must be a list of non-negative integers")
     flat = np.zeros(int(np.prod(shape)), dtype=bool)
     pos, value = 0, False
     for r in runs:
@@ -200,69 +364,10 @@ def rle_decode(runs: Sequence[int], shape: Sequence[int]) -> np.ndarray:
         pos += r
         value = not value
     if pos != flat.size:
-        raise ValueError(f"mask run lengths add up to {pos}, expected {flat.size}")
-    return flat.reshape(tuple(int(s) for s in shape))
-
-
-# --------------------------------------------------------------------------- files
-
-CSV_FIELDS = ["kind", "frame", "obj_id", "x", "y", "label", "x0", "y0", "x1", "y1"]
-
-
-def save_prompts(path: str | Path, prompts: PromptSet, meta: dict | None = None) -> Path:
-    """Write prompts as JSON (``.json``, with masks and metadata) or CSV (``.csv``:
-    points and boxes only, one row each).  Coordinates are pixels of the image
-    frame, ``x`` = column, ``y`` = row; ``label`` 1 = positive, 0 = negative."""
-    path = Path(path)
-    records = prompts.to_records()
-    if path.suffix.lower() == ".csv":
-        if records["masks"]:
-            raise ValueError("CSV files hold points and boxes only; save as .json to keep mask prompts")
-        with open(path, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-            w.writeheader()
-            for r in records["points"]:
-                w.writerow({"kind": "point", **r})
-            for r in records["boxes"]:
-                w.writerow({"kind": "box", **r})
-        return path
-    doc = {"format": PROMPTS_FORMAT, "version": PROMPTS_VERSION, **(meta or {}), **records}
-    path.write_text(json.dumps(doc, indent=1))
-    return path
-
-
-def load_prompts(path: str | Path) -> tuple[PromptSet, dict]:
-    """Read a file written by :func:`save_prompts`; returns the prompts and the metadata."""
-    path = Path(path)
-    if path.suffix.lower() == ".csv":
-        points, boxes = [], []
-        with open(path, newline="") as fh:
-            for i, row in enumerate(csv.DictReader(fh), start=2):
-                kind = (row.get("kind") or "point").strip().lower()
-                try:
-                    if kind == "point":
-                        points.append({k: row[k] for k in ("frame", "obj_id", "x", "y", "label")})
-                    elif kind == "box":
-                        boxes.append({k: row[k] for k in ("frame", "obj_id", "x0", "y0", "x1", "y1")})
-                    else:
-                        raise ValueError(f"unknown kind '{kind}'")
-                except KeyError as e:
-                    raise ValueError(f"{path.name}, line {i}: missing column {e}") from None
-        try:
-            return PromptSet.from_records({"points": points, "boxes": boxes}), {}
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"{path.name}: bad value ({e})") from None
-    try:
-        doc = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path.name} is not valid JSON ({e})") from None
-    if not isinstance(doc, dict) or doc.get("format") != PROMPTS_FORMAT:
-        raise ValueError(f"{path.name} is not a napari-sam2 prompts file")
-    meta = {k: v for k, v in doc.items() if k not in ("points", "boxes", "masks")}
-    try:
-        return PromptSet.from_records(doc), meta
-    except (KeyError, TypeError, ValueError) as e:
-        raise ValueError(f"{path.name}: bad prompt entry ({e})") from None
+        raise PromptError(
+            f"mask run lengths add up to {pos} pixels, but a {shape[0]} x {shape[1]} mask has {flat.size}"
+        )
+    return flat.reshape(shape)
 
 
 # --------------------------------------------------------------------------- masks -> labels

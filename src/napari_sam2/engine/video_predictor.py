@@ -17,10 +17,8 @@ The state is an explicit :class:`VideoSession` object passed where Meta passes i
 
 from __future__ import annotations
 
-import contextlib
-from collections import OrderedDict
+import warnings
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,137 +26,20 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..model import NO_OBJ_SCORE, FrameFeatures, SAM2Model
+from ..model import SAM2Model
 from .build import build_sam2_model, resolve_device
-from .frames import FrameSource, open_frames
+from .frames import open_frames
 from .heap import trim_heap
-from .normalization import Normalizer, preprocess
-from .store import FrameOutput, FrameOutputStore, SpillDir
+from .normalization import Normalizer
+from .store import FrameOutput
+from .validation import PromptError, check_box, check_frame_index, check_mask, check_obj_id, check_points
+from .video_inference import VideoInference
+from .video_state import ObjectTrack, VideoSession
 
 __all__ = ["SAM2VideoPredictor", "VideoSession", "build_sam2_video_predictor"]
 
 
-class FeatureCache:
-    """LRU cache of per-frame image features, bounded in bytes (always keeps the newest one)."""
-
-    def __init__(self, max_bytes: int) -> None:
-        self.max_bytes = max_bytes
-        self._items: OrderedDict[int, FrameFeatures] = OrderedDict()
-        self._bytes = 0
-
-    def get(self, t: int) -> FrameFeatures | None:
-        feats = self._items.get(t)
-        if feats is not None:
-            self._items.move_to_end(t)
-        return feats
-
-    def put(self, t: int, feats: FrameFeatures) -> None:
-        if t in self._items:
-            self._bytes -= self._items.pop(t).nbytes()
-        self._items[t] = feats
-        self._bytes += feats.nbytes()
-        while self._bytes > self.max_bytes and len(self._items) > 1:
-            _, old = self._items.popitem(last=False)
-            self._bytes -= old.nbytes()
-
-    def clear(self) -> None:
-        self._items.clear()
-        self._bytes = 0
-
-    @property
-    def nbytes(self) -> int:
-        return self._bytes
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-
-@dataclass
-class ObjectTrack:
-    """Everything the predictor knows about one object."""
-
-    obj_id: Any
-    point_inputs: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
-    mask_inputs: dict[int, torch.Tensor] = field(default_factory=dict)
-    cond: dict[int, FrameOutput] = field(default_factory=dict)
-    non_cond: FrameOutputStore = None
-    temp_cond: dict[int, FrameOutput] = field(default_factory=dict)
-    temp_non_cond: dict[int, FrameOutput] = field(default_factory=dict)
-    frames_tracked: dict[int, bool] = field(default_factory=dict)  # frame -> tracked in reverse
-
-    def temp(self, is_cond: bool) -> dict[int, FrameOutput]:
-        return self.temp_cond if is_cond else self.temp_non_cond
-
-    def output_on(self, frame_idx: int, is_cond: bool | None = None) -> FrameOutput | None:
-        """The output the predictor holds for this frame: a pending one, else stored."""
-        kinds = (is_cond,) if is_cond is not None else (True, False)
-        for k in kinds:
-            out = self.temp(k).get(frame_idx)
-            if out is not None:
-                return out
-        out = self.cond.get(frame_idx)
-        return out if out is not None else self.non_cond.get(frame_idx)
-
-
-class VideoSession:
-    """Tracking state for one stack (Meta's ``inference_state``)."""
-
-    def __init__(
-        self,
-        frames: FrameSource,
-        normalizer: Normalizer,
-        image_size: int,
-        device: torch.device,
-        feature_cache_bytes: int,
-        hot_frames: int,
-        spill: bool,
-        spill_dir: str | None,
-    ) -> None:
-        self.frames = frames
-        self.normalizer = normalizer
-        self.image_size = image_size
-        self.num_frames = len(frames)
-        self.video_height = frames.height
-        self.video_width = frames.width
-        self.device = device
-        self.features = FeatureCache(feature_cache_bytes)
-        self.hot_frames = hot_frames
-        self._spill = SpillDir(spill_dir) if spill else None
-        self.objects: dict[Any, ObjectTrack] = {}  # insertion order = object index order
-        self.constants: dict[str, torch.Tensor] = {}
-
-    @property
-    def obj_ids(self) -> list:
-        return list(self.objects)
-
-    def new_store(self, obj_id: Any) -> FrameOutputStore:
-        self._store_count = getattr(self, "_store_count", 0) + 1
-        return FrameOutputStore(self._spill, f"obj{self._store_count}", self.hot_frames)
-
-    def resident_bytes(self) -> int:
-        """Bytes of tracking state held in RAM (features cache + per-object outputs)."""
-        total = self.features.nbytes
-        for obj in self.objects.values():
-            total += obj.non_cond.resident_bytes()
-            total += sum(o.nbytes() for d in (obj.cond, obj.temp_cond, obj.temp_non_cond) for o in d.values())
-        return total
-
-    def close(self) -> None:
-        for obj in self.objects.values():
-            obj.non_cond.close()
-        self.objects.clear()
-        self.features.clear()
-        if self._spill is not None:
-            self._spill.close()
-
-    # Meta's dict-style access for scripts written against the reference.
-    def __getitem__(self, key: str) -> Any:
-        if key in ("num_frames", "video_height", "video_width", "device", "obj_ids"):
-            return getattr(self, key)
-        raise KeyError(key)
-
-
-class SAM2VideoPredictor:
+class SAM2VideoPredictor(VideoInference):
     """Track objects through a stack with SAM 2 (wraps a :class:`SAM2Model`).
 
     Args:
@@ -208,26 +89,6 @@ class SAM2VideoPredictor:
         self.spill_dir = spill_dir
         self.autocast_dtype = autocast_dtype
 
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    @property
-    def batches_objects(self) -> bool:
-        """Whether objects with the same memory layout share one pass (see ``batch_objects``)."""
-        if self.batch_objects is None:
-            return self.device.type != "cpu"
-        return self.batch_objects
-
-    @property
-    def image_size(self) -> int:
-        return self.model.image_size
-
-    def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
-
     # ================================================================== session
     @torch.inference_mode()
     def init_state(
@@ -269,39 +130,12 @@ class SAM2VideoPredictor:
         state.objects.clear()
 
     # ================================================================== features
-    def _features(self, state: VideoSession, frame_idx: int) -> FrameFeatures:
-        feats = state.features.get(frame_idx)
-        if feats is None:
-            rgb = state.normalizer.to_rgb(state.frames[frame_idx], frame_index=frame_idx)
-            image = preprocess(rgb, self.image_size, device=self.device)
-            with self._autocast():
-                feats = self.model.forward_image(image[None])[0]
-            feats = FrameFeatures(
-                feats.vision_feat.float(),
-                self._shared_pos(state, feats.vision_pos),
-                [h.float() for h in feats.high_res],
-            )
-            state.features.put(frame_idx, feats)
-        return feats
-
-    @staticmethod
-    def _shared_pos(state: VideoSession, pos: torch.Tensor) -> torch.Tensor:
-        # The position encoding depends only on the map size: keep a single copy.
-        key = f"vision_pos_{tuple(pos.shape)}"
-        if key not in state.constants:
-            state.constants[key] = pos.float()
-        return state.constants[key]
-
     # ================================================================== validation
     def _check_frame(self, state: VideoSession, frame_idx: int) -> int:
-        if isinstance(frame_idx, bool) or not isinstance(frame_idx, (int, np.integer)):
-            raise TypeError(f"frame_idx must be an integer, got {frame_idx!r}")
-        frame_idx = int(frame_idx)
-        if not 0 <= frame_idx < state.num_frames:
-            raise IndexError(f"frame_idx {frame_idx} is outside the stack (0 .. {state.num_frames - 1})")
-        return frame_idx
+        return check_frame_index(frame_idx, state.num_frames)
 
     def _object(self, state: VideoSession, obj_id: Any, create: bool) -> ObjectTrack:
+        obj_id = check_obj_id(obj_id)
         obj = state.objects.get(obj_id)
         if obj is None:
             if not create:
@@ -311,52 +145,33 @@ class SAM2VideoPredictor:
         return obj
 
     def _parse_points(self, state, points, labels, box, normalize_coords):
-        if (points is None) != (labels is None):
-            raise ValueError("points and labels must be given together")
-        if points is None and box is None:
-            raise ValueError(
+        """Checked prompts (engine/validation.py) as model coordinates: box corners first (labels 2, 3)."""
+        if points is None and labels is None and box is None:
+            raise PromptError(
                 "give points (with labels) or a box: an empty prompt says nothing about the object"
             )
-        pts = torch.zeros(0, 2) if points is None else torch.as_tensor(np.asarray(points, dtype=np.float32))
-        lbl = (
-            torch.zeros(0, dtype=torch.int32)
-            if labels is None
-            else torch.as_tensor(np.asarray(labels), dtype=torch.int32)
-        )
-        if pts.ndim == 3 and pts.shape[0] == 1:
-            pts = pts[0]
-        if lbl.ndim == 2 and lbl.shape[0] == 1:
-            lbl = lbl[0]
-        if pts.ndim != 2 or pts.shape[-1] != 2:
-            raise ValueError(f"points must have shape (N, 2) as (x, y); got {tuple(pts.shape)}")
-        if lbl.ndim != 1 or lbl.shape[0] != pts.shape[0]:
-            raise ValueError(f"got {pts.shape[0]} points but {lbl.numel()} labels; give one label per point")
-        if points is not None and pts.shape[0] == 0 and box is None:
-            raise ValueError("points is empty: give at least one point or a box")
-        if not torch.all((lbl == 0) | (lbl == 1)):
-            raise ValueError("point labels must be 1 (object) or 0 (background)")
+        w, h = state.video_width, state.video_height
+        xy = np.zeros((0, 2), np.float32)
+        lbl = np.zeros(0, np.int32)
+        if points is not None or labels is not None:
+            xy, lbl = check_points(points, labels, w, h, normalized=not normalize_coords)
+            if xy.ndim == 3 and xy.shape[0] == 1:
+                xy, lbl = xy[0], lbl[0]
+            if xy.ndim != 2:
+                raise PromptError(f"points must have shape (N, 2) as (x, y) for one object; got {xy.shape}")
+            if len(xy) == 0 and box is None:
+                raise PromptError("points is empty: give at least one point or a box")
         if box is not None:
-            b = torch.as_tensor(np.asarray(box, dtype=np.float32)).reshape(-1)
-            if b.numel() != 4:
-                raise ValueError(f"box must be [x0, y0, x1, y1]; got {box!r}")
-            pts = torch.cat([b.reshape(2, 2), pts], dim=0)
-            lbl = torch.cat([torch.tensor([2, 3], dtype=torch.int32), lbl], dim=0)
-        if not torch.isfinite(pts).all():
-            raise ValueError("point and box coordinates must be finite numbers")
+            b = check_box(box, w, h, normalized=not normalize_coords)
+            if b.size != 4:
+                raise PromptError(f"give one box [x0, y0, x1, y1] per object and frame; got {b.size // 4}")
+            xy = np.concatenate([b.reshape(2, 2), xy])
+            lbl = np.concatenate([np.array([2, 3], np.int32), lbl])
+        pts = torch.from_numpy(xy)
         if normalize_coords:
-            w, h = state.video_width, state.video_height
-            outside = (pts[:, 0] < 0) | (pts[:, 0] > w) | (pts[:, 1] < 0) | (pts[:, 1] > h)
-            if outside.any():
-                bad = pts[outside][0].tolist()
-                raise ValueError(
-                    f"prompt coordinate (x={bad[0]:g}, y={bad[1]:g}) lies outside the {w} x {h} frame "
-                    "(coordinates are (x, y) pixels)"
-                )
             pts = pts / torch.tensor([w, h], dtype=torch.float32)
-        elif ((pts < 0) | (pts > 1)).any():
-            raise ValueError("with normalize_coords=False, coordinates must be in [0, 1]")
         pts = pts * self.image_size
-        return pts[None].to(self.device), lbl[None].to(self.device)
+        return pts[None].to(self.device), torch.from_numpy(lbl)[None].to(self.device)
 
     # ================================================================== prompts
     @torch.inference_mode()
@@ -370,11 +185,19 @@ class SAM2VideoPredictor:
         clear_old_points: bool = True,
         normalize_coords: bool = True,
         box: Any = None,
+        *,
+        refine: bool = True,
     ) -> tuple[int, list, torch.Tensor]:
         """Add clicks (x, y pixels; label 1 object, 0 background) and/or a box on one frame.
 
         Returns ``(frame_idx, obj_ids, video_res_masks)`` with logits (N, 1, H, W) for every
-        known object on that frame.
+        known object on that frame. Points outside the frame, labels other than 1/0 and
+        non-integer object ids are refused (:mod:`napari_sam2.engine.validation`).
+
+        ``refine`` (ours, not in Meta's API): True, as Meta does, feeds the mask this object
+        already has on the frame to the decoder with the clicks, so each call refines the
+        last result; False makes the mask from these prompts alone, so that the same prompts
+        always give the same mask (the plugin uses it on frames it prompts from scratch).
         """
         frame_idx = self._check_frame(state, frame_idx)
         if box is not None and not clear_old_points:
@@ -393,7 +216,7 @@ class SAM2VideoPredictor:
         reverse = False if is_init_cond_frame else obj.frames_tracked[frame_idx]
         is_cond = is_init_cond_frame or self.add_all_frames_to_correct_as_cond
         # A correction refines the mask this object already has on the frame.
-        prev = obj.output_on(frame_idx, is_cond)
+        prev = obj.output_on(frame_idx, is_cond) if refine else None
         prev_logits = None
         if prev is not None and prev.pred_masks is not None:
             prev_logits = torch.clamp(prev.pred_masks.to(self.device), -32.0, 32.0)
@@ -423,16 +246,11 @@ class SAM2VideoPredictor:
     ) -> tuple[int, list, torch.Tensor]:
         """Give an object's mask (H, W) on one frame (bool or 0/1), e.g. from a Labels layer."""
         frame_idx = self._check_frame(state, frame_idx)
-        m = torch.as_tensor(np.asarray(mask))
-        if m.ndim != 2:
-            raise ValueError(f"mask must be 2-D (H, W); got shape {tuple(m.shape)}")
-        if tuple(m.shape) != (state.video_height, state.video_width):
-            raise ValueError(
-                f"mask shape {tuple(m.shape)} differs from the frame size {(state.video_height, state.video_width)}"
+        m = torch.from_numpy(
+            check_mask(
+                mask, state.video_height, state.video_width, where=f"of object {obj_id} on frame {frame_idx}"
             )
-        if m.dtype.is_floating_point and not torch.isfinite(m).all():
-            raise ValueError("mask contains NaN or infinite values")
-        m = m.bool()
+        )
         obj = self._object(state, obj_id, create=True)
         mask_in = m[None, None].float().to(self.device)
         size = self.image_size
@@ -452,153 +270,6 @@ class SAM2VideoPredictor:
         )
         obj.temp(is_cond)[frame_idx] = out
         return frame_idx, state.obj_ids, self._consolidated_video_res(state, frame_idx, is_cond)
-
-    # ================================================================== inference
-    def _run_frame(
-        self,
-        state,
-        obj: ObjectTrack,
-        frame_idx,
-        is_init_cond_frame,
-        coords,
-        labels,
-        mask_inputs,
-        reverse,
-        run_mem_encoder,
-        prev_sam_mask_logits=None,
-    ) -> FrameOutput:
-        feats = self._features(state, frame_idx)
-        with self._autocast():
-            heads, memory = self.model.track_step(
-                frame_idx,
-                is_init_cond_frame,
-                feats,
-                coords,
-                labels,
-                mask_inputs,
-                obj.cond,
-                obj.non_cond,
-                state.num_frames,
-                reverse=reverse,
-                run_mem_encoder=run_mem_encoder,
-                prev_sam_mask_logits=prev_sam_mask_logits,
-            )
-        return self._frame_output(heads, memory, 0)
-
-    def _frame_output(self, heads, memory: torch.Tensor | None, i: int) -> FrameOutput:
-        """Row ``i`` of a (batched) heads output as a stored frame output."""
-        pred_masks = heads.low_res_masks[i : i + 1].float()
-        if self.fill_hole_area > 0:
-            pred_masks = fill_holes_in_mask_scores(pred_masks, self.fill_hole_area)
-        return FrameOutput(
-            # The reference stores memories in bfloat16; later frames read them as float32.
-            maskmem_features=None if memory is None else memory[i : i + 1].to(torch.bfloat16),
-            obj_ptr=heads.obj_ptr[i : i + 1].float(),
-            pred_masks=pred_masks,
-            object_score_logits=heads.object_score_logits[i : i + 1].float(),
-        )
-
-    def _track_objects(
-        self, state: VideoSession, frame_idx: int, objects: list[ObjectTrack], reverse: bool
-    ) -> list[FrameOutput]:
-        """Track unprompted objects on a frame, batching those whose memories line up."""
-        selections = [
-            self.model.select_memories(frame_idx, obj.cond, obj.non_cond, state.num_frames, reverse)
-            for obj in objects
-        ]
-        groups: dict[tuple, list[int]] = {}
-        for i, (mems, ptrs) in enumerate(selections):
-            key = (tuple(t for t, _ in mems), tuple(d for d, _ in ptrs)) if self.batches_objects else (i,)
-            groups.setdefault(key, []).append(i)
-        feats = self._features(state, frame_idx)
-        outputs: list[FrameOutput | None] = [None] * len(objects)
-        for members in groups.values():
-            with self._autocast():
-                heads, memory = self.model.track_selected(
-                    feats, [selections[i] for i in members], state.num_frames
-                )
-            for row, i in enumerate(members):
-                outputs[i] = self._frame_output(heads, memory, row)
-        return outputs
-
-    def _encode_pending_memory(self, state: VideoSession, frame_idx: int, out: FrameOutput) -> None:
-        """Memory of a prompted frame, from its binarised mask (encoded when tracking starts)."""
-        feats = self._features(state, frame_idx)
-        high_res = F.interpolate(
-            out.pred_masks.to(self.device),
-            size=(self.image_size, self.image_size),
-            mode="bilinear",
-            align_corners=False,
-        )
-        with self._autocast():
-            memory = self.model.encode_memory(
-                feats.vision_feat, high_res, out.object_score_logits, is_mask_from_pts=True
-            )
-        out.maskmem_features = memory.to(torch.bfloat16)
-
-    def _consolidated_low_res(
-        self, state: VideoSession, frame_idx: int, is_cond: bool | None
-    ) -> list[FrameOutput | None]:
-        outs = []
-        for obj in state.objects.values():
-            outs.append(obj.output_on(frame_idx, is_cond))
-        return outs
-
-    def _consolidated_video_res(
-        self, state: VideoSession, frame_idx: int, is_cond: bool | None
-    ) -> torch.Tensor:
-        outs = self._consolidated_low_res(state, frame_idx, is_cond)
-        size = self.image_size // 4
-        low = torch.full((len(outs), 1, size, size), NO_OBJ_SCORE, dtype=torch.float32, device=self.device)
-        for i, out in enumerate(outs):
-            if out is not None:
-                low[i : i + 1] = out.pred_masks.to(self.device)
-        return self._to_video_res(state, low)
-
-    def _to_video_res(self, state: VideoSession, low_res: torch.Tensor) -> torch.Tensor:
-        h, w = state.video_height, state.video_width
-        masks = low_res
-        if tuple(masks.shape[-2:]) != (h, w):
-            masks = F.interpolate(masks, size=(h, w), mode="bilinear", align_corners=False)
-        if self.non_overlap_masks:
-            from ..model.sam2 import apply_non_overlapping_constraints
-
-            masks = apply_non_overlapping_constraints(masks)
-        return masks
-
-    @torch.inference_mode()
-    def _preflight(self, state: VideoSession) -> None:
-        """Turn pending prompt outputs into stored ones (encoding their memories)."""
-        if not state.objects:
-            raise RuntimeError("no object has prompts yet: add points, a box or a mask first")
-        for obj in state.objects.values():
-            if not (obj.cond or obj.temp_cond):
-                raise RuntimeError(
-                    f"object {obj.obj_id!r} has no prompt on any frame it was not tracked on; "
-                    "add points, a box or a mask for it first (or remove it)"
-                )
-        for obj in state.objects.values():
-            for is_cond in (False, True):
-                pending = obj.temp(is_cond)
-                for frame_idx, out in list(pending.items()):
-                    if out.maskmem_features is None:
-                        self._encode_pending_memory(state, frame_idx, out)
-                    if is_cond:
-                        obj.cond[frame_idx] = out
-                    else:
-                        obj.non_cond[frame_idx] = out
-                    if self.clear_non_cond_mem_around_input:
-                        self._clear_non_cond_mem_around_input(state, frame_idx)
-                    del pending[frame_idx]
-            for frame_idx in obj.cond:
-                obj.non_cond.pop(frame_idx, None)
-
-    def _clear_non_cond_mem_around_input(self, state: VideoSession, frame_idx: int) -> None:
-        r = self.model.tracking.memory_temporal_stride_for_eval
-        lo, hi = frame_idx - r * self.model.num_maskmem, frame_idx + r * self.model.num_maskmem
-        for obj in state.objects.values():
-            for t in range(lo, hi + 1):
-                obj.non_cond.pop(t, None)
 
     def propagate_in_video(
         self,
@@ -643,18 +314,6 @@ class SAM2VideoPredictor:
             # Freed per-frame buffers would otherwise stay resident (heap fragmentation).
             trim_heap()
             yield frame_idx, state.obj_ids, masks
-
-    @staticmethod
-    def _processing_order(state: VideoSession, start: int, max_num: int | None, reverse: bool) -> range:
-        if max_num is None:
-            max_num = state.num_frames
-        if max_num < 0:
-            raise ValueError("max_frame_num_to_track must be >= 0")
-        if reverse:
-            end = max(start - max_num, 0)
-            return range(start, end - 1, -1) if start > 0 else range(0)
-        end = min(start + max_num, state.num_frames - 1)
-        return range(start, end + 1)
 
     def propagate(
         self,
@@ -709,9 +368,13 @@ class SAM2VideoPredictor:
         self, state: VideoSession, obj_id: Any, strict: bool = False, need_output: bool = True
     ) -> tuple[list, list]:
         """Forget an object. Returns the remaining ids and (frame, masks) for its prompted frames."""
+        obj_id = check_obj_id(obj_id)
         if obj_id not in state.objects:
+            message = f"cannot remove object id {obj_id!r}: it is not tracked (known ids: {state.obj_ids})"
             if strict:
-                raise KeyError(f"cannot remove object id {obj_id!r}: known ids are {state.obj_ids}")
+                raise KeyError(message)
+            # Meta's API ignores an unknown id unless strict=True; say so instead of staying silent.
+            warnings.warn(message + "; nothing was removed", UserWarning, stacklevel=2)
             return state.obj_ids, []
         obj = state.objects[obj_id]
         frames = sorted(set(obj.point_inputs) | set(obj.mask_inputs))
@@ -728,29 +391,6 @@ class SAM2VideoPredictor:
     def frame_outputs(self, state: VideoSession, frame_idx: int) -> list[FrameOutput | None]:
         """Per object (in ``obj_ids`` order), the output held for a frame, or None."""
         return self._consolidated_low_res(state, frame_idx, None)
-
-
-def fill_holes_in_mask_scores(mask: torch.Tensor, max_area: int) -> torch.Tensor:
-    """Turn background holes (8-connected, area <= max_area) of low-res logits into foreground (0.1).
-
-    Meta does this with a CUDA connected-components kernel; this is the same rule with
-    scikit-image's labelling, on any device.
-    """
-    from skimage.measure import label
-
-    bg = (mask <= 0).cpu().numpy()
-    fill = np.zeros_like(bg)
-    for idx in np.ndindex(bg.shape[:-2]):
-        lab = label(bg[idx], connectivity=2)
-        if lab.max() == 0:
-            continue
-        areas = np.bincount(lab.ravel())
-        small = areas <= max_area
-        small[0] = False
-        fill[idx] = small[lab]
-    if not fill.any():
-        return mask
-    return torch.where(torch.from_numpy(fill).to(mask.device), torch.tensor(0.1, device=mask.device), mask)
 
 
 def build_sam2_video_predictor(

@@ -1,0 +1,257 @@
+"""The inference steps of the video predictor (features, one frame of one or several objects,
+memories, consolidation), kept apart from its public API (video_predictor.py)."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..model import NO_OBJ_SCORE, FrameFeatures, SAM2Model
+from .normalization import preprocess
+from .store import FrameOutput
+from .video_state import ObjectTrack, VideoSession
+
+__all__ = ["VideoInference", "fill_holes_in_mask_scores"]
+
+
+class VideoInference:
+    """The model steps a :class:`~napari_sam2.engine.video_predictor.SAM2VideoPredictor` is made of.
+
+    Subclasses set ``model``, ``autocast_dtype``, ``batch_objects``, ``fill_hole_area``,
+    ``non_overlap_masks`` and ``clear_non_cond_mem_around_input``.
+    """
+
+    model: SAM2Model
+    autocast_dtype: torch.dtype | None = None
+    batch_objects: bool | None = None
+    fill_hole_area: int = 0
+    non_overlap_masks: bool = False
+    clear_non_cond_mem_around_input: bool = False
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    @property
+    def batches_objects(self) -> bool:
+        """Whether objects with the same memory layout share one pass (see ``batch_objects``)."""
+        if self.batch_objects is None:
+            return self.device.type != "cpu"
+        return self.batch_objects
+
+    @property
+    def image_size(self) -> int:
+        return self.model.image_size
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    def _features(self, state: VideoSession, frame_idx: int) -> FrameFeatures:
+        feats = state.features.get(frame_idx)
+        if feats is None:
+            rgb = state.normalizer.to_rgb(state.frames[frame_idx], frame_index=frame_idx)
+            image = preprocess(rgb, self.image_size, device=self.device)
+            with self._autocast():
+                feats = self.model.forward_image(image[None])[0]
+            feats = FrameFeatures(
+                feats.vision_feat.float(),
+                self._shared_pos(state, feats.vision_pos),
+                [h.float() for h in feats.high_res],
+            )
+            state.features.put(frame_idx, feats)
+        return feats
+
+    @staticmethod
+    def _shared_pos(state: VideoSession, pos: torch.Tensor) -> torch.Tensor:
+        # The position encoding depends only on the map size: keep a single copy.
+        key = f"vision_pos_{tuple(pos.shape)}"
+        if key not in state.constants:
+            state.constants[key] = pos.float()
+        return state.constants[key]
+
+    # ================================================================== inference
+    def _run_frame(
+        self,
+        state,
+        obj: ObjectTrack,
+        frame_idx,
+        is_init_cond_frame,
+        coords,
+        labels,
+        mask_inputs,
+        reverse,
+        run_mem_encoder,
+        prev_sam_mask_logits=None,
+    ) -> FrameOutput:
+        feats = self._features(state, frame_idx)
+        with self._autocast():
+            heads, memory = self.model.track_step(
+                frame_idx,
+                is_init_cond_frame,
+                feats,
+                coords,
+                labels,
+                mask_inputs,
+                obj.cond,
+                obj.non_cond,
+                state.num_frames,
+                reverse=reverse,
+                run_mem_encoder=run_mem_encoder,
+                prev_sam_mask_logits=prev_sam_mask_logits,
+            )
+        return self._frame_output(heads, memory, 0)
+
+    def _frame_output(self, heads, memory: torch.Tensor | None, i: int) -> FrameOutput:
+        """Row ``i`` of a (batched) heads output as a stored frame output."""
+        pred_masks = heads.low_res_masks[i : i + 1].float()
+        if self.fill_hole_area > 0:
+            pred_masks = fill_holes_in_mask_scores(pred_masks, self.fill_hole_area)
+        return FrameOutput(
+            # The reference stores memories in bfloat16; later frames read them as float32.
+            maskmem_features=None if memory is None else memory[i : i + 1].to(torch.bfloat16),
+            obj_ptr=heads.obj_ptr[i : i + 1].float(),
+            pred_masks=pred_masks,
+            object_score_logits=heads.object_score_logits[i : i + 1].float(),
+        )
+
+    def _track_objects(
+        self, state: VideoSession, frame_idx: int, objects: list[ObjectTrack], reverse: bool
+    ) -> list[FrameOutput]:
+        """Track unprompted objects on a frame, batching those whose memories line up."""
+        selections = [
+            self.model.select_memories(frame_idx, obj.cond, obj.non_cond, state.num_frames, reverse)
+            for obj in objects
+        ]
+        groups: dict[tuple, list[int]] = {}
+        for i, (mems, ptrs) in enumerate(selections):
+            key = (tuple(t for t, _ in mems), tuple(d for d, _ in ptrs)) if self.batches_objects else (i,)
+            groups.setdefault(key, []).append(i)
+        feats = self._features(state, frame_idx)
+        outputs: list[FrameOutput | None] = [None] * len(objects)
+        for members in groups.values():
+            with self._autocast():
+                heads, memory = self.model.track_selected(
+                    feats, [selections[i] for i in members], state.num_frames
+                )
+            for row, i in enumerate(members):
+                outputs[i] = self._frame_output(heads, memory, row)
+        return outputs
+
+    def _encode_pending_memory(self, state: VideoSession, frame_idx: int, out: FrameOutput) -> None:
+        """Memory of a prompted frame, from its binarised mask (encoded when tracking starts)."""
+        feats = self._features(state, frame_idx)
+        high_res = F.interpolate(
+            out.pred_masks.to(self.device),
+            size=(self.image_size, self.image_size),
+            mode="bilinear",
+            align_corners=False,
+        )
+        with self._autocast():
+            memory = self.model.encode_memory(
+                feats.vision_feat, high_res, out.object_score_logits, is_mask_from_pts=True
+            )
+        out.maskmem_features = memory.to(torch.bfloat16)
+
+    def _consolidated_low_res(
+        self, state: VideoSession, frame_idx: int, is_cond: bool | None
+    ) -> list[FrameOutput | None]:
+        outs = []
+        for obj in state.objects.values():
+            outs.append(obj.output_on(frame_idx, is_cond))
+        return outs
+
+    def _consolidated_video_res(
+        self, state: VideoSession, frame_idx: int, is_cond: bool | None
+    ) -> torch.Tensor:
+        outs = self._consolidated_low_res(state, frame_idx, is_cond)
+        size = self.image_size // 4
+        low = torch.full((len(outs), 1, size, size), NO_OBJ_SCORE, dtype=torch.float32, device=self.device)
+        for i, out in enumerate(outs):
+            if out is not None:
+                low[i : i + 1] = out.pred_masks.to(self.device)
+        return self._to_video_res(state, low)
+
+    def _to_video_res(self, state: VideoSession, low_res: torch.Tensor) -> torch.Tensor:
+        h, w = state.video_height, state.video_width
+        masks = low_res
+        if tuple(masks.shape[-2:]) != (h, w):
+            masks = F.interpolate(masks, size=(h, w), mode="bilinear", align_corners=False)
+        if self.non_overlap_masks:
+            from ..model.sam2 import apply_non_overlapping_constraints
+
+            masks = apply_non_overlapping_constraints(masks)
+        return masks
+
+    @torch.inference_mode()
+    def _preflight(self, state: VideoSession) -> None:
+        """Turn pending prompt outputs into stored ones (encoding their memories)."""
+        if not state.objects:
+            raise RuntimeError("no object has prompts yet: add points, a box or a mask first")
+        for obj in state.objects.values():
+            if not (obj.cond or obj.temp_cond):
+                raise RuntimeError(
+                    f"object {obj.obj_id!r} has no prompt on any frame it was not tracked on; "
+                    "add points, a box or a mask for it first (or remove it)"
+                )
+        for obj in state.objects.values():
+            for is_cond in (False, True):
+                pending = obj.temp(is_cond)
+                for frame_idx, out in list(pending.items()):
+                    if out.maskmem_features is None:
+                        self._encode_pending_memory(state, frame_idx, out)
+                    if is_cond:
+                        obj.cond[frame_idx] = out
+                    else:
+                        obj.non_cond[frame_idx] = out
+                    if self.clear_non_cond_mem_around_input:
+                        self._clear_non_cond_mem_around_input(state, frame_idx)
+                    del pending[frame_idx]
+            for frame_idx in obj.cond:
+                obj.non_cond.pop(frame_idx, None)
+
+    def _clear_non_cond_mem_around_input(self, state: VideoSession, frame_idx: int) -> None:
+        r = self.model.tracking.memory_temporal_stride_for_eval
+        lo, hi = frame_idx - r * self.model.num_maskmem, frame_idx + r * self.model.num_maskmem
+        for obj in state.objects.values():
+            for t in range(lo, hi + 1):
+                obj.non_cond.pop(t, None)
+
+    @staticmethod
+    def _processing_order(state: VideoSession, start: int, max_num: int | None, reverse: bool) -> range:
+        if max_num is None:
+            max_num = state.num_frames
+        if max_num < 0:
+            raise ValueError("max_frame_num_to_track must be >= 0")
+        if reverse:
+            end = max(start - max_num, 0)
+            return range(start, end - 1, -1) if start > 0 else range(0)
+        end = min(start + max_num, state.num_frames - 1)
+        return range(start, end + 1)
+
+
+def fill_holes_in_mask_scores(mask: torch.Tensor, max_area: int) -> torch.Tensor:
+    """Turn background holes (8-connected, area <= max_area) of low-res logits into foreground (0.1).
+
+    Meta does this with a CUDA connected-components kernel; this is the same rule with
+    scikit-image's labelling, on any device.
+    """
+    from skimage.measure import label
+
+    bg = (mask <= 0).cpu().numpy()
+    fill = np.zeros_like(bg)
+    for idx in np.ndindex(bg.shape[:-2]):
+        lab = label(bg[idx], connectivity=2)
+        if lab.max() == 0:
+            continue
+        areas = np.bincount(lab.ravel())
+        small = areas <= max_area
+        small[0] = False
+        fill[idx] = small[lab]
+    if not fill.any():
+        return mask
+    return torch.where(torch.from_numpy(fill).to(mask.device), torch.tensor(0.1, device=mask.device), mask)
