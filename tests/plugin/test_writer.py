@@ -5,11 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.gui
-
 tifffile = pytest.importorskip("tifffile")
 
-from napari_sam2.plugin._qt.widget import _shared_channel_labels  # noqa: E402
+from napari_sam2.plugin.output_layers import shared_channel_labels  # noqa: E402
 from napari_sam2.plugin.writer import write_labels_tiff  # noqa: E402
 
 
@@ -48,7 +46,7 @@ def test_default_axes_big_ids_and_reordering(tmp_path):
 
 
 def test_shared_channel_plane_is_written_once(tmp_path):
-    lab = _shared_channel_labels((3, 2, 6, 6), channel_axis=1)
+    lab = shared_channel_labels((3, 2, 6, 6), channel_axis=1)
     lab[1, 0, 2, 2] = 5  # written through channel 0, seen on both channels
     assert lab[1, 1, 2, 2] == 5
     p = str(tmp_path / "c.tif")
@@ -57,11 +55,12 @@ def test_shared_channel_plane_is_written_once(tmp_path):
     assert data.shape == (3, 6, 6) and data[1, 2, 2] == 5
 
 
-def test_writer_through_napari(make_napari_viewer, tmp_path):
-    from test_widget import ensure_manifest
+def test_writer_through_napari(tmp_path):
+    from napari.components import ViewerModel
+    from napari.plugins import _initialize_plugins
 
-    ensure_manifest()
-    viewer = make_napari_viewer()
+    _initialize_plugins()  # what napari.Viewer does at start: discover the installed plugins
+    viewer = ViewerModel()
     lab = np.zeros((2, 5, 5), np.uint8)
     lab[1, 1:3, 1:3] = 3
     viewer.add_labels(lab, name="masks", scale=(1, 0.5, 0.5))

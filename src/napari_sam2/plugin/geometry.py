@@ -1,17 +1,13 @@
-"""How a napari image layer is cut into the frames the engine sees (no Qt, no torch).
-
-A :class:`StackGeometry` says which axis of the image layer is propagated along (time
-or z), which two axes are the image plane (rows ``y``, columns ``x``), which axis (if
-any) holds channels, and at which index every other axis is held.
-"""
+"""A napari image layer as the engine's stack view (no Qt, no torch): its shape, its
+full-resolution data, and a :class:`StackGeometry` made from the layer."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
 
-import numpy as np
+from ..engine.stack_view import StackView, candidate_frame_axes, spatial_axes
+
+__all__ = ["StackGeometry", "candidate_frame_axes", "layer_data", "layer_shape", "spatial_axes"]
 
 
 def layer_shape(layer) -> tuple[int, ...]:
@@ -28,37 +24,9 @@ def layer_data(layer):
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
-def spatial_axes(ndim: int, channel_axis: int | None = None) -> tuple[int, int]:
-    """The image plane: the last two axes of the layer that are not the channel axis."""
-    axes = [a for a in range(ndim) if a != channel_axis]
-    if len(axes) < 2:
-        raise ValueError("the image needs at least two axes besides the channel axis")
-    return axes[-2], axes[-1]
+class StackGeometry(StackView):
+    """The :class:`~napari_sam2.engine.stack_view.StackView` of a napari image layer."""
 
-
-def candidate_frame_axes(ndim: int, channel_axis: int | None = None) -> list[int]:
-    """Axes one can propagate along: all but the image plane and the channel axis."""
-    plane = spatial_axes(ndim, channel_axis)
-    return [a for a in range(ndim) if a not in plane and a != channel_axis]
-
-
-@dataclass(frozen=True)
-class StackGeometry:
-    """How an image layer is cut into the frames the engine sees.
-
-    ``shape`` is the layer's shape along its napari axes (without an RGB colour
-    axis).  ``frame_axis`` is ``None`` for a single 2D image (one frame).
-    ``held`` maps every axis that is neither the frame axis, the image plane nor the
-    channel axis to the index it is held at.
-    """
-
-    shape: tuple[int, ...]
-    frame_axis: int | None = None
-    channel_axis: int | None = None
-    rgb: bool = False
-    held: tuple[tuple[int, int], ...] = ()
-
-    # ---- construction
     @classmethod
     def from_layer(
         cls,
@@ -69,188 +37,6 @@ class StackGeometry:
     ) -> StackGeometry:
         """Geometry for ``layer``; ``position`` is a point in the layer's data coordinates
         (e.g. ``layer.world_to_data(viewer.dims.point)``) that fixes the held axes."""
-        shape = layer_shape(layer)
-        rgb = bool(getattr(layer, "rgb", False))
-        ndim = len(shape)
-        if rgb:
-            channel_axis = None
-        if channel_axis is not None and not 0 <= channel_axis < ndim:
-            raise ValueError(f"channel axis {channel_axis} is outside the image's {ndim} axes")
-        candidates = candidate_frame_axes(ndim, channel_axis)
-        if frame_axis == "auto":
-            frame_axis = candidates[0] if candidates else None
-        if frame_axis is not None and frame_axis not in candidates:
-            raise ValueError(
-                f"cannot propagate along axis {frame_axis}: choose one of {candidates}"
-                if candidates
-                else "this image is a single 2D plane: there is no axis to propagate along"
-            )
-        plane = spatial_axes(ndim, channel_axis)
-        held = []
-        for a in range(ndim):
-            if a in plane or a in (channel_axis, frame_axis):
-                continue
-            idx = 0
-            if position is not None and len(position) == ndim and np.isfinite(position[a]):
-                idx = int(np.clip(round(float(position[a])), 0, shape[a] - 1))
-            held.append((a, idx))
-        return cls(tuple(shape), frame_axis, channel_axis, rgb, tuple(held))
-
-    # ---- properties
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
-
-    @property
-    def plane(self) -> tuple[int, int]:
-        return spatial_axes(self.ndim, self.channel_axis)
-
-    @property
-    def n_frames(self) -> int:
-        return 1 if self.frame_axis is None else self.shape[self.frame_axis]
-
-    @property
-    def height(self) -> int:
-        return self.shape[self.plane[0]]
-
-    @property
-    def width(self) -> int:
-        return self.shape[self.plane[1]]
-
-    @property
-    def held_dict(self) -> dict[int, int]:
-        return dict(self.held)
-
-    @property
-    def can_propagate(self) -> bool:
-        return self.frame_axis is not None and self.n_frames > 1
-
-    def frame_of(self, data_position: Sequence[float]) -> int:
-        """The frame index at a position in the layer's data coordinates (clipped)."""
-        if self.frame_axis is None:
-            return 0
-        v = float(data_position[self.frame_axis])
-        if not np.isfinite(v):
-            return 0
-        return int(np.clip(round(v), 0, self.n_frames - 1))
-
-    # ---- image data -> engine frames
-    def frames(self, data, channels: Sequence[int] | None = None):
-        """The frames as the engine reads them: ``(T, H, W)`` or ``(T, H, W, C)``.
-
-        Numpy data gives a view and dask data a lazy array; any other array type
-        (zarr, h5py, ...) is wrapped in dask so that nothing is read before the
-        engine asks for a frame.
-        """
-        full_ndim = self.ndim + (1 if self.rgb else 0)
-        if len(data.shape) != full_ndim:
-            raise ValueError(f"image data has {len(data.shape)} axes, expected {full_ndim}")
-        if not isinstance(data, np.ndarray) and not _is_dask(data):
-            import dask.array as da
-
-            chunks = [1] * full_ndim
-            for a in self.plane:
-                chunks[a] = data.shape[a]
-            if self.channel_axis is not None:
-                chunks[self.channel_axis] = data.shape[self.channel_axis]
-            if self.rgb:
-                chunks[-1] = data.shape[-1]
-            data = da.from_array(data, chunks=tuple(chunks))
-        index: list[Any] = [slice(None)] * full_ndim
-        for a, i in self.held:
-            index[a] = i
-        arr = data[tuple(index)]
-        # remaining axes, in their original order
-        remaining = [a for a in range(full_ndim) if not isinstance(index[a], int)]
-        order = []
-        if self.frame_axis is not None:
-            order.append(remaining.index(self.frame_axis))
-        order += [remaining.index(a) for a in self.plane]
-        if self.channel_axis is not None:
-            order.append(remaining.index(self.channel_axis))
-        if self.rgb:
-            order.append(remaining.index(full_ndim - 1))
-        arr = arr.transpose(order)
-        if self.frame_axis is None:
-            arr = arr[None]
-        if channels is not None and arr.ndim == 4:
-            channels = list(channels)
-            if channels != list(range(arr.shape[-1])):
-                if isinstance(arr, np.ndarray):
-                    import dask.array as da
-
-                    arr = da.from_array(arr, chunks=(1,) + arr.shape[1:])
-                arr = arr[..., channels]
-        return arr
-
-    # ---- output labels
-    def labels_shape(self) -> tuple[int, ...]:
-        return self.shape
-
-    def output_index(self, frame: int) -> tuple:
-        """Index of one frame's plane in a labels array of :meth:`labels_shape`."""
-        index: list[Any] = [slice(None)] * self.ndim
-        for a, i in self.held:
-            index[a] = i
-        if self.channel_axis is not None:
-            index[self.channel_axis] = 0  # the output shares one plane across channels
-        if self.frame_axis is not None:
-            index[self.frame_axis] = int(frame)
-        return tuple(index)
-
-    def sequence_index(self) -> tuple:
-        """Index of the whole (frame, y, x) block of this sequence in a labels array."""
-        index: list[Any] = [slice(None)] * self.ndim
-        for a, i in self.held:
-            index[a] = i
-        if self.channel_axis is not None:
-            index[self.channel_axis] = 0
-        return tuple(index)
-
-    # ---- prompt coordinates
-    def split(self, data_coord: Sequence[float]) -> tuple[int, float, float] | None:
-        """``(frame, x, y)`` of a point in image data coordinates, or ``None`` when the
-        point is not on this sequence (another held index, or outside the frames)."""
-        c = [float(v) for v in data_coord]
-        for a, i in self.held:
-            if round(c[a]) != i:
-                return None
-        if self.frame_axis is None:
-            frame = 0
-        else:
-            frame = int(round(c[self.frame_axis]))
-            if not 0 <= frame < self.n_frames:
-                return None
-        ay, ax = self.plane
-        return frame, c[ax], c[ay]
-
-    def join(self, frame: int, x: float, y: float) -> np.ndarray:
-        """Image data coordinates of ``(x, y)`` on ``frame`` of this sequence."""
-        c = np.zeros(self.ndim, dtype=float)
-        for a, i in self.held:
-            c[a] = i
-        if self.frame_axis is not None:
-            c[self.frame_axis] = frame
-        ay, ax = self.plane
-        c[ay], c[ax] = y, x
-        return c
-
-    def describe(self, axis_names: Sequence[str] | None = None) -> str:
-        names = list(axis_names) if axis_names is not None else [str(a) for a in range(self.ndim)]
-        if self.frame_axis is None:
-            text = f"single {self.height}×{self.width} image: preview only"
-        else:
-            text = (
-                f"{self.n_frames} frames along axis {names[self.frame_axis]}, {self.height}×{self.width} each"
-            )
-        if self.held:
-            text += "; held: " + ", ".join(f"{names[a]}={i}" for a, i in self.held)
-        if self.channel_axis is not None:
-            text += f"; channels on axis {names[self.channel_axis]}"
-        if self.rgb:
-            text += "; RGB"
-        return text
-
-
-def _is_dask(a) -> bool:
-    return type(a).__module__.startswith("dask")
+        return cls.from_shape(
+            layer_shape(layer), frame_axis, channel_axis, bool(getattr(layer, "rgb", False)), position
+        )

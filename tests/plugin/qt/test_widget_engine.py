@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.gui, pytest.mark.slow]
 pytest.importorskip("pytestqt")
 video_predictor = pytest.importorskip("napari_sam2.engine.video_predictor")
 
-from test_widget import PLUGIN, WIDGET, ensure_manifest  # noqa: E402
+from test_widget import PLUGIN, WIDGET  # noqa: E402
 
 from napari_sam2.plugin.sample_data import synthetic_timelapse  # noqa: E402
 
@@ -77,7 +77,6 @@ def test_widget_matches_the_engine_with_cancel_and_resume(make_napari_viewer, st
     preview, tracked = direct
     assert len(tracked) == 4 and all(np.unique(tracked[f]).size > 1 for f in tracked)
 
-    ensure_manifest()
     viewer = make_napari_viewer()
     _, w = viewer.window.add_plugin_dock_widget(PLUGIN, WIDGET)
     w.synchronous = True

@@ -1,0 +1,129 @@
+"""The "Model" box: variant, device, precision, compile, and the checkpoint (download or file)."""
+
+from __future__ import annotations
+
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+)
+
+from ...engine.session import SessionError
+from ..annotator import DEVICES
+from ._common import Refreshing, notify_error
+
+
+class ModelPanel(QGroupBox, Refreshing):
+    def __init__(self, annotator, parent=None) -> None:
+        super().__init__("Model", parent)
+        self.annotator = annotator
+        form = QFormLayout(self)
+        self.model_combo = QComboBox()
+        self.model_combo.addItems(annotator.variants())
+        self.model_combo.setToolTip("SAM 2 variant: t (tiny, fastest) ... l (large, most accurate)")
+        form.addRow("Variant", self.model_combo)
+        row = QHBoxLayout()
+        self.device_combo = QComboBox()
+        self.device_combo.addItems(DEVICES)
+        self.device_combo.setToolTip("auto: CUDA GPU if present, else Apple MPS, else CPU")
+        self.precision_combo = QComboBox()
+        self.precision_combo.addItems(["fp32", "bf16"])
+        self.precision_combo.setToolTip(
+            "fp32: the reference. bf16: mixed precision, faster on GPUs and on CPUs with bf16 matrix "
+            "instructions, a few percent deviation"
+        )
+        self.compile_check = QCheckBox("compile")
+        self.compile_check.setToolTip("torch.compile the model: pays off on a GPU over long stacks")
+        row.addWidget(self.device_combo)
+        row.addWidget(self.precision_combo)
+        row.addWidget(self.compile_check)
+        form.addRow("Device", row)
+        self.checkpoint_label = QLabel("")
+        self.checkpoint_label.setWordWrap(True)
+        # the folder and URL in the message can be selected and copied
+        self.checkpoint_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        form.addRow("Checkpoint", self.checkpoint_label)
+        row = QHBoxLayout()
+        self.download_btn = QPushButton("Download")
+        self.download_btn.setToolTip("Download the official checkpoint of this variant (needs internet)")
+        self.download_cancel_btn = QPushButton("Cancel")
+        self.browse_btn = QPushButton("Choose file…")
+        self.browse_btn.setToolTip("Use a checkpoint (.pt) file from disk")
+        for b in (self.download_btn, self.download_cancel_btn, self.browse_btn):
+            row.addWidget(b)
+        form.addRow(row)
+        self.download_bar = QProgressBar()
+        self.download_bar.setVisible(False)
+        form.addRow(self.download_bar)
+
+        self.model_combo.currentIndexChanged.connect(self._on_model)
+        self.device_combo.currentIndexChanged.connect(self._on_model)
+        self.precision_combo.currentIndexChanged.connect(self._on_model)
+        self.compile_check.toggled.connect(self._on_model)
+        self.download_btn.clicked.connect(lambda: annotator.download_checkpoint())
+        self.download_cancel_btn.clicked.connect(annotator.cancel)
+        self.browse_btn.clicked.connect(self._on_browse)
+        annotator.events.settings.connect(self.refresh)
+        annotator.events.checkpoint.connect(self.refresh)
+        annotator.events.busy.connect(self.refresh)
+        annotator.events.download.connect(self._on_progress)
+        self.refresh()
+
+    def _on_model(self, *_) -> None:
+        if self.refreshing:
+            return
+        try:
+            self.annotator.set_model(
+                self.model_combo.currentText(),
+                device=self.device_combo.currentText(),
+                precision=self.precision_combo.currentText(),
+                compile=self.compile_check.isChecked(),
+            )
+        except SessionError as e:
+            notify_error(str(e))
+
+    def _on_browse(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Choose a SAM 2 checkpoint", "", "PyTorch checkpoint (*.pt *.pth);;All files (*)"
+        )
+        if path:
+            try:
+                self.annotator.set_model(checkpoint=path)
+            except SessionError as e:
+                notify_error(str(e))
+
+    def _on_progress(self, done: int, total: int) -> None:
+        if total > 0:
+            self.download_bar.setRange(0, 1000)
+            self.download_bar.setValue(int(1000 * done / total))
+            self.download_bar.setFormat(f"{done / 1e6:.0f} / {total / 1e6:.0f} MB")
+        else:
+            self.download_bar.setRange(0, 0)
+
+    def _refresh(self) -> None:
+        ann = self.annotator
+        spec = ann.settings.model
+        self.model_combo.setCurrentIndex(max(0, self.model_combo.findText(spec.config_name)))
+        self.device_combo.setCurrentIndex(max(0, self.device_combo.findText(spec.device)))
+        self.precision_combo.setCurrentIndex(max(0, self.precision_combo.findText(spec.precision)))
+        self.compile_check.setChecked(spec.compile)
+        downloading = ann.busy == "download"
+        self.download_bar.setVisible(downloading)
+        if downloading:
+            self.download_bar.setRange(0, 0)
+        self.download_cancel_btn.setEnabled(downloading)
+        status = ann.checkpoint_status()
+        if status is None:
+            self.checkpoint_label.setText("a predictor given from Python is used")
+            self.download_btn.setEnabled(False)
+            return
+        self.checkpoint_label.setText(status.message)
+        self.checkpoint_label.setToolTip(status.message)
+        self.download_btn.setEnabled(ann.busy is None and status.state in ("missing", "wrong_size"))
