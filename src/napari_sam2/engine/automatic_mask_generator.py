@@ -288,7 +288,10 @@ class SAM2AutomaticMaskGenerator:
             return data
         # Duplicates within this crop: the best predicted IoU wins.
         keep = batched_nms(
-            data["boxes"].float(), data["iou_preds"], torch.zeros_like(data["boxes"][:, 0]), self.box_nms_thresh
+            data["boxes"].float(),
+            data["iou_preds"],
+            torch.zeros_like(data["boxes"][:, 0]),
+            self.box_nms_thresh,
         )
         data.filter(keep)
         data["boxes"] = uncrop_boxes_xyxy(data["boxes"], crop_box)
@@ -309,7 +312,10 @@ class SAM2AutomaticMaskGenerator:
         in_points = self.predictor.transform_coords(points, normalize=True, orig_hw=crop_size)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int32, device=device)
         masks, iou_preds, low_res = self.predictor.predict_torch(
-            in_points[:, None, :], in_labels[:, None], multimask_output=self.multimask_output, return_logits=True
+            in_points[:, None, :],
+            in_labels[:, None],
+            multimask_output=self.multimask_output,
+            return_logits=True,
         )
         per_point = masks.shape[1]
         data = MaskRecords(
@@ -349,7 +355,11 @@ class SAM2AutomaticMaskGenerator:
         new_masks, new_ious = [], []
         for pts, lbl, low in batch_iterator(self.points_per_batch, points, labels, low_res_masks):
             masks, ious, _ = self.predictor.predict_torch(
-                pts[:, None, :], lbl[:, None], mask_input=low[:, None], multimask_output=False, return_logits=True
+                pts[:, None, :],
+                lbl[:, None],
+                mask_input=low[:, None],
+                multimask_output=False,
+                return_logits=True,
             )
             new_masks.append(masks)
             new_ious.append(ious)

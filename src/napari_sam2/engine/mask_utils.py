@@ -288,7 +288,9 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
     if boxes.ndim != 2 or boxes.shape[1] != 4 or scores.shape != boxes.shape[:1]:
-        raise ValueError(f"nms needs boxes (N, 4) and scores (N,); got {tuple(boxes.shape)}, {tuple(scores.shape)}")
+        raise ValueError(
+            f"nms needs boxes (N, 4) and scores (N,); got {tuple(boxes.shape)}, {tuple(scores.shape)}"
+        )
     device = boxes.device
     boxes, scores = boxes.detach().cpu(), scores.detach().cpu()
     order = torch.sort(scores, dim=0, descending=True)[1]
@@ -308,7 +310,8 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
         ww = np.maximum(zero, np.minimum(x1[p], x1[p + 1 :]) - np.maximum(x0[p], x0[p + 1 :]))
         hh = np.maximum(zero, np.minimum(y1[p], y1[p + 1 :]) - np.maximum(y0[p], y0[p + 1 :]))
         inter = ww * hh
-        iou = inter / ((areas[p] + areas[p + 1 :]) - inter)
+        with np.errstate(invalid="ignore", divide="ignore"):  # 0/0 for empty boxes: NaN, never "> thr"
+            iou = inter / ((areas[p] + areas[p + 1 :]) - inter)
         suppressed[p + 1 :] |= iou.astype(np.float64) > iou_threshold
     return order[torch.as_tensor(kept, dtype=torch.int64)].to(device)
 
