@@ -59,6 +59,11 @@ CASES: dict[str, tuple[str, dict]] = {
     "single_mask": ("truck_600x800", dict(points_per_side=6, multimask_output=False, pred_iou_thresh=0.0, stability_score_thresh=0.0)),
     "filters": ("truck_1024", dict(points_per_side=6, points_per_batch=16, pred_iou_thresh=0.9, stability_score_thresh=0.6, stability_score_offset=0.5, mask_threshold=0.5)),
     "min_region": ("truck_600x800", dict(points_per_side=6, min_mask_region_area=40, pred_iou_thresh=0.0, stability_score_thresh=0.0)),
+    # Random test weights give masks covering most of the image (then NMS leaves one, and crop
+    # masks all touch crop edges); a high mask_threshold gives partial masks of many sizes, so
+    # crop-edge filtering and the NMS have real work.
+    "crops1_t100": ("truck_600x800", dict(points_per_side=8, crop_n_layers=1, crop_n_points_downscale_factor=2, mask_threshold=100.0, pred_iou_thresh=0.0, stability_score_thresh=0.0)),
+    "m2m_t100": ("truck_600x800", dict(points_per_side=6, use_m2m=True, mask_threshold=100.0, pred_iou_thresh=0.0, stability_score_thresh=0.0)),
 }  # fmt: skip
 
 

@@ -237,3 +237,51 @@ class FakePointPredictor:
         self.calls.append(("predict_torch", point_coords.clone(), None if mask_input is None else mask_input.clone(),
                            multimask_output, low_res.clone()))  # fmt: skip
         return (masks if return_logits else masks > 0), ious.float(), low_res
+
+
+class FakeTileGenerator:
+    """A stand-in for the automatic mask generator that "segments" a label image exactly.
+
+    ``generate(tile)`` returns one record per label value present in the tile (channel 0 of
+    an (H, W, C) tile), its mask being that label's pixels *in the tile*: an object cut by the
+    tile comes back cut, as from a real generator. Predicted IoU is ``0.5 + label / 1000``.
+    Records each call's tile shape and normaliser.
+    """
+
+    def __init__(self, output_mode: str = "binary_mask") -> None:
+        self.output_mode = output_mode
+        self.calls: list[tuple] = []
+
+    def generate(self, image, normalizer=None):
+        from napari_sam2.engine.mask_utils import mask_to_rle_pytorch
+
+        arr = np.asarray(image)
+        labels = arr[..., 0] if arr.ndim == 3 else arr
+        self.calls.append((labels.shape, normalizer))
+        h, w = labels.shape
+        records = []
+        for lab in np.unique(labels[labels > 0]):
+            mask = labels == lab
+            ys, xs = np.nonzero(mask)
+            seg = mask
+            if self.output_mode == "uncompressed_rle":
+                import torch
+
+                seg = mask_to_rle_pytorch(torch.from_numpy(mask)[None])[0]
+            records.append(
+                {
+                    "segmentation": seg,
+                    "area": int(mask.sum()),
+                    "bbox": [
+                        float(xs.min()),
+                        float(ys.min()),
+                        float(xs.max() - xs.min()),
+                        float(ys.max() - ys.min()),
+                    ],
+                    "predicted_iou": 0.5 + int(lab) / 1000,
+                    "point_coords": [[float(xs[0]), float(ys[0])]],
+                    "stability_score": 1.0,
+                    "crop_box": [0.0, 0.0, float(w), float(h)],
+                }
+            )
+        return records
