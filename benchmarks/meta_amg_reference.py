@@ -64,6 +64,7 @@ CASES: dict[str, tuple[str, dict]] = {
     # crop-edge filtering and the NMS have real work.
     "crops1_t100": ("truck_600x800", dict(points_per_side=8, crop_n_layers=1, crop_n_points_downscale_factor=2, mask_threshold=100.0, pred_iou_thresh=0.0, stability_score_thresh=0.0)),
     "m2m_t100": ("truck_600x800", dict(points_per_side=6, use_m2m=True, mask_threshold=100.0, pred_iou_thresh=0.0, stability_score_thresh=0.0)),
+    "min_region_t100": ("truck_600x800", dict(points_per_side=6, min_mask_region_area=40, mask_threshold=100.0, pred_iou_thresh=0.0, stability_score_thresh=0.0)),
 }  # fmt: skip
 
 

@@ -178,8 +178,10 @@ def test_mask_records_filter_and_cat():
 
 
 def _nms_brute_force(boxes, scores, thr):
-    """torchvision's CPU kernel written out with float32 scalars; visiting order = torch.sort."""
-    order = torch.sort(scores, dim=0, descending=True)[1].tolist()
+    """torchvision's CPU kernel written out with float32 scalars; visits by decreasing score,
+    equal scores by increasing index (what torchvision's kernel does)."""
+    s = scores.tolist()
+    order = sorted(range(len(s)), key=lambda i: (-s[i], i))
     b = boxes.numpy().astype(np.float32)
     area = [np.float32((r[2] - r[0]) * (r[3] - r[1])) for r in b]
     suppressed, keep = set(), []

@@ -281,9 +281,9 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
 
     Same arithmetic as torchvision's kernel, in the boxes' dtype: areas ``(x1-x0)*(y1-y0)``,
     IoU ``inter / (area_i + area_j - inter)``, suppressed when ``IoU > iou_threshold`` (compared
-    in double). Same visiting order: the one ``torch.sort(scores, descending=True)`` (not
-    stable) that the kernel calls, so equal scores are broken exactly as torchvision does on
-    the same torch build. Computed on the CPU whatever the device.
+    in double). Same visiting order: by decreasing score, equal scores by increasing index (a
+    stable sort; checked against torchvision 0.29.1 on the same torch build with many tied
+    scores, see benchmarks/meta_amg_reference.py). Computed on the CPU whatever the device.
     """
     if boxes.numel() == 0:
         return torch.empty((0,), dtype=torch.int64, device=boxes.device)
@@ -293,7 +293,7 @@ def nms(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torc
         )
     device = boxes.device
     boxes, scores = boxes.detach().cpu(), scores.detach().cpu()
-    order = torch.sort(scores, dim=0, descending=True)[1]
+    order = torch.sort(scores, dim=0, descending=True, stable=True)[1]
     b = boxes[order].numpy()
     x0, y0, x1, y1 = (np.ascontiguousarray(b[:, k]) for k in range(4))
     areas = (x1 - x0) * (y1 - y0)
@@ -322,8 +322,8 @@ def batched_nms(
     """NMS within each category ``idxs``: torchvision's ``batched_nms`` as it runs on the CPU.
 
     Like torchvision, up to 1000 boxes are shifted apart by category and go through one
-    :func:`nms`; more are run per category and the kept indices re-sorted by score (with
-    torch's unstable sort, as torchvision does).
+    :func:`nms`; more are run per category and the kept indices re-sorted by score with
+    ``Tensor.sort(descending=True)`` (not stable), the call torchvision makes there.
     """
     if boxes.numel() > 4000:
         keep_mask = torch.zeros_like(scores, dtype=torch.bool)
