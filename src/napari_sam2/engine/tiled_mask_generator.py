@@ -155,7 +155,6 @@ class TiledMaskGenerator:
         if generator is None:
             from .automatic_mask_generator import SAM2AutomaticMaskGenerator
 
-            generator_kwargs.pop("output_mode", None)  # tiles are read as binary masks
             generator = SAM2AutomaticMaskGenerator(model, output_mode="binary_mask", **generator_kwargs)
         self.generator = generator
         self.tile_size = int(tile_size)
