@@ -246,9 +246,13 @@ def compare(ours: dict, theirs: dict) -> dict:
     d_box = np.abs(ours["bbox"][:n] - theirs["bbox"][:n]).max(1)
     d_pt = np.abs(ours["point_coords"][:n] - theirs["point_coords"][:n]).max(1)
     d_crop = np.abs(ours["crop_box"][:n] - theirs["crop_box"][:n]).max(1)
+    nan_mismatch = int(
+        (np.isnan(ours["stability_score"][:n]) != np.isnan(theirs["stability_score"][:n])).sum()
+    )
     res.update(
         paired_in_order=bool(
-            len(mo) == len(mt)
+            nan_mismatch == 0
+            and len(mo) == len(mt)
             and ious.min() >= IOU_MIN
             and d_iou.max() <= SCORE_TOL
             and np.nan_to_num(d_stab, nan=0).max() <= SCORE_TOL
@@ -258,7 +262,8 @@ def compare(ours: dict, theirs: dict) -> dict:
         masks_identical=int((inter == union).sum()),
         predicted_iou_absdiff_max=float(d_iou.max()),
         stability_absdiff_max=float(np.nanmax(d_stab)) if not np.isnan(d_stab).all() else None,
-        stability_nan_pairs=int(np.isnan(d_stab).sum()),
+        stability_nan_pairs=int(np.isnan(d_stab).sum()),  # empty masks (0/0), NaN on one side or both
+        stability_nan_mismatch=nan_mismatch,  # NaN on one side only
         bbox_absdiff_max=float(d_box.max()),
         point_absdiff_max=float(d_pt.max()),
         crop_box_absdiff_max=float(d_crop.max()),
