@@ -183,3 +183,109 @@ class FakePredictor:
                 if prev is not None:
                     state["tracked"][(f, o)] = np.roll(prev, step, axis=1)
             yield f, list(state["obj_ids"]), self._frame_logits(state, f)
+
+
+class FakePointPredictor:
+    """A stand-in for ``SAM2ImagePredictor``'s batched point API, for the automatic mask generator.
+
+    The image given to ``set_image`` is a label image ((H, W), or (H, W, C) read from channel 0):
+    a point prompt on label L > 0 returns, for each of its outputs, logits +5 on every pixel of
+    label L in the current image (the crop the generator set) and -5 elsewhere; a point on label 0
+    returns -5 everywhere. Output k of label L has predicted IoU ``iou_fn(L, k)``. With a mask
+    prompt (use_m2m) it returns the single output ``refine_iou_fn(L)``. Every call is recorded.
+    """
+
+    image_size = 1024
+
+    def __init__(self, iou_fn=None, refine_iou_fn=None, num_outputs: int = 3) -> None:
+        import torch
+
+        self.device = torch.device("cpu")
+        self.iou_fn = iou_fn or (lambda label, k: 0.9 + 0.001 * label - 0.01 * k)
+        self.refine_iou_fn = refine_iou_fn or (lambda label: 0.99)
+        self.num_outputs = num_outputs
+        self.calls: list[tuple] = []
+        self.labels = None
+
+    def set_image(self, image, normalizer=None):
+        arr = np.asarray(image)
+        self.labels = arr[..., 0] if arr.ndim == 3 else arr
+        self.calls.append(("set_image", self.labels.shape, normalizer))
+
+    def reset_predictor(self):
+        self.labels = None
+        self.calls.append(("reset_predictor",))
+
+    def transform_coords(self, coords, normalize=True, orig_hw=None):
+        h, w = orig_hw
+        scale = coords.new_tensor([self.image_size / w, self.image_size / h])
+        return coords.float() * scale
+
+    def predict_torch(self, point_coords, point_labels, boxes=None, mask_input=None, multimask_output=True,
+                      return_logits=False, img_idx=0):  # fmt: skip
+        import torch
+
+        h, w = self.labels.shape
+        xy = point_coords[:, 0, :] * point_coords.new_tensor([w / self.image_size, h / self.image_size])
+        labels = [int(self.labels[min(int(y), h - 1), min(int(x), w - 1)]) for x, y in xy.tolist()]
+        n_out = self.num_outputs if multimask_output else 1
+        lab = torch.from_numpy(np.asarray(self.labels))
+        masks = torch.stack([(lab == L) & (L > 0) for L in labels]).float() * 10 - 5  # (B, H, W)
+        masks = masks[:, None].expand(-1, n_out, -1, -1).clone()
+        if mask_input is None:
+            ious = torch.tensor([[self.iou_fn(L, k) for k in range(n_out)] for L in labels])
+        else:
+            ious = torch.tensor([[self.refine_iou_fn(L)] for L in labels])
+        low_res = torch.arange(len(labels), dtype=torch.float32)[:, None, None, None].expand(-1, n_out, 4, 4)
+        low_res = low_res + 100 * len(self.calls) + torch.arange(n_out)[None, :, None, None]
+        self.calls.append(("predict_torch", point_coords.clone(), None if mask_input is None else mask_input.clone(),
+                           multimask_output, low_res.clone()))  # fmt: skip
+        return (masks if return_logits else masks > 0), ious.float(), low_res
+
+
+class FakeTileGenerator:
+    """A stand-in for the automatic mask generator that "segments" a label image exactly.
+
+    ``generate(tile)`` returns one record per label value present in the tile (channel 0 of
+    an (H, W, C) tile), its mask being that label's pixels *in the tile*: an object cut by the
+    tile comes back cut, as from a real generator. Predicted IoU is ``0.5 + label / 1000``.
+    Records each call's tile shape and normaliser.
+    """
+
+    def __init__(self, output_mode: str = "binary_mask") -> None:
+        self.output_mode = output_mode
+        self.calls: list[tuple] = []
+
+    def generate(self, image, normalizer=None):
+        from napari_sam2.engine.mask_utils import mask_to_rle_pytorch
+
+        arr = np.asarray(image)
+        labels = arr[..., 0] if arr.ndim == 3 else arr
+        self.calls.append((labels.shape, normalizer))
+        h, w = labels.shape
+        records = []
+        for lab in np.unique(labels[labels > 0]):
+            mask = labels == lab
+            ys, xs = np.nonzero(mask)
+            seg = mask
+            if self.output_mode == "uncompressed_rle":
+                import torch
+
+                seg = mask_to_rle_pytorch(torch.from_numpy(mask)[None])[0]
+            records.append(
+                {
+                    "segmentation": seg,
+                    "area": int(mask.sum()),
+                    "bbox": [
+                        float(xs.min()),
+                        float(ys.min()),
+                        float(xs.max() - xs.min()),
+                        float(ys.max() - ys.min()),
+                    ],
+                    "predicted_iou": 0.5 + int(lab) / 1000,
+                    "point_coords": [[float(xs[0]), float(ys[0])]],
+                    "stability_score": 1.0,
+                    "crop_box": [0.0, 0.0, float(w), float(h)],
+                }
+            )
+        return records

@@ -18,6 +18,7 @@ _LAZY = {
     "build_sam2": "napari_sam2.engine.build",
     "build_sam2_model": "napari_sam2.engine.build",
     "resolve_device": "napari_sam2.engine.build",
+    "SAM2AutomaticMaskGenerator": "napari_sam2.engine.automatic_mask_generator",
     "SAM2ImagePredictor": "napari_sam2.engine.image_predictor",
     "SAM2VideoPredictor": "napari_sam2.engine.video_predictor",
     "VideoSession": "napari_sam2.engine.video_predictor",
@@ -25,6 +26,7 @@ _LAZY = {
 }
 
 __all__ = [
+    "SAM2AutomaticMaskGenerator",
     "SAM2ImagePredictor",
     "SAM2VideoPredictor",
     "VideoSession",
@@ -36,6 +38,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
+    from .engine.automatic_mask_generator import SAM2AutomaticMaskGenerator
     from .engine.build import build_sam2, build_sam2_model, resolve_device
     from .engine.image_predictor import SAM2ImagePredictor
     from .engine.video_predictor import SAM2VideoPredictor, VideoSession, build_sam2_video_predictor

@@ -51,10 +51,20 @@ class SAM2ImagePredictor:
     """
 
     def __init__(
-        self, sam_model: SAM2Model, mask_threshold: float = 0.0, autocast_dtype: torch.dtype | None = None
+        self,
+        sam_model: SAM2Model,
+        mask_threshold: float = 0.0,
+        autocast_dtype: torch.dtype | None = None,
+        max_hole_area: float = 0.0,
+        max_sprinkle_area: float = 0.0,
     ) -> None:
         self.model = sam_model
         self.mask_threshold = mask_threshold
+        # Meta's low-res clean-up (off by default): background components of at most
+        # max_hole_area low-res pixels become foreground, foreground components of at most
+        # max_sprinkle_area become background, before upsampling (8-connected, see _clean_low_res).
+        self.max_hole_area = max_hole_area
+        self.max_sprinkle_area = max_sprinkle_area
         # e.g. torch.bfloat16 for mixed precision; None (the parity reference) is float32.
         self.autocast_dtype = autocast_dtype
         self.reset_predictor()
@@ -194,11 +204,72 @@ class SAM2ImagePredictor:
                 high_res_features=[f[img_idx : img_idx + 1] for f in feats["high_res_feats"]],
             )
         low_res = dec.masks.float()
-        masks = F.interpolate(low_res, self._orig_hw[img_idx], mode="bilinear", align_corners=False)
+        masks = F.interpolate(
+            self._clean_low_res(low_res), self._orig_hw[img_idx], mode="bilinear", align_corners=False
+        )
         low_res = torch.clamp(low_res, -32.0, 32.0)
         if not return_logits:
             masks = masks > self.mask_threshold
         return masks, dec.iou_pred.float(), low_res
+
+    def _clean_low_res(self, low_res: torch.Tensor) -> torch.Tensor:
+        """Meta's ``SAM2Transforms.postprocess_masks`` clean-up of the low-res logits (B, C, h, w).
+
+        Both component searches run on the logits as the decoder gave them (holes are pixels
+        <= mask_threshold, sprinkles pixels > mask_threshold), so a filled hole is never removed
+        again. Meta needs a CUDA extension for this and skips it (with a warning) without one;
+        here it runs with scikit-image on any device. The returned low-res logits stay raw.
+        """
+        if not (self.max_hole_area > 0 or self.max_sprinkle_area > 0):
+            return low_res
+        from .mask_utils import connected_component_areas
+
+        flat = low_res.flatten(0, 1)
+        out = low_res
+        if self.max_hole_area > 0:
+            labels, areas = connected_component_areas(flat <= self.mask_threshold)
+            hole = torch.from_numpy((labels > 0) & (areas <= self.max_hole_area)).to(low_res.device)
+            out = torch.where(hole.reshape_as(low_res), self.mask_threshold + 10.0, out)
+        if self.max_sprinkle_area > 0:
+            labels, areas = connected_component_areas(flat > self.mask_threshold)
+            speck = torch.from_numpy((labels > 0) & (areas <= self.max_sprinkle_area)).to(low_res.device)
+            out = torch.where(speck.reshape_as(low_res), self.mask_threshold - 10.0, out)
+        return out
+
+    def transform_coords(
+        self, coords: torch.Tensor, normalize: bool = True, orig_hw: tuple[int, int] | None = None
+    ) -> torch.Tensor:
+        """Pixel (x, y) coordinates of an image of size ``orig_hw`` (default: the set image)
+        -> the model's input frame (Meta's ``SAM2Transforms.transform_coords``);
+        ``normalize=False`` takes coordinates already in [0, 1]."""
+        h, w = orig_hw if orig_hw is not None else self._orig_hw[0]
+        return self._to_model_coords(coords.float(), normalize, h, w, self.model.image_size)
+
+    def predict_torch(
+        self,
+        point_coords: torch.Tensor | None,
+        point_labels: torch.Tensor | None,
+        boxes: torch.Tensor | None = None,
+        mask_input: torch.Tensor | None = None,
+        multimask_output: bool = True,
+        return_logits: bool = False,
+        img_idx: int = 0,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Batched prediction on tensors already in the model's frame (see :meth:`transform_coords`).
+
+        ``point_coords`` (B, N, 2) with ``point_labels`` (B, N), ``boxes`` (B, 2, 2) corner points,
+        ``mask_input`` (B, 1, 256, 256) low-res logits. Returns tensors on the model's device:
+        masks (B, C, H, W) (logits if ``return_logits``), IoU predictions (B, C) and clamped
+        low-res logits (B, C, 256, 256): Meta's ``SAM2ImagePredictor._predict``.
+        """
+        self._require_image()
+        if (point_coords is None) != (point_labels is None):
+            raise ValueError("point_coords and point_labels must be given together")
+        if point_coords is None and boxes is None and mask_input is None:
+            raise ValueError("give at least one prompt: point_coords/point_labels, boxes or mask_input")
+        return self._predict(
+            point_coords, point_labels, boxes, mask_input, multimask_output, return_logits, img_idx
+        )
 
     def predict(
         self,
