@@ -237,7 +237,7 @@ def _one_series(folder: Path, files: list[Path], headers: list[Any]) -> None:
     if len(series) > 1:
         listing = "; ".join(
             f"{uid} {str(getattr(headers[idx[0]], 'SeriesDescription', '') or '').strip()!r} ({len(idx)} files)"
-            for uid, idx in series.items()
+            for uid, idx in sorted(series.items(), key=lambda item: (-len(item[1]), item[0]))
         )
         raise FrameSourceError(
             f"folder {folder} holds {len(series)} DICOM series ({listing}); napari-sam2 opens one series at a time: "
