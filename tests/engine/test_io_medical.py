@@ -336,3 +336,23 @@ def test_single_dicom_file_points_to_its_folder(tmp_path, hu):
     paths = write_ct_series(tmp_path / "one", hu[:2])
     with pytest.raises(FrameSourceError, match="single DICOM file; open the folder"):
         open_frames(paths[0])
+
+
+def test_track_a_nifti_volume_and_write_the_labels_back(small_model, tmp_path, nifti_volume):
+    """The whole path the CLI takes: open a NIfTI, track through its slices, write NIfTI labels."""
+    from napari_sam2.engine.batch import track_stack
+    from napari_sam2.engine.prompts import PromptSet
+    from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+
+    img, _ = nifti_volume
+    nib.save(img, tmp_path / "ct.nii.gz")
+    source = open_frames(tmp_path / "ct.nii.gz")
+    prompts = PromptSet()
+    prompts.set_box(3, 1, (4, 4, 14, 12))
+    predictor = SAM2VideoPredictor(small_model, fill_hole_area=0, spill_dir=str(tmp_path))
+    labels = track_stack(predictor, source, prompts)
+    assert labels.shape == source.shape
+    out = write_labels(tmp_path / "labels.nii.gz", labels, source.metadata)
+    back = nib.load(out)
+    np.testing.assert_array_equal(back.affine, nib.load(tmp_path / "ct.nii.gz").affine)
+    np.testing.assert_array_equal(np.asarray(back.dataobj), labels.transpose(2, 1, 0))
