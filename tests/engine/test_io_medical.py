@@ -61,15 +61,31 @@ def test_nifti_slices_spacing_and_affine(tmp_path, nifti_volume, name):
     assert src.dtype == np.int16
 
 
-def test_nifti_scaling_gives_float_values(tmp_path):
+@pytest.mark.parametrize("name", ["s.nii", "s.nii.gz"])
+def test_nifti_scaling_gives_float_values(tmp_path, name):
     raw = np.arange(4 * 5 * 3, dtype=np.int16).reshape(4, 5, 3)
     img = nib.Nifti1Image(raw, np.eye(4))
     img.header.set_slope_inter(0.5, -1024.0)
     img.header.set_data_dtype(np.int16)
-    nib.save(img, tmp_path / "s.nii")
-    src = open_frames(tmp_path / "s.nii")
+    nib.save(img, tmp_path / name)
+    src = open_frames(tmp_path / name)
     assert src.dtype == np.float32
-    np.testing.assert_array_equal(src[1], raw[:, :, 1].T * 0.5 - 1024.0)
+    for k in (2, 0, 1):
+        np.testing.assert_array_equal(src[k], raw[:, :, k].T * 0.5 - 1024.0)
+
+
+def test_nifti_gz_is_decompressed_once_whatever_the_frame_order(tmp_path, nifti_volume, monkeypatch):
+    import gzip
+
+    img, data = nifti_volume
+    nib.save(img, tmp_path / "v.nii.gz")
+    src = open_frames(tmp_path / "v.nii.gz")
+    opened = []
+    original = gzip.open
+    monkeypatch.setattr(gzip, "open", lambda *a, **k: opened.append(a[0]) or original(*a, **k))
+    for k in (6, 0, 5, 1, 3):  # backwards and forwards, as propagation in both directions reads them
+        np.testing.assert_array_equal(src[k], data[:, :, k].T)
+    assert len(opened) == 1
 
 
 def test_nifti_4d_needs_a_choice(tmp_path):

@@ -65,21 +65,61 @@ def _nifti_stem(path: Path) -> str:
 
 
 class _ScaledSlices:
-    """Array-like over a nibabel array proxy with a fixed output dtype and clear read errors.
+    """Array-like over a NIfTI's voxels with a fixed output dtype and clear read errors.
 
-    dask slices it chunk by chunk (one k-slice per chunk), so nothing is read until asked.
+    dask slices it chunk by chunk (one k-slice per chunk), so nothing is read until asked. A
+    ``.nii`` is read in place through nibabel's array proxy. A ``.nii.gz`` cannot be read at an
+    offset without decompressing everything before it, so the first read decompresses the voxels
+    once into an anonymous temporary file (deleted by the OS when closed) that is then memory-mapped:
+    one pass over the file however the frames are visited, and memory stays bounded.
     """
 
     def __init__(self, proxy: Any, dtype: np.dtype, path: Path) -> None:
+        import threading
+
         self._proxy = proxy
         self.dtype = np.dtype(dtype)
         self.shape = tuple(int(s) for s in proxy.shape)
         self.ndim = len(self.shape)
         self._path = path
+        self._gz = path.name.lower().endswith(".gz")
+        self._mapped: np.ndarray | None = None
+        self._lock = threading.Lock()
+
+    def _decompressed(self) -> np.ndarray:
+        with self._lock:
+            if self._mapped is None:
+                import gzip
+                import shutil
+                import tempfile
+
+                raw_dtype = np.dtype(self._proxy.dtype)
+                # The mapping outlives the file object (mmap holds its own descriptor), and the
+                # unnamed file's space is freed once the mapping is gone.
+                with tempfile.TemporaryFile(prefix="napari-sam2-nifti-") as store:
+                    with gzip.open(self._path, "rb") as f:
+                        shutil.copyfileobj(f, store, 1 << 24)
+                    store.flush()
+                    # Fortran order, as NIfTI stores voxels (i fastest).
+                    self._mapped = np.memmap(
+                        store,
+                        dtype=raw_dtype,
+                        mode="r",
+                        offset=int(self._proxy.offset),
+                        shape=self.shape,
+                        order="F",
+                    )
+            return self._mapped
 
     def __getitem__(self, key: Any) -> np.ndarray:
         try:
-            data = np.asarray(self._proxy[key])
+            if self._gz:
+                data = np.asarray(self._decompressed()[key])
+                slope, inter = float(self._proxy.slope), float(self._proxy.inter)
+                if (slope, inter) != (1.0, 0.0):
+                    data = data.astype(np.float64) * slope + inter
+            else:
+                data = np.asarray(self._proxy[key])
         except Exception as e:  # noqa: BLE001 - EOFError, zlib, gzip and numpy errors alike
             raise FrameSourceError(
                 f"cannot read the voxels of {self._path}: {type(e).__name__}: {e}. The file is truncated or corrupt; "
