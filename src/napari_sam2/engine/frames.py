@@ -533,43 +533,12 @@ def _open_folder(folder: Path, channel_axis: int | None) -> FrameSource:
 # OME-Zarr, NIfTI, DICOM (engine/io): full lazy arrays with named axes
 
 
-def _selection_hint(axes: str, shape: Sequence[int]) -> str:
-    """Examples of picking the part to track out of an array with several axes to step through."""
-    steps = [a for a in axes if a not in "cyx"]
-    examples = []
-    for keep in steps:
-        index = [("0" if a in steps and a != keep else ":") for a in axes]
-        while index and index[-1] == ":":
-            index.pop()
-        rest = "".join(a for a in axes if not (a in steps and a != keep))
-        channels = f", channel_axis={rest.index('c')}" if "c" in rest[:-1] else ""
-        examples.append(
-            f"open_frames(arr[{', '.join(index)}]{channels}) steps through {keep} (axes {rest!r})"
-        )
-    return (
-        f"shape {_shape_str(shape)} with axes {axes!r} has more than one axis to step through ({', '.join(steps)}); "
-        "choose what to track and pass that part: arr, meta = napari_sam2.engine.io.open_array(path), then "
-        + " or ".join(examples)
-    )
-
-
-def _describe_io(metadata: SourceMetadata, num_frames: int) -> str:
-    name = metadata.name or (Path(metadata.path).name if metadata.path else "in memory")
-    if metadata.kind == "ome-zarr":
-        return f"OME-Zarr image {name} (level 0, axes {metadata.axes})"
-    if metadata.kind == "nifti":
-        return f"NIfTI file {name}"
-    if metadata.kind == "dicom":
-        return f"DICOM series {name} ({num_frames} slices)"
-    return f"zarr array {name}"
-
-
 def _open_io(source: Any, channel_axis: int | None) -> FrameSource:
-    from .io import open_array
+    from .io import describe, open_array, selection_hint
 
     arr, metadata = open_array(source)
     axes = metadata.axes
-    description = _describe_io(metadata, int(arr.shape[0]) if arr.ndim else 0)
+    description = describe(metadata, int(arr.shape[0]) if arr.ndim else 0)
     if axes is not None:
         spatial = [a for a in axes if a != "c"]
         if len(spatial) == 2:
@@ -577,7 +546,7 @@ def _open_io(source: Any, channel_axis: int | None) -> FrameSource:
                 f"{description} is a single image (axes {axes!r}, shape {_shape_str(arr.shape)}) — {_SINGLE_IMAGE_HINT}"
             )
         if len(spatial) > 3:
-            raise FrameSourceError(f"{description}: {_selection_hint(axes, arr.shape)}")
+            raise FrameSourceError(f"{description}: {selection_hint(axes, arr.shape)}")
         if channel_axis is None and "c" in axes:
             channel_axis = axes.index("c")
     return _from_array(arr, channel_axis, description, metadata=metadata)
@@ -625,13 +594,6 @@ def open_frames(source: Any, *, channel_axis: int | None = None) -> FrameSource:
         from .io import path_kind
 
         kind = path_kind(path)
-        if kind == "dicom" and path.is_dir():
-            images = [p.name for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()]
-            if images:
-                raise FrameSourceError(
-                    f"folder {path} holds both DICOM files and {len(images)} other images (e.g. {images[0]}); keep one "
-                    "DICOM series, or one image per frame, per folder"
-                )
         if kind is not None:
             return _open_io(path, channel_axis)
         if path.is_dir():

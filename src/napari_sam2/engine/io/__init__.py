@@ -12,6 +12,7 @@ frames.py); :mod:`.metadata` and :mod:`.labels_out` import neither.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from os import PathLike
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,15 @@ from typing import Any
 from .labels_out import label_format, write_labels
 from .metadata import SourceMetadata
 
-__all__ = ["SourceMetadata", "open_array", "path_kind", "write_labels", "label_format"]
+__all__ = [
+    "SourceMetadata",
+    "open_array",
+    "path_kind",
+    "write_labels",
+    "label_format",
+    "selection_hint",
+    "describe",
+]
 
 
 def path_kind(path: str | PathLike) -> str | None:
@@ -41,6 +50,38 @@ def path_kind(path: str | PathLike) -> str | None:
     elif p.suffix.lower() in (".dcm", ".dicom", ".ima"):
         return "dicom"
     return None
+
+
+def selection_hint(axes: str, shape: Sequence[int]) -> str:
+    """Examples of picking the part to track out of an array with several axes to step through."""
+    steps = [a for a in axes if a not in "cyx"]
+    examples = []
+    for keep in steps:
+        index = [("0" if a in steps and a != keep else ":") for a in axes]
+        while index and index[-1] == ":":
+            index.pop()
+        rest = "".join(a for a in axes if not (a in steps and a != keep))
+        channels = f", channel_axis={rest.index('c')}" if "c" in rest[:-1] else ""
+        examples.append(
+            f"open_frames(arr[{', '.join(index)}]{channels}) steps through {keep} (axes {rest!r})"
+        )
+    return (
+        f"shape {tuple(int(s) for s in shape)} with axes {axes!r} has more than one axis to step through ({', '.join(steps)}); "
+        "choose what to track and pass that part: arr, meta = napari_sam2.engine.io.open_array(path), then "
+        + " or ".join(examples)
+    )
+
+
+def describe(metadata: SourceMetadata, num_frames: int) -> str:
+    """A short name of what was opened, for FrameSource descriptions and messages."""
+    name = metadata.name or (Path(metadata.path).name if metadata.path else "in memory")
+    if metadata.kind == "ome-zarr":
+        return f"OME-Zarr image {name} (level 0, axes {metadata.axes})"
+    if metadata.kind == "nifti":
+        return f"NIfTI file {name}"
+    if metadata.kind == "dicom":
+        return f"DICOM series {name} ({num_frames} slices)"
+    return f"zarr array {name}"
 
 
 def open_array(source: Any) -> tuple[Any, SourceMetadata]:
@@ -81,6 +122,14 @@ def open_array(source: Any) -> tuple[Any, SourceMetadata]:
         if path.is_file():
             raise FrameSourceError(
                 f"{path} is a single DICOM file; open the folder that holds the whole series (one file per slice)"
+            )
+        from ..frames import IMAGE_SUFFIXES
+
+        images = [p.name for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+        if images:
+            raise FrameSourceError(
+                f"folder {path} holds both DICOM files and {len(images)} other images (e.g. {images[0]}); keep one "
+                "DICOM series, or one image per frame, per folder"
             )
         return open_dicom_series(path)
     raise FrameSourceError(
