@@ -18,7 +18,7 @@ FORMATS = {"0.4": FormatV04(), "0.5": FormatV05()}
 UM = "micrometer"
 
 
-def _write_image(path, data, axes, scale, units, version="0.4", levels=1, chunks=None):
+def _write_image(path, data, axes, scale, units, version="0.4", levels=1, chunks=None, name="image"):
     fmt = FORMATS[version]
     group = zarr.open_group(str(path), mode="w", zarr_format=fmt.zarr_format)
     chunks = chunks or tuple(1 if a not in "yx" else s for a, s in zip(axes, data.shape))
@@ -31,6 +31,7 @@ def _write_image(path, data, axes, scale, units, version="0.4", levels=1, chunks
         axes_units=units,
         scale_factors=tuple(2 ** (i + 1) for i in range(levels - 1)),
         storage_options={"chunks": chunks},
+        name=name,
     )
     return path
 
@@ -57,6 +58,7 @@ def test_multiscale_zyx_opens_at_level0_with_scale_and_units(tmp_path, volume, v
         dict.fromkeys("zyx", UM),
         version,
         3,
+        name="embryo",
     )
     src = open_frames(path)
     assert src.shape == volume.shape  # level 0, not a downsampled level
@@ -68,8 +70,8 @@ def test_multiscale_zyx_opens_at_level0_with_scale_and_units(tmp_path, volume, v
     assert m.units == (UM, UM, UM)
     assert m.translation == (0.0, 0.0, 0.0)
     assert m.pyramid_factors == ((1.0, 2.0, 2.0), (1.0, 4.0, 4.0))
-    assert m.name == "vol.zarr"
-    assert "OME-Zarr" in src.description
+    assert m.name == "embryo"
+    assert "OME-Zarr image embryo" in src.description
 
 
 def test_tcyx_channels_found_from_the_axes(tmp_path, timelapse_tcyx):
@@ -130,10 +132,12 @@ def test_translation_and_global_transformations_compose(tmp_path, volume):
         {"type": "translation", "translation": [10.0, 1.0, 2.0]},
     ]
     ms[0]["coordinateTransformations"] = [{"type": "scale", "scale": [1.0, 2.0, 2.0]}]
+    del ms[0]["name"]
     group.attrs["multiscales"] = ms
     m = open_frames(path).metadata
     assert m.scale == (2.0, 1.0, 1.0)
     assert m.translation == (10.0, 2.0, 4.0)
+    assert m.name == "vol.zarr"  # no name in the metadata: the folder's
 
 
 def test_5d_says_how_to_choose_what_to_track(tmp_path):
@@ -313,18 +317,24 @@ def test_new_ome_zarr_round_trip(tmp_path, volume, version):
     np.testing.assert_array_equal(open_frames(out)[1], labels[1] * 2)
 
 
-def test_new_ome_zarr_keeps_a_translation(tmp_path, volume):
-    path = _write_image(tmp_path / "vol.zarr", volume, "zyx", {"z": 2.0, "y": 1.0, "x": 1.0}, None)
+def test_labels_keep_the_image_translation(tmp_path, volume):
+    path = _write_image(tmp_path / "vol.zarr", volume, "zyx", {"z": 2.0, "y": 1.0, "x": 1.0}, None, levels=2)
     group = zarr.open_group(str(path), mode="r+")
     ms = group.attrs["multiscales"]
-    ms[0]["datasets"][0]["coordinateTransformations"].append(
-        {"type": "translation", "translation": [4.0, 5.0, 6.0]}
-    )
+    ms[0]["datasets"][0]["coordinateTransformations"] = [
+        {"type": "scale", "scale": [2.0, 1.0, 1.0]},
+        {"type": "translation", "translation": [4.0, 5.0, 6.0]},
+    ]
     group.attrs["multiscales"] = ms
     src = open_frames(path)
-    out = write_labels(tmp_path / "l.zarr", _labels_for(src.shape), src.metadata)
-    m = open_frames(out).metadata
-    assert m.translation == (4.0, 5.0, 6.0) and m.scale == (2.0, 1.0, 1.0)
+    assert src.metadata.translation == (4.0, 5.0, 6.0)
+    for out in (
+        write_labels(tmp_path / "l.zarr", _labels_for(src.shape), src.metadata),
+        write_labels(path, _labels_for(src.shape), src.metadata),
+    ):
+        m = open_frames(out).metadata
+        assert m.translation == (4.0, 5.0, 6.0) and m.scale == (2.0, 1.0, 1.0)
+        assert m.pyramid_factors == ((1.0, 2.0, 2.0),)  # the pyramid is kept too
 
 
 def test_new_ome_zarr_from_a_plain_array(tmp_path):

@@ -148,7 +148,7 @@ def test_ome_zarr_channels_and_labels(tmp_path):
     group = zarr.open_group(str(path), mode="w", zarr_format=2)
     write_image(
         image, group, fmt=FormatV04(), axes="czyx", scale={"z": 2.0, "y": 0.5, "x": 0.5},
-        axes_units=dict.fromkeys("zyx", "micrometer"), scale_factors=(2,),
+        axes_units=dict.fromkeys("zyx", "micrometer"), scale_factors=(2,), name="cells",
     )  # fmt: skip
     src = open_frames(path)
     labels = np.zeros(src.shape[:3], np.uint16)
@@ -158,7 +158,7 @@ def test_ome_zarr_channels_and_labels(tmp_path):
     (img, img_kwargs, img_kind), (lab, lab_kwargs, lab_kind) = layer_data
     assert img_kind == "image" and img_kwargs["channel_axis"] == 0 and img_kwargs["multiscale"]
     assert img_kwargs["scale"] == (2.0, 0.5, 0.5)  # per channel layer: the channel axis dropped
-    assert img_kwargs["name"] == "cells.zarr"
+    assert img_kwargs["name"] == "cells"
     assert lab_kind == "labels" and lab_kwargs["name"] == "nuclei"
     assert lab[0].shape == labels.shape and lab_kwargs["scale"] == (2.0, 0.5, 0.5)
     np.testing.assert_array_equal(np.asarray(lab[0]), labels)

@@ -242,35 +242,42 @@ def _zarr_pyramid(lm: SourceMetadata, axes: str) -> list[dict[str, int]]:
 
 
 def _ngff_kwargs(arr: np.ndarray, lm: SourceMetadata, axes: str) -> dict[str, Any]:
-    """ome-zarr-py writer arguments: axes, units, scale (or translation), pyramid, chunks."""
+    """ome-zarr-py writer arguments: axes, units, scale, pyramid (nearest neighbour), chunks."""
     from ome_zarr.scale import Methods
 
-    full = {a: (lm.scale_of(a, 1.0) if a != "c" else 1.0) for a in axes}
     units = {a: lm.unit_of(a) for a in axes if lm.unit_of(a)}
-    translation = [
-        0.0 if a == "c" or lm.translation is None else lm.translation[lm.axes.index(a)] for a in axes
-    ]
-    chunks = tuple(min(s, 1024) if a in "yx" else 1 for a, s in zip(axes, arr.shape))
-    kwargs: dict[str, Any] = {
+    return {
         "axes": list(axes),
         "axes_units": units or None,
-        "storage_options": {"chunks": chunks},
+        "scale": {a: (lm.scale_of(a, 1.0) if a != "c" else 1.0) for a in axes},
+        "scale_factors": _zarr_pyramid(lm, axes),
         "method": Methods.NEAREST,
+        "storage_options": {
+            "chunks": tuple(min(s, 1024) if a in "yx" else 1 for a, s in zip(axes, arr.shape))
+        },
     }
-    if any(t != 0.0 for t in translation):
-        # ome-zarr-py's `scale` argument has no translation; its (deprecated) explicit transforms
-        # do: one level, so that its scale and translation are exactly the input's level 0.
-        kwargs["scale_factors"] = ()
-        kwargs["coordinate_transformations"] = [
-            [
-                {"type": "scale", "scale": [full[a] for a in axes]},
-                {"type": "translation", "translation": translation},
-            ]
-        ]
-    else:
-        kwargs["scale_factors"] = _zarr_pyramid(lm, axes)
-        kwargs["scale"] = full
-    return kwargs
+
+
+def _add_translation(group: Any, lm: SourceMetadata, axes: str, fmt: Any) -> None:
+    """Give the written image the input's level-0 translation, as a multiscale-level transform.
+
+    ome-zarr-py's writers take a pixel size (``scale``) but no position. NGFF applies a
+    multiscale's own ``coordinateTransformations`` after each level's, so a unit scale and the
+    input's translation there place every level where the input is.
+    """
+    from ome_zarr.writer import add_metadata, get_metadata
+
+    if lm.translation is None:
+        return
+    translation = [0.0 if a == "c" else float(lm.translation[lm.axes.index(a)]) for a in axes]
+    if not any(translation):
+        return
+    multiscales = get_metadata(group)["multiscales"]
+    multiscales[0]["coordinateTransformations"] = [
+        {"type": "scale", "scale": [1.0] * len(axes)},
+        {"type": "translation", "translation": translation},
+    ]
+    add_metadata(group, {"multiscales": multiscales}, fmt=fmt)
 
 
 def _write_ome_zarr_new(
@@ -283,9 +290,8 @@ def _write_ome_zarr_new(
     fmt = _ngff_format(version)
     group = zarr.open_group(str(path), mode="w", zarr_format=fmt.zarr_format)
     data = da.from_array(np.ascontiguousarray(arr, dtype=_label_dtype(arr)))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        write_image(data, group, fmt=fmt, name=name, **_ngff_kwargs(arr, lm, lm.axes))
+    write_image(data, group, fmt=fmt, name=name, **_ngff_kwargs(arr, lm, lm.axes))
+    _add_translation(group, lm, lm.axes, fmt)
     add_metadata(group, {"image-label": {"version": fmt.version}}, fmt=fmt)
 
 
@@ -352,9 +358,10 @@ def _write_into_image(
             backup = _temporary_sibling(target, ".old")
             os.replace(target, backup)
         add_metadata(root["labels"], {"labels": [n for n in labels_list if n != name]}, fmt=fmt)
-    kwargs = _ngff_kwargs(data, no_channel if "c" not in image_axes else image, image_axes)
+    source = no_channel if "c" not in image_axes else image
     try:
         with warnings.catch_warnings():
+            # ome-zarr-py's own deprecation notes (its Scaler default), not about our call
             warnings.simplefilter("ignore", DeprecationWarning)
             write_labels(
                 da.from_array(data),
@@ -363,8 +370,9 @@ def _write_into_image(
                 scaler=None,  # else its default Scaler overrides scale_factors
                 fmt=fmt,
                 label_metadata={"source": {"image": "../../"}},
-                **kwargs,
+                **_ngff_kwargs(data, source, image_axes),
             )
+        _add_translation(root["labels"][name], source, image_axes, fmt)
     except BaseException:
         # leave the labels group as it was: the old label image (if any) back, the list restored
         _remove(target)
