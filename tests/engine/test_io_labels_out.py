@@ -8,7 +8,7 @@ import pytest
 
 tifffile = pytest.importorskip("tifffile")
 
-from napari_sam2.engine.io import SourceMetadata, label_format, write_labels  # noqa: E402
+from napari_sam2.engine.io import SourceMetadata, check_writable, label_format, write_labels  # noqa: E402
 
 UM = "micrometer"
 
@@ -117,3 +117,29 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path, labels, m
         write_labels(out, labels * 3, overwrite=True)
     np.testing.assert_array_equal(tifffile.imread(out), labels)
     assert [p.name for p in tmp_path.iterdir()] == ["l.ome.tif"]
+
+
+def test_check_writable_fails_before_any_work(tmp_path, labels):
+    assert check_writable(tmp_path / "new.ome.tif") == "ome-tiff"
+    out = write_labels(tmp_path / "l.nii.gz", labels)
+    with pytest.raises(FileExistsError, match="overwrite"):
+        check_writable(out)
+    assert check_writable(out, overwrite=True) == "nifti"
+    with pytest.raises(ValueError, match="cannot tell the labels format"):
+        check_writable(tmp_path / "l.png")
+    # an OME-Zarr image takes a new label image, not one whose name it already has
+    image = write_labels(tmp_path / "img.zarr", labels)  # any OME-Zarr image will do
+    import zarr
+
+    from napari_sam2.engine.io.ome_zarr import ome_attributes
+
+    group = zarr.open_group(str(image), mode="r+")
+    attrs = ome_attributes(group)
+    del attrs["image-label"]
+    group.attrs.clear()
+    group.attrs.update(attrs)
+    assert check_writable(image) == "ome-zarr"
+    write_labels(image, labels, name="cells")
+    assert check_writable(image, name="other") == "ome-zarr"
+    with pytest.raises(FileExistsError, match="already has a label image 'cells'"):
+        check_writable(image, name="cells")

@@ -17,7 +17,7 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from .labels_out import label_format, write_labels
+from .labels_out import check_writable, label_format, write_labels
 from .metadata import SourceMetadata
 
 __all__ = [
@@ -26,6 +26,7 @@ __all__ = [
     "path_kind",
     "write_labels",
     "label_format",
+    "check_writable",
     "selection_hint",
     "describe",
 ]

@@ -32,7 +32,7 @@ import numpy as np
 
 from .metadata import NGFF_TO_IMAGEJ_UNIT, NGFF_TO_OME_UNIT, SourceMetadata
 
-__all__ = ["write_labels", "label_format", "LABEL_FORMATS"]
+__all__ = ["write_labels", "label_format", "check_writable", "LABEL_FORMATS"]
 
 #: What each output kind is, for messages and docs.
 LABEL_FORMATS = {
@@ -214,6 +214,15 @@ def _write_ome_tiff(path: Path, arr: np.ndarray, lm: SourceMetadata, name: str) 
 # OME-Zarr
 
 
+def _ome_writer(*names: str) -> tuple:
+    """Functions of ome_zarr.writer, imported without its import-time DeprecationWarning (a
+    deprecated class in one of its own default arguments, nothing we call)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        import ome_zarr.writer
+    return tuple(getattr(ome_zarr.writer, n) for n in names)
+
+
 def _ngff_format(version: str | None):
     from ome_zarr.format import FormatV04, FormatV05
 
@@ -265,7 +274,7 @@ def _add_translation(group: Any, lm: SourceMetadata, axes: str, fmt: Any) -> Non
     multiscale's own ``coordinateTransformations`` after each level's, so a unit scale and the
     input's translation there place every level where the input is.
     """
-    from ome_zarr.writer import add_metadata, get_metadata
+    add_metadata, get_metadata = _ome_writer("add_metadata", "get_metadata")
 
     if lm.translation is None:
         return
@@ -285,7 +294,8 @@ def _write_ome_zarr_new(
 ) -> None:
     import dask.array as da
     import zarr
-    from ome_zarr.writer import add_metadata, write_image
+
+    add_metadata, write_image = _ome_writer("add_metadata", "write_image")
 
     fmt = _ngff_format(version)
     group = zarr.open_group(str(path), mode="w", zarr_format=fmt.zarr_format)
@@ -317,7 +327,8 @@ def _write_into_image(
     """Add ``labels/<name>`` to the OME-Zarr image at ``path`` (the image itself is not touched)."""
     import dask.array as da
     import zarr
-    from ome_zarr.writer import add_metadata, get_metadata, write_labels
+
+    add_metadata, get_metadata, write_labels = _ome_writer("add_metadata", "get_metadata", "write_labels")
 
     from .ome_zarr import read_multiscale
 
@@ -443,6 +454,29 @@ def _write_nifti(path: Path, arr: np.ndarray, lm: SourceMetadata, metadata: Sour
 
 
 # --------------------------------------------------------------------------------------------
+
+
+def check_writable(path: str | Path, *, name: str = "sam2", overwrite: bool = False) -> str:
+    """Fail now as :func:`write_labels` would fail later (unknown suffix, existing output), before
+    any tracking is spent. Returns the format (:func:`label_format`).
+
+    An existing OME-Zarr image is writable (its ``labels/<name>`` is added) unless it already has a
+    label image ``name``.
+    """
+    kind = label_format(path)
+    path = Path(path).expanduser()
+    if overwrite or not path.exists():
+        return kind
+    if kind == "ome-zarr":
+        is_image, is_label_image = _is_ome_image(path)
+        if is_image and not is_label_image:
+            if (path / "labels" / name).exists():
+                raise FileExistsError(
+                    f"{path} already has a label image {name!r}; pass overwrite=True (--overwrite) to replace it, or "
+                    "choose another name"
+                )
+            return kind
+    raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
 
 
 def write_labels(
