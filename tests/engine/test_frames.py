@@ -315,3 +315,33 @@ def test_not_an_array():
 def test_natural_sort_key():
     names = ["img10.png", "img2.png", "Img1.png", "img2b.png"]
     assert sorted(names, key=natural_sort_key) == ["Img1.png", "img2.png", "img2b.png", "img10.png"]
+
+
+# -- metadata and the other formats (engine/io) -----------------------------------------------
+
+
+def test_every_source_says_what_it_is(tmp_path, stack):
+    assert open_frames(stack).metadata.kind == "array"
+    assert open_frames(stack).metadata.axes is None  # a bare array has no known axes or pixel size
+    tifffile.imwrite(tmp_path / "s.tif", stack)
+    m = open_frames(tmp_path / "s.tif").metadata
+    assert (m.kind, m.path) == ("tiff", str(tmp_path / "s.tif"))
+    folder = tmp_path / "f"
+    folder.mkdir()
+    for i, frame in enumerate(stack):
+        tifffile.imwrite(folder / f"t{i}.tif", frame)
+    assert open_frames(folder).metadata.kind == "folder"
+
+
+def test_unknown_suffix_lists_every_format(tmp_path):
+    (tmp_path / "x.mrc").write_bytes(b"\0" * 10)
+    with pytest.raises(ValueError, match=r"TIFF stack.*OME-Zarr image \(.zarr\).*NIfTI.*DICOM series"):
+        open_frames(tmp_path / "x.mrc")
+
+
+def test_image_folder_is_not_taken_for_dicom(tmp_path, stack):
+    # files without an image suffix and without the DICM preamble leave a folder of images alone
+    for i, frame in enumerate(stack):
+        tifffile.imwrite(tmp_path / f"t{i}.tif", frame)
+    (tmp_path / "README").write_text("notes")
+    assert open_frames(tmp_path).metadata.kind == "folder"

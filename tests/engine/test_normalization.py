@@ -262,3 +262,83 @@ def test_golden_input_pipeline(golden_dir):
     x = img.astype(np.float32) / 255
     expected = (x - np.array(IMAGENET_MEAN, np.float32)) / np.array(IMAGENET_STD, np.float32)
     assert np.array_equal(out.numpy(), expected.transpose(2, 0, 1))
+
+
+# -- fixed windows (CT) ---------------------------------------------------------------------------
+
+
+def test_window_edges_and_center_are_exact():
+    norm = Normalizer.window(40, 400)  # soft tissue: [-160, 240] HU
+    assert (norm.mode, norm.low, norm.high, norm.center_width) == (
+        "window",
+        (-160.0,),
+        (240.0,),
+        (40.0, 400.0),
+    )
+    hu = np.array([[-1024, -160, -60, 40, 140, 240, 3000]], dtype=np.int16)
+    rgb = norm.to_rgb(hu)
+    assert rgb.shape == (1, 7, 3) and rgb.dtype == np.float32
+    np.testing.assert_array_equal(rgb[0, :, 0], np.array([0, 0, 0.25, 0.5, 0.75, 1, 1], np.float32))
+    assert np.array_equal(rgb[..., 0], rgb[..., 2])  # gray
+
+
+def test_window_is_not_fitted_to_the_data():
+    a = Normalizer.ct_preset("lung")
+    movie = np.full((3, 4, 4), -600, np.int16)
+    movie[1] = 5000  # whatever the data, the same HU give the same brightness
+    assert a.to_rgb(movie[0])[0, 0, 0] == 0.5
+    assert a.to_rgb(movie[1])[0, 0, 0] == 1.0
+    assert a.sampled_frames == () and a.percentiles is None
+
+
+@pytest.mark.parametrize(
+    ("name", "center", "width"),
+    [("soft_tissue", 50, 400), ("lung", -600, 1500), ("bone", 400, 1800), ("brain", 40, 80),
+     ("liver", 30, 150), ("mediastinum", 50, 350)],
+)  # fmt: skip
+def test_ct_presets_have_their_standard_values(name, center, width):
+    norm = Normalizer.ct_preset(name)
+    assert norm.center_width == (center, width) and norm.preset == name
+    assert norm.low == (center - width / 2,) and norm.high == (center + width / 2,)
+    assert f"CT window {name}" in norm.describe()
+
+
+def test_ct_preset_names_are_forgiving_and_checked():
+    assert Normalizer.ct_preset("Soft tissue") == Normalizer.ct_preset("soft-tissue")
+    with pytest.raises(ValueError, match=r"unknown CT window 'kidney'.*soft_tissue.*Normalizer.window"):
+        Normalizer.ct_preset("kidney")
+    with pytest.raises(ValueError, match="width > 0"):
+        Normalizer.window(0, 0)
+    with pytest.raises(ValueError, match="center_width"):
+        Normalizer("window", (0.0,), (1.0,), (0,))
+
+
+def test_window_float_and_wide_types():
+    norm = Normalizer.window(-600.0, 1500.0)
+    hu = np.array([[-1350.0, -600.0, 150.0]])
+    for dtype in (np.float32, np.float64, np.int32):
+        np.testing.assert_array_equal(norm.to_rgb(hu.astype(dtype))[0, :, 0], [0.0, 0.5, 1.0])
+
+
+def test_window_normalizer_in_the_predictors(small_model, monkeypatch):
+    """init_state(normalizer=...) and set_image(normalizer=...) take a window as they take a fit."""
+    from napari_sam2.engine import image_predictor, video_predictor
+    from napari_sam2.engine.image_predictor import SAM2ImagePredictor
+    from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+
+    seen = []
+    for module in (video_predictor, image_predictor):
+        original = module.preprocess
+        monkeypatch.setattr(
+            module, "preprocess", lambda rgb, *a, _o=original, **k: seen.append(rgb) or _o(rgb, *a, **k)
+        )
+    ct = np.full((3, 24, 32), -1024, np.int16)
+    ct[:, 8:16, 8:20] = 50  # soft tissue in air
+    soft = Normalizer.ct_preset("soft_tissue")  # L 50 W 400: [-150, 250] HU
+    state = SAM2VideoPredictor(small_model).init_state(ct, normalizer=soft)
+    assert state.normalizer is soft
+    SAM2ImagePredictor(small_model).set_image(ct[0], normalizer=soft)
+    assert len(seen) == 2
+    for rgb in seen:
+        assert set(np.unique(rgb)) == {0.0, 0.5}  # -1024 HU clipped to black, 50 HU mid-gray
+        np.testing.assert_array_equal(rgb[8:16, 8:20], 0.5)

@@ -13,10 +13,15 @@ Supported inputs (:func:`open_frames`):
 - a path to a TIFF / OME-TIFF stack: memory-mapped when the pixel data allows it,
   else read through tifffile's zarr store, else page by page;
 - a path to a folder with one image per frame (``.tif``, ``.tiff``, ``.png``,
-  ``.jpg``, ``.jpeg``), in natural file-name order (``img2`` before ``img10``).
+  ``.jpg``, ``.jpeg``), in natural file-name order (``img2`` before ``img10``);
+- a path to an OME-Zarr image (``.zarr``; level 0 of a multiscale pyramid) or an opened
+  ``zarr.Group`` holding one; its channel axis is found from the metadata;
+- a NIfTI file (``.nii``, ``.nii.gz``) or a folder holding one DICOM series: the frames are
+  the slices of the volume (:mod:`napari_sam2.engine.io`).
 
 The frame axis is the first axis; channels, if any, are last (use ``channel_axis`` to
-say where they are otherwise; they are moved lazily, per frame).
+say where they are otherwise; they are moved lazily, per frame). ``source.metadata`` tells
+what is known of the input's space (axes, pixel size, units, affine), for the writers.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from .io.metadata import SourceMetadata
 
 __all__ = ["FrameSource", "FrameSourceError", "open_frames", "IMAGE_SUFFIXES", "natural_sort_key"]
 
@@ -172,6 +179,7 @@ class FrameSource:
         source_dtype: np.dtype | None = None,
         frame_names: Sequence[str] | None = None,
         closer: Callable[[], None] | None = None,
+        metadata: SourceMetadata | None = None,
     ) -> None:
         self._shape = tuple(int(s) for s in shape)
         self._dtype = np.dtype(dtype)
@@ -180,6 +188,7 @@ class FrameSource:
         self._source_dtype = np.dtype(source_dtype) if source_dtype is not None else self._dtype
         self._frame_names = tuple(frame_names) if frame_names is not None else None
         self._closer = closer
+        self._metadata = metadata
 
     # -- metadata ---------------------------------------------------------------------------
     @property
@@ -230,6 +239,15 @@ class FrameSource:
     @property
     def description(self) -> str:
         return self._description
+
+    @property
+    def metadata(self) -> SourceMetadata | None:
+        """What the reader knows of the input (kind, path, axes, scale, units, affine), or None.
+
+        ``metadata.axes`` describe the input as stored (e.g. ``"czyx"``); the frames are its first
+        non-channel axis, with the channel axis (if any) moved last.
+        """
+        return self._metadata
 
     def __len__(self) -> int:
         return self._shape[0]
@@ -309,7 +327,11 @@ def _frame_reader(arr: Any, channel_axis: int | None) -> Callable[[int], np.ndar
 
 
 def _from_array(
-    arr: Any, channel_axis: int | None, description: str, closer: Callable[[], None] | None = None
+    arr: Any,
+    channel_axis: int | None,
+    description: str,
+    closer: Callable[[], None] | None = None,
+    metadata: SourceMetadata | None = None,
 ) -> FrameSource:
     source_dtype = np.dtype(arr.dtype)
     dtype = _check_dtype(source_dtype, description)
@@ -321,6 +343,7 @@ def _from_array(
         description=description,
         source_dtype=source_dtype,
         closer=closer,
+        metadata=metadata,
     )
 
 
@@ -370,9 +393,10 @@ def _open_tiff(path: Path, channel_axis: int | None) -> FrameSource:
         mm = tifffile.memmap(path, mode="r")
     except Exception:  # noqa: BLE001 - not memory-mappable: try the next reader
         mm = None
+    metadata = SourceMetadata(kind="tiff", path=str(path))
     if mm is not None and tuple(mm.shape) == tuple(series.shape):
         tif.close()
-        return _from_array(mm, channel_axis, f"{description} (memory-mapped)")
+        return _from_array(mm, channel_axis, f"{description} (memory-mapped)", metadata=metadata)
 
     # 2. zarr view of the TIFF: reads only the strips/tiles of the frame asked for.
     try:
@@ -389,7 +413,9 @@ def _open_tiff(path: Path, channel_axis: int | None) -> FrameSource:
             store.close()
             tif.close()
 
-        return _from_array(z, channel_axis, f"{description} (via zarr)", closer=close_store)
+        return _from_array(
+            z, channel_axis, f"{description} (via zarr)", closer=close_store, metadata=metadata
+        )
     except FrameSourceError:
         tif.close()
         raise
@@ -419,6 +445,7 @@ def _open_tiff(path: Path, channel_axis: int | None) -> FrameSource:
         description=f"{description} (page by page)",
         source_dtype=series.dtype,
         closer=tif.close,
+        metadata=metadata,
     )
 
 
@@ -498,7 +525,39 @@ def _open_folder(folder: Path, channel_axis: int | None) -> FrameSource:
         description=description,
         source_dtype=source_dtype,
         frame_names=[p.name for p in files],
+        metadata=SourceMetadata(kind="folder", path=str(folder)),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# OME-Zarr, NIfTI, DICOM (engine/io): full lazy arrays with named axes
+
+
+def _open_io(source: Any, channel_axis: int | None) -> FrameSource:
+    from .io import describe, open_array, selection_hint
+
+    arr, metadata = open_array(source)
+    axes = metadata.axes
+    description = describe(metadata, int(arr.shape[0]) if arr.ndim else 0)
+    if axes is not None:
+        spatial = [a for a in axes if a != "c"]
+        if len(spatial) == 2:
+            raise FrameSourceError(
+                f"{description} is a single image (axes {axes!r}, shape {_shape_str(arr.shape)}) — {_SINGLE_IMAGE_HINT}"
+            )
+        if len(spatial) > 3:
+            raise FrameSourceError(f"{description}: {selection_hint(axes, arr.shape)}")
+        if channel_axis is None and "c" in axes:
+            channel_axis = axes.index("c")
+    return _from_array(arr, channel_axis, description, metadata=metadata)
+
+
+def _is_zarr_group(source: Any) -> bool:
+    if not type(source).__module__.startswith("zarr"):
+        return False
+    import zarr
+
+    return isinstance(source, zarr.Group)
 
 
 # --------------------------------------------------------------------------------------------
@@ -510,7 +569,8 @@ def open_frames(source: Any, *, channel_axis: int | None = None) -> FrameSource:
     Args:
         source: numpy array / memmap, dask array, zarr array (or any array-like with
             ``shape``, ``dtype`` and numpy indexing), a path to a TIFF / OME-TIFF stack,
-            a path to a folder of images, or an existing :class:`FrameSource`.
+            a path to a folder of images, an OME-Zarr image (path or ``zarr.Group``), a
+            NIfTI file, a folder with one DICOM series, or an existing :class:`FrameSource`.
         channel_axis: axis holding the channels if it is not the last one (e.g. 1 for
             (T, C, H, W)); it is moved to the end lazily, frame by frame.
 
@@ -531,6 +591,11 @@ def open_frames(source: Any, *, channel_axis: int | None = None) -> FrameSource:
         path = Path(source).expanduser()
         if not path.exists():
             raise _PathNotFound(f"no such file or folder: {path}")
+        from .io import path_kind
+
+        kind = path_kind(path)
+        if kind is not None:
+            return _open_io(path, channel_axis)
         if path.is_dir():
             return _open_folder(path, channel_axis)
         if path.suffix.lower() in _TIFF_SUFFIXES:
@@ -541,13 +606,16 @@ def open_frames(source: Any, *, channel_axis: int | None = None) -> FrameSource:
                 "in a folder and open the folder"
             )
         raise FrameSourceError(
-            f"cannot open {path}: expected a TIFF stack (.tif/.tiff) or a folder of images ({', '.join(IMAGE_SUFFIXES)})"
+            f"cannot open {path}: expected a TIFF stack (.tif/.tiff), an OME-Zarr image (.zarr), a NIfTI volume "
+            f"(.nii/.nii.gz), a folder with one DICOM series, or a folder of images ({', '.join(IMAGE_SUFFIXES)})"
         )
+    if _is_zarr_group(source):
+        return _open_io(source, channel_axis)
     if isinstance(source, (list, tuple)):
         source = np.asarray(source)
     if not (hasattr(source, "shape") and hasattr(source, "dtype") and hasattr(source, "__getitem__")):
         raise FrameSourceError(
-            f"cannot read frames from a {type(source).__name__}; expected an array (numpy, dask, zarr), a TIFF path "
-            "or a folder path"
+            f"cannot read frames from a {type(source).__name__}; expected an array (numpy, dask, zarr), a zarr group, "
+            "or a path (TIFF, OME-Zarr, NIfTI, DICOM folder, image folder)"
         )
-    return _from_array(source, channel_axis, _describe_array(source))
+    return _from_array(source, channel_axis, _describe_array(source), metadata=SourceMetadata(kind="array"))

@@ -8,6 +8,10 @@ maps them into ``[0, 1]`` RGB:
   Meta's treatment, ``x / 255``: mode ``"rgb8"``.
 - Everything else gets robust per-channel percentiles (default 0.5 % and 99.8 %),
   ``(x - low) / (high - low)`` clipped to ``[0, 1]``: mode ``"percentile"``.
+- CT (and any data in calibrated units) can instead get a fixed intensity window,
+  ``low = center - width / 2``, ``high = center + width / 2`` in the source's units
+  (Hounsfield units for CT), nothing fitted: mode ``"window"``, made by
+  :meth:`Normalizer.window` or by name with :meth:`Normalizer.ct_preset` (``CT_WINDOWS``).
 
 The range is computed ONCE per sequence, from a sample of evenly spaced frames, and then
 applied unchanged to every frame: per-frame normalisation would make the brightness
@@ -37,11 +41,30 @@ import numpy as np
 
 from .frames import FrameSource, open_frames
 
-__all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "Normalizer", "choose_channels", "preprocess"]
+__all__ = ["CT_WINDOWS", "IMAGENET_MEAN", "IMAGENET_STD", "Normalizer", "choose_channels", "preprocess"]
 
 #: ImageNet statistics used by SAM 2 (sam2/utils/transforms.py, SAM2Transforms).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+#: Standard CT display windows, name -> (center/level, width) in Hounsfield units.
+#: Values: Radiopaedia, "Windowing (CT)" (https://radiopaedia.org/articles/windowing-ct),
+#: typical window widths and levels: brain W:80 L:40; lungs W:1500 L:-600; mediastinum
+#: W:350 L:50; abdomen soft tissues W:400 L:50; liver W:150 L:30; bone W:1800 L:400;
+#: subdural W:215 L:75 (its W:130-300 L:50-100 range, mid); stroke W:40 L:40;
+#: temporal bones W:2800 L:600.
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "soft_tissue": (50.0, 400.0),
+    "lung": (-600.0, 1500.0),
+    "bone": (400.0, 1800.0),
+    "brain": (40.0, 80.0),
+    "liver": (30.0, 150.0),
+    "mediastinum": (50.0, 350.0),
+    "subdural": (75.0, 215.0),
+    "stroke": (40.0, 40.0),
+    "temporal_bone": (600.0, 2800.0),
+}
+_MODES = ("rgb8", "percentile", "window")
 
 # Pixels sampled per frame when fitting: bounds the cost on large frames while keeping
 # the percentile error far below one grey level of the 8-bit range SAM saw in training.
@@ -77,17 +100,21 @@ def _sample_frame_indices(n: int, sample_frames: int) -> tuple[int, ...]:
 class Normalizer:
     """Fixed per-channel intensity mapping from source frames to RGB in ``[0, 1]``.
 
-    Make one with :meth:`fit`; it is immutable, so every frame of a sequence is mapped
-    identically whatever order the frames are read in.
+    Make one with :meth:`fit` (fitted to the data), or :meth:`window` / :meth:`ct_preset`
+    (a fixed window); it is immutable, so every frame of a sequence is mapped identically
+    whatever order the frames are read in.
 
     Attributes:
-        mode: ``"rgb8"`` (``x / 255``) or ``"percentile"`` (``(x - low) / (high - low)``).
+        mode: ``"rgb8"`` (``x / 255``), ``"percentile"`` or ``"window"`` (both
+            ``(x - low) / (high - low)`` clipped to [0, 1]).
         low, high: per used channel, in source units (``high > low`` always).
         channels: source channel index for each used channel (1 to 3 of them).
         num_channels: channels of the source frames (1 for (H, W) frames).
         percentiles: the (low, high) percentiles used, None for ``"rgb8"``.
         sampled_frames: indices of the frames the range was computed from.
         num_frames: frames in the sequence it was fitted on.
+        center_width: (center, width) of a ``"window"`` normaliser, else None.
+        preset: name of the CT preset it came from (a key of ``CT_WINDOWS``), else None.
     """
 
     mode: str
@@ -98,10 +125,14 @@ class Normalizer:
     percentiles: tuple[float, float] | None = None
     sampled_frames: tuple[int, ...] = ()
     num_frames: int = 0
+    center_width: tuple[float, float] | None = None
+    preset: str | None = None
 
     def __post_init__(self) -> None:
-        if self.mode not in ("rgb8", "percentile"):
-            raise ValueError(f"unknown normalisation mode {self.mode!r}; expected 'rgb8' or 'percentile'")
+        if self.mode not in _MODES:
+            raise ValueError(f"unknown normalisation mode {self.mode!r}; expected one of {', '.join(_MODES)}")
+        if (self.mode == "window") != (self.center_width is not None):
+            raise ValueError("center_width is given exactly for mode 'window'")
         if not (len(self.low) == len(self.high) == len(self.channels)) or not 1 <= len(self.channels) <= 3:
             raise ValueError("low, high and channels must have the same length, 1 to 3")
         for lo, hi in zip(self.low, self.high):
@@ -184,6 +215,52 @@ class Normalizer:
             highs.append(hi)
         return cls("percentile", tuple(lows), tuple(highs), sel, nc, (plo, phi), idx, len(src))
 
+    @classmethod
+    def window(
+        cls,
+        center: float,
+        width: float,
+        *,
+        num_channels: int = 1,
+        channels: int | Sequence[int] | None = None,
+        preset: str | None = None,
+    ) -> Normalizer:
+        """A fixed intensity window: ``center - width / 2`` -> 0, ``center + width / 2`` -> 1.
+
+        In the source's own units (Hounsfield units for CT read through
+        :mod:`napari_sam2.engine.io`), with nothing fitted, so the same tissue has the same
+        brightness in every scan. Values outside the window are clipped (black / white).
+        ``num_channels`` is the channel count of the frames (1 for CT); the window applies to
+        each selected channel.
+        """
+        center, width = float(center), float(width)
+        if not (np.isfinite(center) and np.isfinite(width)) or width <= 0:
+            raise ValueError(
+                f"a window needs a finite center and a width > 0; got center={center}, width={width}"
+            )
+        sel = _channel_selection(int(num_channels), channels)
+        low, high = center - width / 2.0, center + width / 2.0
+        return cls(
+            "window",
+            (low,) * len(sel),
+            (high,) * len(sel),
+            sel,
+            int(num_channels),
+            center_width=(center, width),
+            preset=preset,
+        )
+
+    @classmethod
+    def ct_preset(cls, name: str, **kwargs: Any) -> Normalizer:
+        """The CT window ``name`` of ``CT_WINDOWS`` (``"soft_tissue"``, ``"lung"``, ``"bone"``...)."""
+        key = str(name).strip().lower().replace(" ", "_").replace("-", "_")
+        if key not in CT_WINDOWS:
+            raise ValueError(
+                f"unknown CT window {name!r}; choose one of {', '.join(CT_WINDOWS)} or use Normalizer.window"
+            )
+        center, width = CT_WINDOWS[key]
+        return cls.window(center, width, preset=key, **kwargs)
+
     # -- applying ---------------------------------------------------------------------------
     def to_rgb(self, frame: np.ndarray, *, frame_index: int | None = None) -> np.ndarray:
         """Map one source frame, (H, W) or (H, W, C), to float32 RGB (H, W, 3) in [0, 1].
@@ -213,6 +290,14 @@ class Normalizer:
         if self.mode == "rgb8":
             # Bit-identical to torchvision ToTensor: float32 division by 255.
             y = x.astype(np.float32) / np.float32(255.0)
+        elif self.mode == "window":
+            # Division (correctly rounded), so window edges and center map to exactly 0, 1, 0.5.
+            work = np.float32 if x.dtype.itemsize <= 2 or x.dtype == np.float32 else np.float64
+            low = np.asarray(self.low, dtype=work)
+            width = np.asarray(np.asarray(self.high) - np.asarray(self.low), dtype=work)
+            y = (x.astype(work) - low) / width
+            np.clip(y, 0.0, 1.0, out=y)
+            y = y.astype(np.float32, copy=False)
         else:
             # float64 for wide types: float32 cannot hold int32 / float64 values exactly.
             work = np.float32 if x.dtype.itemsize <= 2 or x.dtype == np.float32 else np.float64
@@ -242,6 +327,10 @@ class Normalizer:
             chan = f"channels {list(self.channels)} of {self.num_channels} -> {names}"
         if self.mode == "rgb8":
             return f"8-bit RGB, x / 255 (as SAM 2); {chan}"
+        if self.mode == "window":
+            center, width = self.center_width
+            name = f"CT window {self.preset}" if self.preset else "window"
+            return f"{name} L {_fmt(center)} W {_fmt(width)}: [{_fmt(self.low[0])}, {_fmt(self.high[0])}]; {chan}"
         ranges = ", ".join(
             f"c{c} [{_fmt(lo)}, {_fmt(hi)}]" for c, lo, hi in zip(self.channels, self.low, self.high)
         )
