@@ -35,6 +35,7 @@ __all__ = [
     "MaskGenerator",
     "SeedFilter",
     "Seeds",
+    "automatic_mask_generator_class",
     "default_mask_generator",
     "run_mask_generator",
     "seed_objects",
@@ -200,12 +201,8 @@ def filter_masks(masks: np.ndarray, scores: np.ndarray, filters: SeedFilter) -> 
     )
 
 
-def default_mask_generator(model: Any, **generator_kwargs: Any) -> Any:
-    """The real "segment everything": ``SAM2AutomaticMaskGenerator(model, **generator_kwargs)``.
-
-    ``model`` is the network (e.g. ``predictor.model`` of a :class:`SAM2VideoPredictor`, so
-    tracking and seeding share one copy of the weights). Imported here, on first use.
-    """
+def automatic_mask_generator_class() -> type:
+    """``SAM2AutomaticMaskGenerator``, imported on first use, with a clear error when absent."""
     try:
         from .automatic_mask_generator import SAM2AutomaticMaskGenerator
     except ImportError as exc:
@@ -214,4 +211,13 @@ def default_mask_generator(model: Any, **generator_kwargs: Any) -> Any:
             "SAM2AutomaticMaskGenerator, which this installation lacks; pass your own mask generator "
             f"(a callable frame -> masks) instead ({exc})"
         ) from exc
-    return SAM2AutomaticMaskGenerator(model, **generator_kwargs)
+    return SAM2AutomaticMaskGenerator
+
+
+def default_mask_generator(model: Any, **generator_kwargs: Any) -> Any:
+    """The real "segment everything": ``SAM2AutomaticMaskGenerator(model, **generator_kwargs)``.
+
+    ``model`` is the network (e.g. ``predictor.model`` of a :class:`SAM2VideoPredictor`, so
+    tracking and seeding share one copy of the weights).
+    """
+    return automatic_mask_generator_class()(model, **generator_kwargs)
