@@ -181,3 +181,37 @@ def test_default_generator_builds_the_real_class_lazily(monkeypatch):
     monkeypatch.setitem(sys.modules, "napari_sam2.engine.automatic_mask_generator", module)
     gen = default_mask_generator("model", points_per_side=16)
     assert isinstance(gen, Fake) and made == [("model", {"points_per_side": 16})]
+
+
+def test_stack_contrast_is_given_to_generators_that_take_one():
+    from napari_sam2.engine.normalization import Normalizer
+    from napari_sam2.engine.seeding import with_stack_contrast
+
+    stack = np.stack([np.full((H, W), 100 * (t + 1), dtype=np.uint16) for t in range(4)])
+    stack[:, 5:9, 5:9] += 1000
+    got = []
+
+    class Ours:
+        def generate(self, image, normalizer=None):
+            got.append(normalizer)
+            return []
+
+    wrapped = with_stack_contrast(Ours(), stack)
+    seed_objects(stack[0], wrapped)
+    seed_objects(stack[3], wrapped)
+    assert len(got) == 2 and got[0] is got[1] and isinstance(got[0], Normalizer)
+    given = Normalizer.fit(stack)
+    seed_objects(stack[1], with_stack_contrast(Ours(), stack, normalizer=given))
+    assert got[-1] is given
+
+    class Meta:  # generate(image) only: left as it is
+        def generate(self, image):
+            return []
+
+    meta = Meta()
+    assert with_stack_contrast(meta, stack) is meta
+
+    def plain(frame):
+        return []
+
+    assert with_stack_contrast(plain, stack) is plain

@@ -387,3 +387,23 @@ def test_real_predictor_runs_the_whole_protocol(tiny_checkpoint):
     assert {(r.track_id, r.frame, r.area) for r in measured.records()} == {
         (r.track_id, r.frame, r.area) for r in run.graph.records()
     }
+
+
+@pytest.mark.slow
+def test_standin_benchmark_scores_near_perfect_ctc_metrics(tmp_path):
+    """The acceptance run of benchmarks/bench_tracking_ctc.py: the synthetic lineage time-lapse
+    through track-all with the ground-truth stand-ins, written as CTC files and scored by
+    traccuracy, reaches TRA >= 0.99 and finds every division."""
+    pytest.importorskip("traccuracy")
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_tracking_ctc.py"
+    spec = importlib.util.spec_from_file_location("_bench_tracking_ctc", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    args = bench.build_parser().parse_args(["--predictor", "standin"])
+    row = bench.run_one(args, seed=0, every=1, work=tmp_path)
+    assert row["gt_divisions"] == 4 and row["Total GT Divisions"] == 4
+    assert row["TRA"] >= 0.99 and row["Division Recall"] == 1.0 and row["Division Precision"] == 1.0
+    assert bench.passes(row)

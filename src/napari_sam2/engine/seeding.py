@@ -39,6 +39,7 @@ __all__ = [
     "default_mask_generator",
     "run_mask_generator",
     "seed_objects",
+    "with_stack_contrast",
 ]
 
 #: what :func:`seed_objects` accepts as a generator (see the module docstring)
@@ -199,6 +200,36 @@ def filter_masks(masks: np.ndarray, scores: np.ndarray, filters: SeedFilter) -> 
         np.stack([m for _, m in kept]),
         np.asarray([scores[order[k]] for k, _ in kept], dtype=np.float64),
     )
+
+
+def with_stack_contrast(generator: Any, frames: Any, normalizer: Any = None, channels: Any = None) -> Any:
+    """``generator``, mapping every frame's contrast the same way, when it can.
+
+    A generator whose ``generate`` takes a ``normalizer`` (ours) would otherwise fit one per
+    frame; the video predictor fits one for the whole stack, and seeding should see the
+    frames as tracking does. ``normalizer`` is used if given, else one is fitted on
+    ``frames`` (with ``channels``). Other generators are returned unchanged.
+    """
+    import inspect
+
+    generate = getattr(generator, "generate", None)
+    if generate is None:
+        return generator
+    try:
+        takes_normalizer = "normalizer" in inspect.signature(generate).parameters
+    except (TypeError, ValueError):
+        return generator
+    if not takes_normalizer:
+        return generator
+    if normalizer is None:
+        from .normalization import Normalizer
+
+        normalizer = Normalizer.fit(frames, channels=channels)
+
+    def generate_with_stack_contrast(frame: np.ndarray) -> Any:
+        return generate(frame, normalizer=normalizer)
+
+    return generate_with_stack_contrast
 
 
 def automatic_mask_generator_class() -> type:

@@ -48,7 +48,7 @@ import numpy as np
 
 from .frames import open_frames
 from .lineage import TrackGraph, measure_frame
-from .seeding import SeedFilter, claim_unclaimed, seed_objects
+from .seeding import SeedFilter, claim_unclaimed, seed_objects, with_stack_contrast
 from .track_rules import DivisionRule, resolve_logits, split_candidates
 
 __all__ = [
@@ -223,8 +223,18 @@ class TrackAllRun:
         self.predictor = predictor
         self.source = open_frames(frames)
         self.config = config or TrackAllConfig()
-        self.generator = generator
         self.init_state_kwargs = dict(init_state_kwargs or {})
+        # seeding sees the frames with the contrast mapping tracking uses (one per stack)
+        self.generator = (
+            None
+            if generator is None
+            else with_stack_contrast(
+                generator,
+                self.source,
+                self.init_state_kwargs.get("normalizer"),
+                self.init_state_kwargs.get("channels"),
+            )
+        )
         T, H, W = self.source.shape[:3]
         cfg = self.config
         if cfg.start_frame >= T:
