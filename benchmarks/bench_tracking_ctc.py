@@ -129,7 +129,17 @@ def run_one(args, seed: int, every: int, work: Path) -> dict[str, Any]:
     result = TrackAllRun(predictor, image, generator, config).run()
     seconds = time.perf_counter() - t0
     res_dir = write_ctc(result.labels, result.graph, work / f"seed{seed}_every{every}_RES")
-    metrics = score(gt_dir, res_dir)
+    if result.graph.num_records:
+        metrics = score(gt_dir, res_dir)
+    else:  # traccuracy cannot load an empty CTC result; nothing found scores 0
+        metrics = dict.fromkeys(["TRA", "DET", "LNK", "Division Recall", "Division Precision"], 0.0)
+        metrics.update(
+            dict.fromkeys(["Division F1", "Mitotic Branching Correctness"], 0.0),
+            fn_nodes=int(sum(len(np.unique(f)) - 1 for f in labels)),
+            fp_nodes=0,
+            fn_edges=None,
+            note="no object was tracked",
+        )
     return {
         "kind": "result",
         "predictor": args.predictor,
