@@ -132,6 +132,34 @@ def test_without_segment_everything_it_says_so_before_loading_weights(stack, tmp
     assert rc == 2 and "SAM2AutomaticMaskGenerator" in capsys.readouterr().err
 
 
+def test_a_failing_run_still_writes_the_frames_tracked(stack, tmp_path, monkeypatch, movie, capsys):
+    image, labels, _ = movie
+
+    class Failing(GroundTruthPredictor):
+        def propagate_in_video(self, *args, **kwargs):
+            for item in super().propagate_in_video(*args, **kwargs):
+                if item[0] == 6:
+                    raise RuntimeError("out of memory (pretend)")
+                yield item
+
+    monkeypatch.setattr(
+        cli, "build_engine", lambda args: (Failing(labels), GroundTruthMaskGenerator(image, labels))
+    )
+    out = tmp_path / "out"
+    rc = main(
+        ["track-all", str(stack), str(out), "--every", "0", "--keep-border", "--quiet", "--formats", "labels"]
+    )
+    err = capsys.readouterr().err
+    assert (
+        rc == 1
+        and "failed: RuntimeError: out of memory (pretend); frames 0..5 were tracked and written" in err
+    )
+    info = json.loads((out / "track_all.json").read_text())
+    assert info["frames_tracked"] == [0, 5] and info["stopped"].startswith("failed")
+    written = tifffile.imread(out / "labels.tif")
+    assert written[5].max() > 0 and written[6:].max() == 0
+
+
 def test_help_lists_the_subcommand(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])

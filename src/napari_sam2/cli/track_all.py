@@ -161,8 +161,13 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         formats, config, frames = validate(args)
+    except UsageError as exc:
+        print(f"napari-sam2 track-all: {exc}", file=sys.stderr)
+        return 2
+    try:
         predictor, generator = build_engine(args)
-    except (UsageError, CheckpointError, ImportError, RuntimeError) as exc:
+    except (CheckpointError, ImportError, RuntimeError) as exc:
+        frames.close()
         print(f"napari-sam2 track-all: {exc}", file=sys.stderr)
         return 2
     run = TrackAllRun(predictor, frames, generator, config)
@@ -171,7 +176,7 @@ def _run(args: argparse.Namespace) -> int:
         from tqdm import tqdm
 
         bar = tqdm(desc="tracking", unit="frame", file=sys.stderr)
-    interrupted = False
+    stopped = ""  # why the run stopped early, if it did
     events = run.events()
     try:
         for event in events:
@@ -181,22 +186,22 @@ def _run(args: argparse.Namespace) -> int:
             elif isinstance(event, Status) and bar is not None:
                 bar.write(event.message, file=sys.stderr)
     except KeyboardInterrupt:
-        interrupted = True
-        events.close()  # keeps every frame tracked so far
+        stopped = "interrupted"
+    except Exception as exc:  # noqa: BLE001 - the frames tracked so far are still worth writing
+        stopped = f"failed: {type(exc).__name__}: {exc}"
     finally:
+        events.close()  # keeps every frame tracked so far
         if bar is not None:
             bar.close()
+        frames.close()
     result = run.result()
     info = {
-        "command": "napari-sam2 " + " ".join(sys.argv[1:]) if sys.argv else "",
         "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         "version": __version__,
-        "stack": str(args.stack),
-        "model": args.model,
-        "checkpoint": args.checkpoint,
+        "arguments": {k: v for k, v in vars(args).items() if k != "func"},
         "config": dataclasses.asdict(config),
         "frames_tracked": [result.first_frame, result.last_frame],
-        "interrupted": interrupted,
+        "stopped": stopped,
         "summary": result.graph.summary(),
     }
     for path in write_outputs(result, formats, Path(args.outdir), info):
@@ -205,9 +210,13 @@ def _run(args: argparse.Namespace) -> int:
     say(
         f"{summary['tracks']} tracks, {summary['divisions']} divisions, {summary['records']} objects x frames"
     )
-    if interrupted:
-        say(f"interrupted: frames {result.first_frame}..{result.last_frame} were tracked and written")
-        return 130
+    if stopped:
+        print(
+            f"napari-sam2 track-all: {stopped}; frames {result.first_frame}..{result.last_frame} "
+            "were tracked and written",
+            file=sys.stderr,
+        )
+        return 130 if stopped == "interrupted" else 1
     return 0
 
 

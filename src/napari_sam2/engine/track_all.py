@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 
-from .frames import open_frames
+from .frames import FrameSource, open_frames
 from .lineage import TrackGraph, measure_frame
 from .seeding import SeedFilter, claim_unclaimed, seed_objects, with_stack_contrast
 from .track_rules import DivisionRule, resolve_logits, split_candidates
@@ -221,6 +221,7 @@ class TrackAllRun:
         init_state_kwargs: dict | None = None,
     ) -> None:
         self.predictor = predictor
+        self._owns_source = not isinstance(frames, FrameSource)  # opened here: closed here
         self.source = open_frames(frames)
         self.config = config or TrackAllConfig()
         self.init_state_kwargs = dict(init_state_kwargs or {})
@@ -343,6 +344,8 @@ class TrackAllRun:
             close = getattr(state, "close", None)
             if callable(close):
                 close()
+            if self._owns_source:
+                self.source.close()
 
     # ------------------------------------------------------------------ steps
     def _new_track(self, parent: int | None, track_id: int | None = None) -> int:
