@@ -80,7 +80,12 @@ def make_engine(args, image, labels):
         sys.path.insert(0, str(ROOT / "tests"))
         from conftest import make_test_checkpoint  # the tests' deterministic weights
 
-        checkpoint = make_test_checkpoint(args.config)
+        try:
+            checkpoint = make_test_checkpoint(args.config)
+        except BaseException as exc:  # pytest's Skipped: the golden folder with the generator is absent
+            if type(exc).__name__ != "Skipped":
+                raise
+            raise SystemExit(f"bench_tracking_ctc: test weights: {exc} (or pass --checkpoint)") from None
     model = build_sam2_model(args.config, checkpoint, resolve_device(args.device))
     return SAM2VideoPredictor(model), generator_class(model)
 
