@@ -225,17 +225,6 @@ class TrackAllRun:
         self.source = open_frames(frames)
         self.config = config or TrackAllConfig()
         self.init_state_kwargs = dict(init_state_kwargs or {})
-        # seeding sees the frames with the contrast mapping tracking uses (one per stack)
-        self.generator = (
-            None
-            if generator is None
-            else with_stack_contrast(
-                generator,
-                self.source,
-                self.init_state_kwargs.get("normalizer"),
-                self.init_state_kwargs.get("channels"),
-            )
-        )
         T, H, W = self.source.shape[:3]
         cfg = self.config
         if cfg.start_frame >= T:
@@ -262,6 +251,17 @@ class TrackAllRun:
                 f"out must be an integer array of shape {(T, H, W)}, got {out.shape} {out.dtype}"
             )
         self.labels = out
+        # seeding sees the frames with the contrast mapping tracking uses (one per stack)
+        self.generator = (
+            None
+            if generator is None
+            else with_stack_contrast(
+                generator,
+                self.source,
+                self.init_state_kwargs.get("normalizer"),
+                self.init_state_kwargs.get("channels"),
+            )
+        )
         self.graph = TrackGraph()
         self._cancel = threading.Event()
         self._used = False
@@ -321,7 +321,7 @@ class TrackAllRun:
                     changed = True
                     yield event
                 if cfg.division.enabled:
-                    for event in self._update_divisions(state, t, labels, areas, keep):
+                    for event in self._update_divisions(state, t, labels, areas):
                         changed = True
                         yield event
                 if cfg.reseed_every and t > t0 and (t - t0) % cfg.reseed_every == 0:
@@ -392,7 +392,7 @@ class TrackAllRun:
                 yield TrackEnded(tid, last, "lost")
 
     def _update_divisions(
-        self, state: Any, t: int, labels: np.ndarray, areas: dict[int, int], keep: int
+        self, state: Any, t: int, labels: np.ndarray, areas: dict[int, int]
     ) -> Iterator[TrackAllEvent]:
         rule = self.config.division
         candidates = split_candidates(labels, areas, rule) if self._live else {}
