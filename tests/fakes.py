@@ -289,3 +289,166 @@ class FakeTileGenerator:
                 }
             )
         return records
+
+
+# ---------------------------------------------------------------------------------------------
+# Ground-truth stand-ins for "track all" (tests and benchmarks/bench_tracking_ctc.py)
+
+
+def _snap_to_truth(truth: np.ndarray, mask: np.ndarray, coverage: float) -> np.ndarray:
+    """The union of the ground-truth labels that ``mask`` covers (see GroundTruthPredictor)."""
+    mask = np.asarray(mask, dtype=bool)
+    size = int(mask.sum())
+    if size == 0:
+        return np.zeros_like(mask)
+    ids, overlap = np.unique(truth[mask], return_counts=True)
+    out = np.zeros_like(mask)
+    for i, c in zip(ids.tolist(), overlap.tolist()):
+        if i == 0:
+            continue
+        label = truth == i
+        if c >= coverage * min(int(label.sum()), size):
+            out |= label
+    return out
+
+
+class GroundTruthPredictor:
+    """A video predictor that answers with the ground truth: SAM 2 with a perfect eye.
+
+    For each object and frame it returns the union of the ground-truth labels that the
+    object's last non-empty mask (its prompt on a prompted frame) covers: a label belongs
+    to the object when at least ``coverage`` of the smaller of the two lies in the other.
+    So a cell is followed while it moves (its label overlaps its last mask), a cell that
+    divides is followed as one object in two parts (both daughters lie where the mother
+    was), as SAM 2 would see it, an object whose cell left the field gets an empty mask,
+    and one whose cell comes back where it was is found again (SAM 2's memory reaches back
+    several frames too). Logits are +10 / -10. It has the methods of ``SAM2VideoPredictor`` that ``track_all`` uses,
+    with Meta's signatures, and records its calls in ``calls``.
+    """
+
+    def __init__(self, truth: np.ndarray, coverage: float = 0.5) -> None:
+        self.truth = np.asarray(truth)
+        self.coverage = coverage
+        self.calls: list[tuple] = []
+
+    def init_state(self, frames, **kwargs):
+        self.calls.append(("init_state", tuple(frames.shape)))
+        if tuple(frames.shape[:3]) != self.truth.shape:
+            raise ValueError(f"frames {tuple(frames.shape)} do not match the truth {self.truth.shape}")
+        return {"objects": {}, "num_frames": len(self.truth)}
+
+    def reset_state(self, state):
+        state["objects"].clear()
+
+    def _logits(self, state, frame_idx):
+        h, w = self.truth.shape[1:]
+        out = np.full((len(state["objects"]), 1, h, w), -10.0, dtype=np.float32)
+        for k, obj in enumerate(state["objects"].values()):
+            mask = obj["masks"].get(frame_idx)
+            if mask is not None:
+                out[k, 0][mask] = 10.0
+        return out
+
+    def add_new_mask(self, state, frame_idx, obj_id, mask):
+        self.calls.append(("mask", frame_idx, obj_id, int(np.asarray(mask).sum())))
+        obj = state["objects"].setdefault(obj_id, {"cond": {}, "masks": {}, "last": None})
+        snapped = _snap_to_truth(self.truth[frame_idx], mask, self.coverage)
+        obj["cond"][frame_idx] = obj["masks"][frame_idx] = snapped
+        if snapped.any():
+            obj["last"] = snapped
+        return frame_idx, list(state["objects"]), self._logits(state, frame_idx)
+
+    def add_new_points_or_box(self, state, frame_idx, obj_id, points=None, labels=None, box=None, **kwargs):
+        self.calls.append(("points", frame_idx, obj_id))
+        truth = self.truth[frame_idx]
+        mask = np.zeros(truth.shape, dtype=bool)
+        if points is not None:
+            for (x, y), lab in zip(np.asarray(points).reshape(-1, 2), np.asarray(labels).reshape(-1)):
+                i = truth[int(round(y)), int(round(x))]
+                if lab == 1 and i:
+                    mask |= truth == i
+        if box is not None:
+            x0, y0, x1, y1 = (int(round(v)) for v in np.asarray(box).reshape(-1))
+            inside = np.zeros_like(mask)
+            inside[y0 : y1 + 1, x0 : x1 + 1] = True
+            mask |= _snap_to_truth(truth, inside, self.coverage)
+        return self.add_new_mask(state, frame_idx, obj_id, mask)
+
+    def remove_object(self, state, obj_id, strict=False, need_output=True):
+        self.calls.append(("remove", obj_id))
+        if obj_id not in state["objects"] and strict:
+            raise KeyError(obj_id)
+        state["objects"].pop(obj_id, None)
+        return list(state["objects"]), []
+
+    def propagate_in_video(self, state, start_frame_idx=None, max_frame_num_to_track=None, reverse=False):
+        self.calls.append(("propagate", start_frame_idx, max_frame_num_to_track, reverse))
+        if not state["objects"]:
+            raise RuntimeError("no object has prompts yet")
+        n = state["num_frames"]
+        if start_frame_idx is None:
+            start_frame_idx = min(min(o["cond"]) for o in state["objects"].values())
+        if max_frame_num_to_track is None:
+            max_frame_num_to_track = n
+        step = -1 if reverse else 1
+        last = (
+            max(start_frame_idx - max_frame_num_to_track, 0)
+            if reverse
+            else min(start_frame_idx + max_frame_num_to_track, n - 1)
+        )
+        for f in range(start_frame_idx, last + step, step):
+            for obj in state["objects"].values():
+                if f in obj["cond"]:
+                    continue
+                prev = obj["last"]
+                mask = (
+                    np.zeros(self.truth.shape[1:], bool)
+                    if prev is None
+                    else _snap_to_truth(self.truth[f], prev, self.coverage)
+                )
+                obj["masks"][f] = mask
+                if mask.any():
+                    obj["last"] = mask
+            yield f, list(state["objects"]), self._logits(state, f)
+
+
+class GroundTruthMaskGenerator:
+    """ "Segment everything" that returns the ground-truth masks of the frame it is given.
+
+    The protocol passes only the frame, so the frame is recognised by its content (the
+    stack's frames are all different). ``score`` is the ``predicted_iou`` of every mask.
+    """
+
+    def __init__(self, image: np.ndarray, truth: np.ndarray, score: float = 0.95) -> None:
+        self.truth = np.asarray(truth)
+        self.score = score
+        self._index = {np.ascontiguousarray(image[t]).tobytes(): t for t in range(len(image))}
+        self.calls: list[int] = []
+
+    def __call__(self, frame: np.ndarray) -> list[dict]:
+        t = self._index.get(np.ascontiguousarray(frame).tobytes())
+        if t is None:
+            raise KeyError("GroundTruthMaskGenerator was given a frame that is not in its stack")
+        self.calls.append(t)
+        truth = self.truth[t]
+        out = []
+        for i in np.unique(truth)[1:].tolist():
+            mask = truth == i
+            ys, xs = np.nonzero(mask)
+            out.append(
+                {
+                    "segmentation": mask,
+                    "area": int(mask.sum()),
+                    "bbox": [
+                        int(xs.min()),
+                        int(ys.min()),
+                        int(xs.max() - xs.min() + 1),
+                        int(ys.max() - ys.min() + 1),
+                    ],
+                    "predicted_iou": self.score,
+                    "point_coords": [[float(xs.mean()), float(ys.mean())]],
+                    "stability_score": 1.0,
+                    "crop_box": [0, 0, truth.shape[1], truth.shape[0]],
+                }
+            )
+        return out

@@ -182,3 +182,99 @@ def test_sample_layer_data_tuples(maker, ndim):
     assert lab_meta["name"] == "ground truth"
     lo, hi = img_meta["contrast_limits"]
     assert lo < hi
+
+
+# ---------------------------------------------------------------- synthetic_lineage_timelapse
+
+
+@pytest.fixture(scope="module")
+def lineage():
+    from napari_sam2.plugin.sample_data import synthetic_lineage_timelapse
+
+    return synthetic_lineage_timelapse()
+
+
+def test_lineage_shapes_and_table_match_the_labels(lineage):
+    image, labels, tracks = lineage
+    assert image.shape == labels.shape == (60, 256, 256)
+    assert image.dtype == np.uint16 and labels.dtype == np.uint16
+    assert tracks.dtype == np.int64 and tracks.shape[1] == 4
+    ids = set(np.unique(labels).tolist()) - {0}
+    assert set(tracks[:, 0].tolist()) == ids
+    for label, first, last, parent in tracks.tolist():
+        present = [t for t in range(len(labels)) if (labels[t] == label).any()]
+        # CTC rule: present on every frame from B to E, nowhere else
+        assert present == list(range(first, last + 1)), label
+        if parent:
+            assert tracks[tracks[:, 0] == parent, 2][0] == first - 1  # mother ends the frame before
+
+
+def test_lineage_has_the_events_a_tracker_is_scored_on(lineage):
+    _, labels, tracks = lineage
+    last = len(labels) - 1
+    parents = tracks[:, 3]
+    mothers = sorted(set(parents[parents > 0].tolist()))
+    assert len(mothers) == 4  # n_divisions
+    assert all((parents == m).sum() == 2 for m in mothers)
+    assert any(
+        m in parents for m in tracks[np.isin(tracks[:, 0], tracks[parents > 0, 0]), 0]
+    )  # a daughter divides
+    entering = [row for row in tracks.tolist() if row[1] > 0 and row[3] == 0]
+    leaving = [row for row in tracks.tolist() if row[2] < last and row[0] not in mothers]
+    assert len(entering) == 3 and len(leaving) == 2
+    # an entering cell first shows up at the border
+    for label, first, _, _ in entering:
+        ys, xs = np.nonzero(labels[first] == label)
+        assert (
+            ys.min() == 0
+            or xs.min() == 0
+            or ys.max() == labels.shape[1] - 1
+            or xs.max() == labels.shape[2] - 1
+        )
+    # and a contact: two cells touching over several frames, each still one piece
+    touching = [t for t in range(len(labels)) if (1, 2) in _touching_pairs(labels[t])]
+    assert len(touching) >= 5
+
+
+def test_lineage_cells_are_one_piece_and_daughters_start_inside_their_mother(lineage):
+    _, labels, tracks = lineage
+    for t in range(0, len(labels), 3):
+        for i in np.unique(labels[t])[1:]:
+            _, n = ndi.label(labels[t] == i, structure=np.ones((3, 3)))
+            assert n == 1, (t, i)
+    for label, first, _, parent in tracks.tolist():
+        if parent:
+            mother, daughter = labels[first - 1] == parent, labels[first] == label
+            assert (mother & daughter).sum() >= 0.5 * daughter.sum(), label
+            # daughters are born apart (two pieces, not one touching blob)
+            sister = [r[0] for r in tracks.tolist() if r[3] == parent and r[0] != label][0]
+            assert (label, sister) not in _touching_pairs(labels[first])
+            assert (sister, label) not in _touching_pairs(labels[first])
+
+
+def test_lineage_deterministic_and_seeded():
+    from napari_sam2.plugin.sample_data import synthetic_lineage_timelapse
+
+    a = synthetic_lineage_timelapse(n_frames=24, shape=(128, 160), seed=3)
+    b = synthetic_lineage_timelapse(n_frames=24, shape=(128, 160), seed=3)
+    c = synthetic_lineage_timelapse(n_frames=24, shape=(128, 160), seed=4)
+    for x, y in zip(a, b):
+        np.testing.assert_array_equal(x, y)
+    assert not np.array_equal(a[1], c[1])
+    assert a[0].shape == (24, 128, 160)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"n_frames": 10}, "n_frames must be >= 20"),
+        ({"shape": (64, 256)}, "at least 128 x 128"),
+        ({"n_entering": -1}, ">= 0"),
+        ({"n_cells": 3, "n_leaving": 2}, "n_cells must be >= n_leaving \\+ 2"),
+    ],
+)
+def test_lineage_rejects_bad_parameters(kwargs, match):
+    from napari_sam2.plugin.sample_data import synthetic_lineage_timelapse
+
+    with pytest.raises(ValueError, match=match):
+        synthetic_lineage_timelapse(**kwargs)

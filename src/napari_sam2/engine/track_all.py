@@ -1,0 +1,502 @@
+"""Track all: seed every object on a start frame, propagate them together, keep the lineage.
+
+The run, frame by frame from ``start_frame`` forward (see :class:`TrackAllConfig`):
+
+1. **Seed.** The start frame's objects are the masks of "segment everything"
+   (:func:`napari_sam2.engine.seeding.seed_objects`: filtered, disjoint), or a label
+   image the user edited; each becomes a track, prompted with ``add_new_mask``.
+2. **Propagate.** All objects are tracked together by the video predictor. Where masks
+   overlap, a pixel goes to the object with the highest logit, so the label stack has one
+   object per pixel; every measurement is taken on these resolved masks.
+3. **Lost.** An object with no pixel on a frame (an empty mask, which is also what the
+   model gives when its object score is <= 0) is *missing* there; after ``lost_after``
+   missing frames in a row its track ends (at the last frame it was seen) and the
+   predictor forgets it. A track that comes back sooner continues, with a gap.
+4. **Divisions** (:class:`DivisionRule`). An object whose mask falls into exactly two
+   8-connected parts, each at least ``min_area`` pixels and ``min_fraction`` of the
+   object, whose centroids lie at most ``max_distance_factor`` times the object's
+   equivalent diameter apart, on ``persist_frames`` consecutive frames (the parts of
+   consecutive frames overlapping), has divided: its track ends on the frame before the
+   split began, two daughter tracks start on that frame with the two parts (parent ->
+   daughters recorded), and the predictor follows the daughters, prompted with the parts'
+   masks on the current frame. Smaller specks of the object on those frames are dropped.
+   If the object was split from its very first frame, it never existed as one cell: it is
+   dropped and the daughters take its parent (if any).
+5. **Re-seed.** Every ``reseed_every`` frames, segment everything again. A mask whose IoU
+   with a tracked object is at least ``match_iou`` is that object; any other mask, once
+   filtered, becomes a new track with the pixels no object holds, unless more than
+   ``seed_filter.max_overlap`` of it is held (then it is a part of tracked objects).
+
+Because a division is only known ``persist_frames - 1`` frames after it began, frames are
+final that much later: :class:`FrameTracked` events come when a frame can no longer change.
+
+The run works with any object that has the video predictor's methods (``init_state``,
+``add_new_mask``, ``propagate_in_video``, ``remove_object``), so a stand-in can replace the
+model. It is a generator of typed events (:meth:`TrackAllRun.events`) that a worker thread
+can drive one event at a time; :meth:`TrackAllRun.cancel` stops it between frames (closing
+the generator works too), and what was tracked so far stays in ``labels`` and ``graph``.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .frames import FrameSource, open_frames
+from .lineage import TrackGraph, measure_frame
+from .seeding import SeedFilter, claim_unclaimed, seed_objects, with_stack_contrast
+from .track_rules import DivisionRule, resolve_logits, split_candidates
+
+__all__ = [
+    "Division",
+    "DivisionRule",
+    "Finished",
+    "FrameTracked",
+    "Status",
+    "TrackAllConfig",
+    "TrackAllResult",
+    "TrackAllRun",
+    "TrackEnded",
+    "TrackStarted",
+    "track_all",
+]
+
+
+# ====================================================================== configuration
+@dataclass(frozen=True)
+class TrackAllConfig:
+    """Parameters of a track-all run (see the module doc for the rules).
+
+    Attributes:
+        start_frame: the frame seeded first; tracking runs forward from it.
+        end_frame: the last frame tracked (inclusive); None for the stack's last.
+        reseed_every: segment everything again every N frames after the start; 0 never.
+        lost_after: end a track after this many missing frames in a row.
+        match_iou: a re-seeded mask with at least this IoU with an object is that object.
+        seed_filter: which generator masks become objects (start and re-seeding).
+        division: the division rule.
+    """
+
+    start_frame: int = 0
+    end_frame: int | None = None
+    reseed_every: int = 10
+    lost_after: int = 3
+    match_iou: float = 0.5
+    seed_filter: SeedFilter = field(default_factory=SeedFilter)
+    division: DivisionRule = field(default_factory=DivisionRule)
+
+    def __post_init__(self) -> None:
+        if self.start_frame < 0:
+            raise ValueError(f"start_frame must be >= 0, got {self.start_frame}")
+        if self.end_frame is not None and self.end_frame < self.start_frame:
+            raise ValueError(f"end_frame ({self.end_frame}) must be >= start_frame ({self.start_frame})")
+        if self.reseed_every < 0:
+            raise ValueError(f"reseed_every must be >= 0 (0: never), got {self.reseed_every}")
+        if self.lost_after < 1:
+            raise ValueError(f"lost_after must be >= 1 frame, got {self.lost_after}")
+        if not 0.0 < self.match_iou <= 1.0:
+            raise ValueError(f"match_iou must be in (0, 1], got {self.match_iou}")
+
+
+# ====================================================================== events
+@dataclass(frozen=True)
+class Status:
+    """A line for the user (seeding, re-seeding counts...)."""
+
+    frame: int | None
+    message: str
+
+
+@dataclass(frozen=True)
+class TrackStarted:
+    track_id: int
+    frame: int
+    parent: int | None
+    reason: str  # "seed", "reseed" or "division"
+
+
+@dataclass(frozen=True)
+class TrackEnded:
+    track_id: int
+    last_frame: int | None  # None: never seen on any frame (the track is dropped)
+    reason: str  # "lost" or "division"
+
+
+@dataclass(frozen=True)
+class Division:
+    parent: int
+    daughters: tuple[int, int]
+    frame: int  # the daughters' first frame
+
+
+@dataclass(frozen=True)
+class FrameTracked:
+    """A frame is final: ``labels`` (H, W) holds its track ids (a read-only view)."""
+
+    frame: int
+    labels: np.ndarray
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class Finished:
+    cancelled: bool
+    frames_done: int
+    summary: dict
+
+
+TrackAllEvent = Status | TrackStarted | TrackEnded | Division | FrameTracked | Finished
+
+
+@dataclass
+class TrackAllResult:
+    labels: np.ndarray  # (T, H, W): track id per pixel, 0 background and untracked frames
+    graph: TrackGraph
+    first_frame: int
+    last_frame: int | None  # last frame tracked; None if none was
+    cancelled: bool
+
+
+# ====================================================================== internals
+@dataclass
+class _Live:
+    """An object the predictor follows."""
+
+    track_id: int
+    seen: list[int] = field(default_factory=list)  # recent frames it was present on
+    missing: int = 0
+    split_frames: list[int] = field(default_factory=list)
+    split_parts: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+
+    def see(self, t: int, keep: int) -> None:
+        self.seen.append(t)
+        del self.seen[:-keep]
+        self.missing = 0
+
+    def reset_split(self) -> None:
+        self.split_frames, self.split_parts = [], []
+
+
+@dataclass
+class _Pending:
+    """A tracked frame that a division may still relabel."""
+
+    frame: int
+    labels: np.ndarray
+    scores: dict[int, float]
+
+
+# ====================================================================== the run
+class TrackAllRun:
+    """One track-all run over a stack (see the module doc). Run it once.
+
+    Args:
+        predictor: the video predictor, or anything with its methods.
+        frames: the stack: array (T, H, W[, C]), dask/zarr array, TIFF path or folder.
+        generator: the mask generator for seeding and re-seeding (see
+            :mod:`napari_sam2.engine.seeding`); may be None with ``start_labels`` and
+            ``reseed_every=0``.
+        config: the rules' parameters.
+        start_labels: (H, W) label image of the start frame (e.g. the seeds after the user
+            deleted or merged some); its ids become the track ids. None: segment everything.
+        out: where the label stack goes, any writable (T, H, W) integer array (numpy,
+            memmap, zarr); by default a new uint32 array. Written one final frame at a time.
+        init_state_kwargs: extra arguments of ``predictor.init_state`` (e.g. ``channels``).
+    """
+
+    def __init__(
+        self,
+        predictor: Any,
+        frames: Any,
+        generator: Any = None,
+        config: TrackAllConfig | None = None,
+        *,
+        start_labels: np.ndarray | None = None,
+        out: Any = None,
+        init_state_kwargs: dict | None = None,
+    ) -> None:
+        self.predictor = predictor
+        self._owns_source = not isinstance(frames, FrameSource)  # opened here: closed here
+        self.source = open_frames(frames)
+        self.config = config or TrackAllConfig()
+        self.init_state_kwargs = dict(init_state_kwargs or {})
+        T, H, W = self.source.shape[:3]
+        cfg = self.config
+        if cfg.start_frame >= T:
+            raise ValueError(f"start_frame {cfg.start_frame} is outside the stack (0 .. {T - 1})")
+        if cfg.end_frame is not None and cfg.end_frame >= T:
+            raise ValueError(f"end_frame {cfg.end_frame} is outside the stack (0 .. {T - 1})")
+        if generator is None and start_labels is None:
+            raise ValueError("give a mask generator (segment everything) or start_labels to seed from")
+        if generator is None and cfg.reseed_every:
+            raise ValueError(
+                "re-seeding every N frames needs a mask generator; pass one or set reseed_every=0"
+            )
+        if start_labels is not None:
+            start_labels = np.asarray(start_labels)
+            if start_labels.shape != (H, W):
+                raise ValueError(f"start_labels has shape {start_labels.shape}; the frames are {(H, W)}")
+            if start_labels.dtype.kind not in "iu" or (start_labels.size and start_labels.min() < 0):
+                raise ValueError("start_labels must hold non-negative integer labels")
+        self.start_labels = start_labels
+        if out is None:
+            out = np.zeros((T, H, W), dtype=np.uint32)
+        elif tuple(out.shape) != (T, H, W) or np.dtype(out.dtype).kind not in "iu":
+            raise ValueError(
+                f"out must be an integer array of shape {(T, H, W)}, got {out.shape} {out.dtype}"
+            )
+        self.labels = out
+        # seeding sees the frames with the contrast mapping tracking uses (one per stack)
+        self.generator = (
+            None
+            if generator is None
+            else with_stack_contrast(
+                generator,
+                self.source,
+                self.init_state_kwargs.get("normalizer"),
+                self.init_state_kwargs.get("channels"),
+            )
+        )
+        self.graph = TrackGraph()
+        self._cancel = threading.Event()
+        self._used = False
+        self._next_id = 1
+        self._live: dict[int, _Live] = {}
+        self._pending: list[_Pending] = []
+        self._done = 0
+        self._last_frame: int | None = None
+        self._cancelled = False
+
+    # ------------------------------------------------------------------ public
+    def cancel(self) -> None:
+        """Stop after the current frame (thread-safe)."""
+        self._cancel.set()
+
+    def run(self) -> TrackAllResult:
+        for _ in self.events():
+            pass
+        return self.result()
+
+    def result(self) -> TrackAllResult:
+        return TrackAllResult(
+            self.labels, self.graph, self.config.start_frame, self._last_frame, self._cancelled
+        )
+
+    def events(self) -> Iterator[TrackAllEvent]:
+        """Run, yielding events; closing the generator stops the run cleanly."""
+        if self._used:
+            raise RuntimeError("a TrackAllRun runs once; make a new one")
+        self._used = True
+        cfg = self.config
+        t0 = cfg.start_frame
+        t_end = cfg.end_frame if cfg.end_frame is not None else len(self.source) - 1
+        self._total = t_end - t0 + 1
+        keep = max(cfg.division.persist_frames if cfg.division.enabled else 1, 1)
+        predictor = self.predictor
+        state = predictor.init_state(self.source, **self.init_state_kwargs)
+        stream = None
+        try:
+            yield from self._seed_start(state, t0)
+            for t in range(t0, t_end + 1):
+                if self._cancel.is_set():
+                    self._cancelled = True
+                    break
+                if self._live:
+                    if stream is None:
+                        stream = iter(predictor.propagate_in_video(state, t, t_end - t))
+                    frame_idx, ids, logits = next(stream)
+                    if frame_idx != t:
+                        raise RuntimeError(f"the predictor yielded frame {frame_idx} where {t} was expected")
+                    labels, areas, scores = resolve_logits(ids, logits)
+                else:
+                    labels, areas, scores = np.zeros(self.labels.shape[1:], np.uint32), {}, {}
+                self._pending.append(_Pending(t, labels, scores))
+                changed = False
+                for event in self._update_lost(state, t, areas):
+                    changed = True
+                    yield event
+                if cfg.division.enabled:
+                    for event in self._update_divisions(state, t, labels, areas):
+                        changed = True
+                        yield event
+                if cfg.reseed_every and t > t0 and (t - t0) % cfg.reseed_every == 0:
+                    for event in self._reseed(state, t):
+                        changed = changed or isinstance(event, TrackStarted)
+                        yield event
+                if changed and stream is not None:
+                    stream.close()  # objects changed: propagation restarts on the next frame
+                    stream = None
+                while self._pending and self._pending[0].frame <= t - (keep - 1):
+                    yield self._commit(self._pending.pop(0))
+            while self._pending:
+                yield self._commit(self._pending.pop(0))
+            yield Finished(self._cancelled, self._done, self.graph.summary())
+        finally:
+            if stream is not None:
+                stream.close()
+            while self._pending:  # closed mid-run: keep what was tracked
+                self._commit(self._pending.pop(0))
+            close = getattr(state, "close", None)
+            if callable(close):
+                close()
+            if self._owns_source:
+                self.source.close()
+
+    # ------------------------------------------------------------------ steps
+    def _new_track(self, parent: int | None, track_id: int | None = None) -> int:
+        tid = self._next_id if track_id is None else int(track_id)
+        self.graph.add_track(tid, parent)
+        self._next_id = max(self._next_id, tid + 1)
+        self._live[tid] = _Live(tid)
+        return tid
+
+    def _seed_start(self, state: Any, t0: int) -> Iterator[TrackAllEvent]:
+        if self.start_labels is not None:
+            ids = [int(i) for i in np.unique(self.start_labels) if i > 0]
+            masks = [self.start_labels == i for i in ids]
+            yield Status(t0, f"{len(ids)} objects given on frame {t0}")
+        else:
+            yield Status(t0, f"segmenting everything on frame {t0}")
+            seeds = seed_objects(self.source[t0], self.generator, self.config.seed_filter)
+            masks, ids = list(seeds.masks), [None] * len(seeds)
+            yield Status(t0, f"{len(seeds)} objects found on frame {t0}")
+        for track_id, mask in zip(ids, masks):
+            tid = self._new_track(None, track_id)
+            self.predictor.add_new_mask(state, t0, tid, mask)
+            yield TrackStarted(tid, t0, None, "seed")
+
+    def _forget(self, state: Any, tid: int) -> None:
+        del self._live[tid]
+        self.predictor.remove_object(state, tid, need_output=False)
+
+    def _update_lost(self, state: Any, t: int, areas: dict[int, int]) -> Iterator[TrackAllEvent]:
+        keep = self.config.division.persist_frames + self.config.lost_after + 1
+        for tid, live in list(self._live.items()):
+            if areas.get(tid, 0) > 0:
+                live.see(t, keep)
+                continue
+            live.missing += 1
+            live.reset_split()
+            if live.missing >= self.config.lost_after:
+                self._forget(state, tid)
+                last = live.seen[-1] if live.seen else None
+                if last is None:
+                    self.graph.remove_track(tid)  # never seen: nothing to keep
+                else:
+                    self.graph[tid].ended_by = "lost"
+                yield TrackEnded(tid, last, "lost")
+
+    def _update_divisions(
+        self, state: Any, t: int, labels: np.ndarray, areas: dict[int, int]
+    ) -> Iterator[TrackAllEvent]:
+        rule = self.config.division
+        candidates = split_candidates(labels, areas, rule) if self._live else {}
+        for tid, live in list(self._live.items()):
+            parts = candidates.get(tid)
+            if parts is None:
+                live.reset_split()
+                continue
+            if live.split_parts:  # pair the parts with the previous frame's by overlap
+                pa, pb = live.split_parts[-1]
+                a, b = parts
+                if (a & pb).sum() + (b & pa).sum() > (a & pa).sum() + (b & pb).sum():
+                    a, b = b, a
+                parts = (a, b)
+                if not ((a & pa).any() and (b & pb).any()):  # not the same two parts: start again
+                    live.reset_split()
+            live.split_frames.append(t)
+            live.split_parts.append(parts)
+            if len(live.split_frames) >= rule.persist_frames:
+                yield from self._divide(state, t, live)
+
+    def _divide(self, state: Any, t: int, live: _Live) -> Iterator[TrackAllEvent]:
+        tid = live.track_id
+        first = live.split_frames[0]
+        before = [f for f in live.seen if f < first]  # `seen` reaches back further than a split
+        existed = bool(before)
+        parent = tid if existed else self.graph[tid].parent
+        daughters = (self._new_track(parent), self._new_track(parent))
+        pending = {p.frame: p for p in self._pending}
+        for f, parts in zip(live.split_frames, live.split_parts):
+            p = pending[f]
+            score = p.scores.pop(tid, float("nan"))
+            p.labels[p.labels == tid] = 0
+            for d, mask in zip(daughters, parts):
+                p.labels[mask] = d
+                p.scores[d] = score
+        for d in daughters:
+            self._live[d].seen = list(live.split_frames)
+        self._forget(state, tid)
+        for d, mask in zip(daughters, live.split_parts[-1]):
+            self.predictor.add_new_mask(state, t, d, mask)
+        if existed:
+            self.graph[tid].ended_by = "division"
+            yield TrackEnded(tid, before[-1], "division")
+        else:
+            self.graph.remove_track(tid)
+            yield TrackEnded(tid, None, "division")
+        for d in daughters:
+            yield TrackStarted(d, first, parent, "division")
+        if parent is not None:
+            yield Division(parent, daughters, first)
+
+    def _reseed(self, state: Any, t: int) -> Iterator[TrackAllEvent]:
+        cfg = self.config
+        current = self._pending[-1]
+        seeds = seed_objects(self.source[t], self.generator, cfg.seed_filter)
+        ids, counts = np.unique(current.labels, return_counts=True)
+        area_of = dict(zip(ids.tolist(), counts.tolist()))
+        unmatched, unmatched_scores, matched = [], [], 0
+        for mask, score in zip(seeds.masks, seeds.scores):
+            on, overlap = np.unique(current.labels[mask], return_counts=True)
+            size = int(mask.sum())
+            ious = [c / (size + area_of[i] - c) for i, c in zip(on.tolist(), overlap.tolist()) if i]
+            if ious and max(ious) >= cfg.match_iou:
+                matched += 1
+                continue
+            unmatched.append(mask)
+            unmatched_scores.append(float(score))
+        taken = current.labels > 0
+        kept = claim_unclaimed(unmatched, taken, cfg.seed_filter.min_area, cfg.seed_filter.max_overlap)
+        yield Status(
+            t, f"re-seeded frame {t}: {len(seeds)} masks, {matched} on tracked objects, {len(kept)} new"
+        )
+        for k, mask in kept:
+            tid = self._new_track(None)
+            current.labels[mask] = tid
+            current.scores[tid] = unmatched_scores[k]
+            self._live[tid].see(t, cfg.division.persist_frames + cfg.lost_after + 1)
+            self.predictor.add_new_mask(state, t, tid, mask)
+            yield TrackStarted(tid, t, None, "reseed")
+
+    def _commit(self, p: _Pending) -> FrameTracked:
+        info = np.iinfo(np.dtype(self.labels.dtype))
+        if p.labels.size and int(p.labels.max()) > info.max:
+            raise OverflowError(
+                f"track id {int(p.labels.max())} does not fit the output's {np.dtype(self.labels.dtype)}; "
+                "use a uint32 output array"
+            )
+        records = measure_frame(p.labels, p.frame, self.source[p.frame], p.scores)
+        self.graph.extend(records)
+        self.labels[p.frame] = p.labels
+        self._done += 1
+        self._last_frame = p.frame
+        view = p.labels.view()
+        view.flags.writeable = False
+        return FrameTracked(p.frame, view, self._done, self._total)
+
+
+def track_all(
+    predictor: Any,
+    frames: Any,
+    generator: Any = None,
+    config: TrackAllConfig | None = None,
+    **kwargs: Any,
+) -> TrackAllResult:
+    """Run :class:`TrackAllRun` to the end; returns the label stack and the track graph."""
+    return TrackAllRun(predictor, frames, generator, config, **kwargs).run()

@@ -1,0 +1,166 @@
+"""``napari-sam2 track-all``: arguments checked before any work, outputs written end to end.
+
+The model is replaced by the ground-truth stand-ins (``build_engine`` monkeypatched): the
+command's own logic (validation, run, files) is what is tested here.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+import tifffile
+from fakes import GroundTruthMaskGenerator, GroundTruthPredictor
+
+from napari_sam2.cli import main
+from napari_sam2.cli import track_all as cli
+
+
+@pytest.fixture(scope="module")
+def movie():
+    from napari_sam2.plugin.sample_data import synthetic_lineage_timelapse
+
+    return synthetic_lineage_timelapse(
+        n_frames=24, shape=(128, 128), n_cells=5, n_divisions=1, n_entering=1, n_leaving=1, seed=1
+    )
+
+
+@pytest.fixture()
+def stack(tmp_path, movie):
+    path = tmp_path / "movie.tif"
+    tifffile.imwrite(path, movie[0])
+    return path
+
+
+@pytest.fixture()
+def standin(monkeypatch, movie):
+    image, labels, _ = movie
+    built = []
+
+    def build_engine(args):
+        built.append(args)
+        return GroundTruthPredictor(labels), GroundTruthMaskGenerator(image, labels)
+
+    monkeypatch.setattr(cli, "build_engine", build_engine)
+    return built
+
+
+def test_end_to_end_with_the_standin(stack, tmp_path, standin, capsys, movie):
+    pytest.importorskip("traccuracy")
+    from traccuracy.loaders import load_ctc_data
+
+    out = tmp_path / "out"
+    rc = main(["track-all", str(stack), str(out), "--every", "1", "--keep-border", "--quiet"])
+    assert rc == 0, capsys.readouterr().err
+    assert len(standin) == 1
+    assert sorted(p.name for p in out.iterdir()) == [
+        "ctc",
+        "labels.tif",
+        "track_all.json",
+        "tracks.csv",
+        "tracks.geff",
+    ]
+    labels = tifffile.imread(out / "labels.tif")
+    assert labels.shape == movie[1].shape and labels.dtype == np.uint16
+    info = json.loads((out / "track_all.json").read_text())
+    assert info["frames_tracked"] == [0, 23] and info["config"]["reseed_every"] == 1
+    assert info["config"]["seed_filter"]["drop_border_touching"] is False
+    _, _, truth = movie
+    assert info["summary"]["divisions"] == 1 == int((np.bincount(truth[:, 3])[1:] == 2).sum())
+    loaded = load_ctc_data(str(out / "ctc"), run_checks=True)
+    assert loaded.graph.number_of_nodes() == info["summary"]["records"]
+    assert (out / "tracks.csv").read_text().count("\n") == info["summary"]["records"] + 1
+
+
+def test_formats_subset_and_overwrite_keeps_other_files(stack, tmp_path, standin):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert main(["track-all", str(stack), str(out), "--formats", "csv", "--quiet"]) == 2  # not empty
+    assert not standin
+    rc = main(["track-all", str(stack), str(out), "--formats", "csv,labels", "--overwrite", "--quiet"])
+    assert rc == 0
+    assert sorted(p.name for p in out.iterdir()) == [
+        "labels.tif",
+        "notes.txt",
+        "track_all.json",
+        "tracks.csv",
+    ]
+    assert (out / "notes.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--every", "-1"], "--every must be >= 0"),
+        (["--lost-after", "0"], "--lost-after must be >= 1"),
+        (["--min-area", "0"], "--min-area must be >= 1"),
+        (["--min-area", "50", "--max-area", "10"], "--max-area must be >= --min-area"),
+        (["--match-iou", "1.5"], "--match-iou must be in"),
+        (["--division-frames", "0"], "--division-frames must be >= 1"),
+        (["--start-frame", "30"], "must lie in 0 .. 23"),
+        (["--start-frame", "5", "--end-frame", "4"], "--end-frame must be >= --start-frame"),
+        (["--formats", "ctc,xml"], "unknown format"),
+        (["--model", "sam3"], "--model 'sam3' is not a known model"),
+        (["--checkpoint", "/nonexistent/x.pt"], "no such file"),
+        (["--device", "tpu"], "--device 'tpu'"),
+    ],
+)
+def test_bad_arguments_are_refused_before_any_work(stack, tmp_path, standin, capsys, extra, message):
+    rc = main(["track-all", str(stack), str(tmp_path / "out"), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and err.startswith("napari-sam2 track-all: ")
+    assert not standin and not (tmp_path / "out").exists()
+
+
+def test_missing_stack_and_outdir_that_is_a_file(tmp_path, standin, capsys):
+    assert main(["track-all", str(tmp_path / "nope.tif"), str(tmp_path / "out")]) == 2
+    assert "STACK: no such file" in capsys.readouterr().err
+    (tmp_path / "file").write_text("x")
+    assert main(["track-all", str(tmp_path / "file"), str(tmp_path / "file")]) == 2
+    assert "exists and is not a folder" in capsys.readouterr().err
+
+
+def test_without_segment_everything_it_says_so_before_loading_weights(stack, tmp_path, monkeypatch, capsys):
+    import napari_sam2.engine.video_predictor as vp
+
+    monkeypatch.setitem(sys.modules, "napari_sam2.engine.automatic_mask_generator", None)
+    monkeypatch.setattr(vp, "build_sam2_video_predictor", lambda *a, **k: pytest.fail("weights were loaded"))
+    rc = main(["track-all", str(stack), str(tmp_path / "out"), "--quiet"])
+    assert rc == 2 and "SAM2AutomaticMaskGenerator" in capsys.readouterr().err
+
+
+def test_a_failing_run_still_writes_the_frames_tracked(stack, tmp_path, monkeypatch, movie, capsys):
+    image, labels, _ = movie
+
+    class Failing(GroundTruthPredictor):
+        def propagate_in_video(self, *args, **kwargs):
+            for item in super().propagate_in_video(*args, **kwargs):
+                if item[0] == 6:
+                    raise RuntimeError("out of memory (pretend)")
+                yield item
+
+    monkeypatch.setattr(
+        cli, "build_engine", lambda args: (Failing(labels), GroundTruthMaskGenerator(image, labels))
+    )
+    out = tmp_path / "out"
+    rc = main(
+        ["track-all", str(stack), str(out), "--every", "0", "--keep-border", "--quiet", "--formats", "labels"]
+    )
+    err = capsys.readouterr().err
+    assert (
+        rc == 1
+        and "failed: RuntimeError: out of memory (pretend); frames 0..5 were tracked and written" in err
+    )
+    info = json.loads((out / "track_all.json").read_text())
+    assert info["frames_tracked"] == [0, 5] and info["stopped"].startswith("failed")
+    written = tifffile.imread(out / "labels.tif")
+    assert written[5].max() > 0 and written[6:].max() == 0
+
+
+def test_help_lists_the_subcommand(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "track-all" in capsys.readouterr().out
