@@ -24,12 +24,12 @@ import datetime
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import time
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -182,6 +182,7 @@ def part_install(run: Run, summary: gs.Summary) -> bool:
             status, note = "ok", f"all {len(wanted)} carried packages already present"
         else:
             site = run.scratch / "site"
+            shutil.rmtree(site, ignore_errors=True)  # only what this run installs
             cmd = [
                 sys.executable,
                 "-m",
@@ -289,9 +290,9 @@ def part_tests(run: Run, summary: gs.Summary) -> None:
     ]
     code, seconds = run_process(cmd, run.env, log, timeout)
     if junit.is_file():
-        counts, failures, skips = read_junit(junit)
+        counts, failures, skips = gs.read_junit(junit)
     else:  # stopped before pytest wrote its report: what the verbose log says so far
-        counts, failures, skips = read_pytest_log(log.read_text(errors="replace"))
+        counts, failures, skips = gs.read_pytest_log(log.read_text(errors="replace"))
     fields = {"seconds": round(seconds, 1), "counts": counts, "failures": failures, "skip_reasons": skips}
     if code is None:
         summary.part("tests", "timeout", note=f"stopped after {seconds:.0f} s; see tests.log", **fields)
@@ -306,50 +307,6 @@ def part_tests(run: Run, summary: gs.Summary) -> None:
             note="every gpu test skipped: " + "; ".join(skips or ["none collected"]),
             **fields,
         )
-
-
-def read_junit(path: Path) -> tuple[dict, list[dict], list[str]]:
-    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
-    failures, skips = [], []
-    if not path.is_file():
-        return counts, failures, skips
-    try:
-        root = ET.parse(path).getroot()
-    except ET.ParseError:
-        return counts, failures, skips
-    for case in root.iter("testcase"):
-        name = f"{case.get('classname', '')}::{case.get('name', '')}"
-        kinds = {child.tag: child for child in case}
-        if "failure" in kinds or "error" in kinds:
-            kind = "failure" if "failure" in kinds else "error"
-            counts["failed" if kind == "failure" else "errors"] += 1
-            msg = (kinds[kind].get("message") or kinds[kind].text or "").strip().splitlines()
-            failures.append({"test": name, "message": (msg[0] if msg else "?")[:500]})
-        elif "skipped" in kinds:
-            counts["skipped"] += 1
-            reason = (kinds["skipped"].get("message") or "").strip()
-            if reason and reason not in skips:
-                skips.append(reason)
-        else:
-            counts["passed"] += 1
-    return counts, failures, skips
-
-
-def read_pytest_log(text: str) -> tuple[dict, list[dict], list[str]]:
-    """Outcomes from ``pytest -v`` lines (``path::test PASSED [ 10%]``), for a run stopped midway."""
-    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
-    failures = []
-    key = {"PASSED": "passed", "FAILED": "failed", "ERROR": "errors", "SKIPPED": "skipped"}
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 2 and "::" in parts[0] and parts[1] in key:
-            counts[key[parts[1]]] += 1
-            if parts[1] in ("FAILED", "ERROR"):
-                failures.append({"test": parts[0], "message": "see tests.log"})
-    running = [ln.split()[0] for ln in text.splitlines() if "::" in ln and len(ln.split()) == 1]
-    if running:
-        failures.append({"test": running[-1], "message": "still running when the time budget ran out"})
-    return counts, failures, []
 
 
 def bench_specs(run: Run) -> tuple[Path, list[dict], str]:
@@ -371,7 +328,9 @@ def bench_specs(run: Run) -> tuple[Path, list[dict], str]:
         str(a.track_repeats),
     ]
     if on_gpu:
-        common += ["--compile"] + (["--compile-mode", a.compile_mode] if a.compile_mode else [])
+        # the untimed warm-up tracks every frame, so that all compilation happens before the clock runs
+        common += ["--compile", "--warmup-frames", str(a.frames)]
+        common += ["--compile-mode", a.compile_mode] if a.compile_mode else []
     else:
         common += ["--warmup-frames", "1"]
     meta_dir = None
@@ -397,17 +356,6 @@ def bench_specs(run: Run) -> tuple[Path, list[dict], str]:
         specs,
         "Meta's copy absent (.gpu-carry/meta; gpu_prepare.sh --meta-repo): ours only",
     )
-
-
-def read_child(log_text: str) -> tuple[dict | None, dict | None]:
-    """(result record, last partial record) from a child's output."""
-    result = partial = None
-    for line in log_text.splitlines():
-        if line.startswith(bs.RESULT_PREFIX):
-            result = json.loads(line[len(bs.RESULT_PREFIX) :])
-        elif line.startswith(bs.PROGRESS_PREFIX):
-            partial = json.loads(line[len(bs.PROGRESS_PREFIX) :])
-    return result, partial
 
 
 def part_bench(run: Run, summary: gs.Summary, have_weights: bool) -> None:
@@ -443,7 +391,7 @@ def part_bench(run: Run, summary: gs.Summary, have_weights: bool) -> None:
         text = child_log.read_text(errors="replace")
         with log.open("a") as f:
             f.write(text)
-        result, partial = read_child(text)
+        result, partial = gs.read_child(text)
         if result is not None:
             item = gs.bench_item(spec, result, "ok", seconds)
         elif code is None:

@@ -10,8 +10,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
+
+from bench_speed import PROGRESS_PREFIX, RESULT_PREFIX
 
 SCHEMA = 1
 PARTS = ("environment", "install", "weights", "tests", "bench")
@@ -140,6 +143,64 @@ def _impl(stats: dict, record: dict, prefix: str) -> dict:
     if record.get(f"{prefix}dynamo") or (not prefix and record.get("dynamo")):
         out["dynamo"] = record.get(f"{prefix}dynamo") or record.get("dynamo")
     return {k: v for k, v in out.items() if v is not None}
+
+
+# ====================================================================== reading the processes' output
+
+
+def read_child(log_text: str) -> tuple[dict | None, dict | None]:
+    """(result record, last partial record) from a child's output."""
+    result = partial = None
+    for line in log_text.splitlines():
+        if line.startswith(RESULT_PREFIX):
+            result = json.loads(line[len(RESULT_PREFIX) :])
+        elif line.startswith(PROGRESS_PREFIX):
+            partial = json.loads(line[len(PROGRESS_PREFIX) :])
+    return result, partial
+
+
+def read_junit(path: Path) -> tuple[dict, list[dict], list[str]]:
+    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+    failures, skips = [], []
+    if not path.is_file():
+        return counts, failures, skips
+    try:
+        root = ET.parse(path).getroot()
+    except ET.ParseError:
+        return counts, failures, skips
+    for case in root.iter("testcase"):
+        name = f"{case.get('classname', '')}::{case.get('name', '')}"
+        kinds = {child.tag: child for child in case}
+        if "failure" in kinds or "error" in kinds:
+            kind = "failure" if "failure" in kinds else "error"
+            counts["failed" if kind == "failure" else "errors"] += 1
+            msg = (kinds[kind].get("message") or kinds[kind].text or "").strip().splitlines()
+            failures.append({"test": name, "message": (msg[0] if msg else "?")[:500]})
+        elif "skipped" in kinds:
+            counts["skipped"] += 1
+            reason = (kinds["skipped"].get("message") or "").strip()
+            if reason and reason not in skips:
+                skips.append(reason)
+        else:
+            counts["passed"] += 1
+    return counts, failures, skips
+
+
+def read_pytest_log(text: str) -> tuple[dict, list[dict], list[str]]:
+    """Outcomes from ``pytest -v`` lines (``path::test PASSED [ 10%]``), for a run stopped midway."""
+    counts = {"passed": 0, "failed": 0, "errors": 0, "skipped": 0}
+    failures = []
+    key = {"PASSED": "passed", "FAILED": "failed", "ERROR": "errors", "SKIPPED": "skipped"}
+    for line in text.splitlines():
+        parts = line.split()
+        if len(parts) >= 2 and "::" in parts[0] and parts[1] in key:
+            counts[key[parts[1]]] += 1
+            if parts[1] in ("FAILED", "ERROR"):
+                failures.append({"test": parts[0], "message": "see tests.log"})
+    running = [ln.split()[0] for ln in text.splitlines() if "::" in ln and len(ln.split()) == 1]
+    if running:
+        failures.append({"test": running[-1], "message": "still running when the time budget ran out"})
+    return counts, failures, []
 
 
 # ====================================================================== targets

@@ -127,8 +127,8 @@ def test_summary_judges_the_targets(tmp_path):
 
 
 def test_child_output_and_junit_are_read(tmp_path):
-    gc = _load("gpu_check")
-    bs = gc.bs
+    gs = _load("gpu_check_summary")
+    bs = _load("bench_speed")
     text = "\n".join(
         [
             "noise",
@@ -136,8 +136,8 @@ def test_child_output_and_junit_are_read(tmp_path):
             bs.PROGRESS_PREFIX + json.dumps({"load_s": 1.0, "first_run_s": 9.0}),
         ]
     )
-    assert gc.read_child(text) == (None, {"load_s": 1.0, "first_run_s": 9.0})
-    assert gc.read_child(text + "\n" + bs.RESULT_PREFIX + '{"kind": "track"}')[0] == {"kind": "track"}
+    assert gs.read_child(text) == (None, {"load_s": 1.0, "first_run_s": 9.0})
+    assert gs.read_child(text + "\n" + bs.RESULT_PREFIX + '{"kind": "track"}')[0] == {"kind": "track"}
     junit = tmp_path / "j.xml"
     junit.write_text(
         '<testsuites><testsuite><testcase classname="t" name="a"/>'
@@ -145,7 +145,7 @@ def test_child_output_and_junit_are_read(tmp_path):
         '<testcase classname="t" name="c"><skipped message="needs a CUDA GPU"/></testcase>'
         "</testsuite></testsuites>"
     )
-    counts, failures, skips = gc.read_junit(junit)
+    counts, failures, skips = gs.read_junit(junit)
     assert counts == {"passed": 1, "failed": 1, "errors": 0, "skipped": 1}
     assert failures == [{"test": "t::b", "message": "boom"}] and skips == ["needs a CUDA GPU"]
     log = (
@@ -154,7 +154,7 @@ def test_child_output_and_junit_are_read(tmp_path):
         "tests/engine/test_gpu.py::test_c SKIPPED (needs a CUDA GPU) [ 30%]\n"
         "tests/engine/test_gpu.py::test_d \n"
     )
-    counts, failures, _ = gc.read_pytest_log(log)
+    counts, failures, _ = gs.read_pytest_log(log)
     assert counts == {"passed": 1, "failed": 1, "errors": 0, "skipped": 1}
     assert [f["test"] for f in failures] == [
         "tests/engine/test_gpu.py::test_b",
