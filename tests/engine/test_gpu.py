@@ -252,8 +252,9 @@ def test_cuda_bf16_image_predictor_agrees_with_fp32(cuda_tiny):
     results = {}
     for name, dtype in (("fp32", None), ("bf16", torch.bfloat16)):
         predictor = SAM2ImagePredictor(cuda_tiny, autocast_dtype=dtype)
-        predictor.set_image(image[0])
-        _, _, low = predictor.predict(point_coords=point, point_labels=[1], multimask_output=True)
+        with tf32("off"):  # the reference in strict float32
+            predictor.set_image(image[0])
+            _, _, low = predictor.predict(point_coords=point, point_labels=[1], multimask_output=True)
         results[name] = [[m] for m in low]  # 3 candidate masks, as (frame, object) rows
     dev = deviation(results["bf16"], results["fp32"])
     assert within(dev, BF16_IMAGE_BOUNDS), f"bf16 vs fp32: {dev}, bounds {BF16_IMAGE_BOUNDS}"
@@ -264,10 +265,11 @@ def test_cuda_bf16_image_predictor_agrees_with_fp32(cuda_tiny):
 def test_cuda_bf16_tracking_agrees_with_fp32(cuda_tiny):
     """8 tracked frames, 1 object, as docs/benchmarks.md measured the deviation on CPU."""
     image, clicks = timelapse(8, 1)
-    reference = track_logits(SAM2VideoPredictor(cuda_tiny, fill_hole_area=0), image, clicks)
-    bf16 = track_logits(
-        SAM2VideoPredictor(cuda_tiny, fill_hole_area=0, autocast_dtype=torch.bfloat16), image, clicks
-    )
+    with tf32("off"):  # the reference in strict float32
+        reference = track_logits(SAM2VideoPredictor(cuda_tiny, fill_hole_area=0), image, clicks)
+        bf16 = track_logits(
+            SAM2VideoPredictor(cuda_tiny, fill_hole_area=0, autocast_dtype=torch.bfloat16), image, clicks
+        )
     dev = deviation(bf16, reference)
     assert within(dev, BF16_TRACK_BOUNDS), f"bf16 vs fp32: {dev}, bounds {BF16_TRACK_BOUNDS}"
 
@@ -393,8 +395,8 @@ def test_cuda_compiled_model_matches_reference(golden_dir, cuda_tiny_compiled, t
 def test_cuda_compiled_bf16_tracking_agrees_with_fp32(cuda_tiny, cuda_tiny_compiled_bf16):
     """The fastest mode (bf16 autocast + torch.compile) against eager fp32, as the eager bf16 test."""
     image, clicks = timelapse(8, 1)
-    reference = track_logits(SAM2VideoPredictor(cuda_tiny, fill_hole_area=0), image, clicks)
-    with strict_compile():
+    with tf32("off"), strict_compile():
+        reference = track_logits(SAM2VideoPredictor(cuda_tiny, fill_hole_area=0), image, clicks)
         predictor = SAM2VideoPredictor(
             cuda_tiny_compiled_bf16, fill_hole_area=0, autocast_dtype=torch.bfloat16
         )
