@@ -65,6 +65,11 @@ DTYPES = ("fp32", "bf16")
 FRAME_SHAPE = (256, 256)
 SEED = 0
 RESULT_PREFIX = "@@RESULT "  # a child's result line on stdout
+# A child's partial result so far: what a driver that stops the child (time budget) can still report.
+PROGRESS_PREFIX = "@@PROGRESS "
+# Frames from which resident device memory must no longer grow: the per-object hot frames (16) and the
+# feature cache (256 MiB, 16 frames of features) are full by then, so later growth is per-frame state.
+FLAT_FROM = 20
 
 
 # ====================================================================== shared helpers
@@ -217,16 +222,19 @@ def tracking_inputs(n_tracked: int, n_objects: int) -> tuple[np.ndarray, list[tu
     return image, prompts
 
 
-def time_propagation(frames_iter, device) -> tuple[list[float], list[np.ndarray], list[int]]:
+def time_propagation(frames_iter, device, on_frame=None) -> tuple[list[float], list[np.ndarray], list[int]]:
     """Consume a ``propagate_in_video`` generator; seconds of every frame after the first.
 
     Each yielded mask batch is turned into a boolean numpy array (what a caller does with
     it), so the device-to-host copy is part of a frame's time. The first yield (the
     prompted frame, including the pre-flight memory encoding) is not timed.
+    ``on_frame(item)``, if given, runs after each frame's clock reading and is not timed
+    (bookkeeping of the benchmark itself: memory readings, keeping logits).
     """
     seconds, masks, order = [], [], []
     t_prev = None
-    for frame_idx, _obj_ids, video_res_masks in frames_iter:
+    for item in frames_iter:
+        frame_idx, _obj_ids, video_res_masks = item
         binary = (video_res_masks[:, 0] > 0.0).cpu().numpy()
         sync(device)
         now = time.perf_counter()
@@ -235,7 +243,64 @@ def time_propagation(frames_iter, device) -> tuple[list[float], list[np.ndarray]
         t_prev = now
         masks.append(binary)
         order.append(int(frame_idx))
+        if on_frame is not None:
+            on_frame(item)
+            sync(device)
+            t_prev = time.perf_counter()
     return seconds, masks, order
+
+
+def device_allocated_bytes(device) -> int | None:
+    """Bytes the caching allocator has handed out on a CUDA device (a host-side counter: no sync)."""
+    import torch
+
+    if torch.device(device).type == "cuda":
+        return torch.cuda.memory_allocated(torch.device(device))
+    return None
+
+
+def memory_trace_stats(trace: list[int | None], objects: int) -> dict[str, Any]:
+    """Resident device memory over the tracked frames (bytes after each yield, minus what the
+    benchmark itself holds): growth from frame ``FLAT_FROM`` on, per frame and object."""
+    if not trace or trace[0] is None:
+        return {}
+    stats: dict[str, Any] = {
+        "resident_mb_first": round(trace[0] / 2**20, 1),
+        "resident_mb_last": round(trace[-1] / 2**20, 1),
+    }
+    tail = trace[FLAT_FROM:]
+    if len(tail) >= 10:  # a least-squares slope over at least 10 frames after the caches are full
+        x = np.arange(len(tail), dtype=np.float64)
+        slope = np.polyfit(x, np.asarray(tail, dtype=np.float64), 1)[0]
+        stats["resident_growth_kb_per_frame_per_object"] = round(slope / 1024 / max(1, objects), 2)
+        stats["resident_growth_from_frame"] = FLAT_FROM
+    return stats
+
+
+def dynamo_stats() -> dict[str, int]:
+    """torch.compile's counters so far in this process (graphs compiled, graph breaks)."""
+    try:
+        from torch._dynamo.utils import counters
+    except ImportError:
+        return {}
+    return {
+        "unique_graphs": int(counters["stats"].get("unique_graphs", 0)),
+        "graph_breaks": int(sum(counters["graph_break"].values())),
+    }
+
+
+def eager(model_is_compiled: bool):
+    """Run compiled modules eagerly inside the block (a float32 reference without recompiling)."""
+    import torch
+
+    if model_is_compiled and hasattr(torch, "compiler") and hasattr(torch.compiler, "set_stance"):
+        return torch.compiler.set_stance("force_eager")
+    return contextlib.nullcontext()
+
+
+def progress(record: dict) -> None:
+    """Print a child's partial result (the driver keeps the last one if it has to stop the child)."""
+    print(PROGRESS_PREFIX + json.dumps(record), flush=True)
 
 
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -331,14 +396,25 @@ def emit(record: dict, out: Path) -> None:
 def timed_model_load(spec: dict, ckpt: Path):
     """Build the model from its checkpoint (``compile`` only wraps it: compiling happens at the
     first calls, in the untimed warm-up). Returns (model, seconds)."""
-    from napari_sam2.engine.build import build_sam2_model
+    from napari_sam2.engine.build import build_sam2_model, compile_model
 
     device = spec["device"]
     sync(device)
     t0 = time.perf_counter()
-    model = build_sam2_model(spec["config"], ckpt, device, compile=spec.get("compile", False))
+    model = build_sam2_model(spec["config"], ckpt, device)
+    if spec.get("compile", False):
+        compile_model(model, **compile_options(spec))
     sync(device)
     return model, time.perf_counter() - t0
+
+
+def compile_options(spec: dict) -> dict:
+    """``compile_model`` keyword arguments of a spec: its ``compile_mode`` when one is given
+    ("default" means inductor's own default mode), else compile_model's default."""
+    mode = spec.get("compile_mode")
+    if mode is None:
+        return {}
+    return {"mode": None if mode == "default" else mode}
 
 
 def measure_image(spec: dict) -> dict:
@@ -404,13 +480,13 @@ def measure_image(spec: dict) -> dict:
     return record
 
 
-def track_once(predictor, image, prompts, device, max_frames=None):
+def track_once(predictor, image, prompts, device, max_frames=None, on_frame=None):
     """init_state + clicks (not timed), then the timed propagation. Returns (state, seconds, masks)."""
     state = predictor.init_state(image)
     for obj_id, xy in prompts:
         predictor.add_new_points_or_box(state, 0, obj_id, points=[xy], labels=[1])
     seconds, masks, _ = time_propagation(
-        predictor.propagate_in_video(state, max_frame_num_to_track=max_frames), device
+        predictor.propagate_in_video(state, max_frame_num_to_track=max_frames), device, on_frame
     )
     return state, seconds, masks
 
@@ -435,30 +511,46 @@ def measure_track(spec: dict) -> dict:
     predictor = SAM2VideoPredictor(
         model, fill_hole_area=spec["fill_hole_area"], autocast_dtype=autocast_dtype
     )
-    if spec["warmup_frames"] > 0:
+    partial = {**spec, "kind": "track", "checkpoint_file": ckpt.name, "load_s": round(load_s, 3)}
+    progress(partial)
+    if spec["warmup_frames"] > 0:  # untimed; with compile this is where compilation happens
+        sync(device)
+        t0 = time.perf_counter()
         state, _, _ = track_once(predictor, image, prompts, device, max_frames=spec["warmup_frames"])
         state.close()
+        sync(device)
+        partial["first_run_s"] = round(time.perf_counter() - t0, 3)
+        partial["first_run_frames"] = spec["warmup_frames"]
+        if spec.get("compile"):
+            partial["dynamo"] = dynamo_stats()
+        progress(partial)
     runs = []
     state = masks = None
+    trace: list[int | None] = []  # resident device memory after each frame of the last run
+
+    def read_memory(_item) -> None:
+        trace.append(device_allocated_bytes(device))
+
     for _ in range(spec["track_repeats"]):
         if state is not None:
             state.close()
-        state, seconds, masks = track_once(predictor, image, prompts, device)
+        trace.clear()
+        state, seconds, masks = track_once(predictor, image, prompts, device, on_frame=read_memory)
         runs.append(seconds)
     run = sorted(runs, key=sum)[len(runs) // 2]  # the median run by total time
     record = {
-        **spec,
-        "kind": "track",
-        "checkpoint_file": ckpt.name,
-        "load_s": round(load_s, 3),
+        **partial,
         **per_frame_stats(run),
         "s_per_frame_all_repeats": [round(sum(s) / len(s), 4) for s in runs if s],
         "peak_rss_mb": round(peak_rss_mb(), 1),
         "cuda_max_allocated_mb": device_peak_mb(device),
+        **memory_trace_stats(trace, spec["objects"]),
     }
-    if dtype != "fp32":  # same frames and prompts in float32, compared frame by frame
+    progress(record)
+    if dtype != "fp32" and spec.get("compare_fp32", True):  # same frames and prompts in float32
         ref = SAM2VideoPredictor(model, fill_hole_area=spec["fill_hole_area"], autocast_dtype=None)
-        ref_state, _, ref_masks = track_once(ref, image, prompts, device)
+        with eager(spec.get("compile", False)):  # an eager reference: no recompilation for float32
+            ref_state, _, ref_masks = track_once(ref, image, prompts, device)
         ious, rels = [], []
         for f in range(len(masks)):
             ious += [mask_iou(a, b) for a, b in zip(masks[f], ref_masks[f])]
@@ -642,6 +734,17 @@ def build_parser() -> argparse.ArgumentParser:
         "the untimed warm-up calls and frames then include compilation",
     )
     ap.add_argument(
+        "--compile-mode",
+        default=None,
+        help="torch.compile mode for --compile (default: compile_model's, max-autotune-no-cudagraphs; "
+        "'default' for inductor's default mode, which compiles much faster)",
+    )
+    ap.add_argument(
+        "--no-compare-fp32",
+        action="store_true",
+        help="with --dtype bf16, skip the float32 run that measures the deviation from fp32",
+    )
+    ap.add_argument(
         "--fill-hole-area", type=int, default=0, help="video predictor hole filling (default 0: off)"
     )
     ap.add_argument(
@@ -691,6 +794,8 @@ def plan(args: argparse.Namespace, devices: list[str]) -> list[dict]:
     specs = []
     common = {
         "compile": args.compile,
+        "compile_mode": args.compile_mode,
+        "compare_fp32": not args.no_compare_fp32,
         "frames": args.frames,
         "repeats": args.repeats,
         "warmup": args.warmup,

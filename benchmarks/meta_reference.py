@@ -68,6 +68,8 @@ def meta_package_dir(meta_repo: str | Path) -> Path:
 
 
 def meta_revision(pkg_dir: Path) -> str | None:
+    """The checkout's git revision, or that of an exported copy (``REVISION`` beside the package,
+    written by gpu_prepare.sh)."""
     try:
         out = subprocess.run(
             ["git", "-C", str(pkg_dir), "rev-parse", "--short", "HEAD"],
@@ -75,9 +77,14 @@ def meta_revision(pkg_dir: Path) -> str | None:
             text=True,
             timeout=10,
         )
-        return out.stdout.strip() or None
+        if out.stdout.strip():
+            return out.stdout.strip()
     except (OSError, subprocess.SubprocessError):
-        return None
+        pass
+    exported = pkg_dir.parent / "REVISION"
+    if exported.is_file():
+        return exported.read_text().strip()[:12] or None
+    return None
 
 
 def import_meta(meta_repo: str | Path) -> types.SimpleNamespace:
@@ -244,10 +251,16 @@ def frames_loader(video_module, images, height: int, width: int):
 # ====================================================================== the measurement (child)
 
 
+def module_mb(module) -> float:
+    """Parameters and buffers of a model on its device, in MiB."""
+    tensors = list(module.parameters()) + list(module.buffers())
+    return round(sum(t.numel() * t.element_size() for t in tensors) / 2**20, 1)
+
+
 def measure(spec: dict) -> dict:
     import torch
 
-    from napari_sam2.engine.build import build_sam2_model
+    from napari_sam2.engine.build import build_sam2_model, compile_model
     from napari_sam2.engine.normalization import Normalizer, preprocess
     from napari_sam2.engine.video_predictor import SAM2VideoPredictor
     from napari_sam2.model import load_config
@@ -259,20 +272,32 @@ def measure(spec: dict) -> dict:
     ckpt = bs.resolve_checkpoint(spec["config"], spec["weights"], spec.get("checkpoint"))
     image, prompts = bs.tracking_inputs(spec["frames"], spec["objects"])
     height, width = image.shape[1:3]
+    record = {
+        **spec,
+        "kind": "meta_reference",
+        "checkpoint_file": ckpt.name,
+        "meta_package": str(m.pkg_dir),
+        "meta_git": meta_revision(m.pkg_dir),
+        "iopath_stubbed": m.iopath_stubbed,
+    }
 
     bs.sync(device)
     t0 = time.perf_counter()
+    ours_model = build_sam2_model(spec["config"], ckpt, device)
+    if spec.get("compile", False):
+        compile_model(ours_model, **bs.compile_options(spec))
     ours = SAM2VideoPredictor(
-        build_sam2_model(spec["config"], ckpt, device, compile=spec.get("compile", False)),
-        fill_hole_area=0,
-        autocast_dtype=torch.bfloat16 if dtype == "bf16" else None,
+        ours_model, fill_hole_area=0, autocast_dtype=torch.bfloat16 if dtype == "bf16" else None
     )
     bs.sync(device)
-    ours_load_s = time.perf_counter() - t0
+    record["ours_load_s"] = round(time.perf_counter() - t0, 3)
     t0 = time.perf_counter()
     meta, unknown_kwargs = build_meta_predictor(m, cfg, ckpt, device, spec["meta_vos"])
     bs.sync(device)
-    meta_load_s = time.perf_counter() - t0
+    record["meta_load_s"] = round(time.perf_counter() - t0, 3)
+    record["meta_unknown_kwargs"] = unknown_kwargs or None
+    record["ours_model_mb"], record["meta_model_mb"] = module_mb(ours_model), module_mb(meta)
+    bs.progress(record)
 
     # The frames both see: Meta's init_state would hold exactly this (normalised, on the device).
     norm = Normalizer.fit(image)
@@ -285,77 +310,112 @@ def measure(spec: dict) -> dict:
         prep_s.append(time.perf_counter() - t1)
     images = torch.stack(rgb_frames)
     del rgb_frames
+    # Meta's init_state would allocate these frames itself: they count towards Meta's memory.
+    record["meta_frames_mb"] = round(images.numel() * images.element_size() / 2**20, 1)
+    record["preprocess_ms_per_frame"] = round(1000 * statistics.median(prep_s), 2)
 
-    def run_ours(max_frames=None):
+    def run_ours(max_frames=None, memory=None):
         state = ours.init_state(image, normalizer=norm)
         for obj_id, xy in prompts:
             ours.add_new_points_or_box(state, 0, obj_id, points=[xy], labels=[1])
-        seconds, masks, logits = timed(ours.propagate_in_video(state, max_frame_num_to_track=max_frames))
+        result = timed(ours.propagate_in_video(state, max_frame_num_to_track=max_frames), memory)
         state.close()
-        return seconds, masks, logits
+        return result
 
-    def run_meta(max_frames=None):
+    def run_meta(max_frames=None, memory=None):
         with torch.inference_mode(), bs.autocast(device, dtype):
             with frames_loader(m.video_module, images, height, width):
                 state = meta.init_state(video_path="<frames given in memory>")
             for obj_id, xy in prompts:
                 meta.add_new_points_or_box(state, frame_idx=0, obj_id=obj_id, points=[xy], labels=[1])
-            return timed(meta.propagate_in_video(state, max_frame_num_to_track=max_frames))
+            return timed(meta.propagate_in_video(state, max_frame_num_to_track=max_frames), memory)
 
-    def timed(frames_iter):
+    def timed(frames_iter, memory):
+        """Per-frame seconds and masks; each frame's logits are kept on the host, untimed, and
+        (CUDA) the resident device memory after each frame is read before that copy."""
         logits = []
 
-        def keep(it):  # keep each frame's logits (a reference; converted after timing)
-            for item in it:
-                logits.append(item[2])
-                yield item
+        def on_frame(item):
+            if memory is not None:
+                memory.append(bs.device_allocated_bytes(device))
+            logits.append(item[2][:, 0].float().cpu().numpy())
 
-        seconds, masks, _ = bs.time_propagation(keep(frames_iter), device)
+        seconds, masks, _ = bs.time_propagation(frames_iter, device, on_frame)
         return seconds, masks, logits
 
-    if spec["warmup_frames"] > 0:
-        run_ours(spec["warmup_frames"])
-        run_meta(spec["warmup_frames"])
+    def first_run(name, fn):
+        """The untimed warm-up run (with compile: where compilation and autotuning happen)."""
+        if spec["warmup_frames"] <= 0:
+            return
+        bs.sync(device)
+        t0 = time.perf_counter()
+        fn(spec["warmup_frames"])
+        bs.sync(device)
+        record[f"{name}_first_run_s"] = round(time.perf_counter() - t0, 3)
+        record["first_run_frames"] = spec["warmup_frames"]
+        if name == "ours" and spec.get("compile"):
+            record["ours_dynamo"] = bs.dynamo_stats()
+        bs.progress(record)
+
+    def measured_run(fn):
+        """One timed run, with its device memory: the peak over what was allocated before it,
+        and the resident memory after every frame (same baseline)."""
+        memory: list[int | None] = []
+        base = bs.device_allocated_bytes(device)
+        bs.reset_device_peak(device)
+        seconds, masks, logits = fn(memory=memory)
+        peak = bs.device_peak_mb(device)
+        if base is not None:
+            memory = [b - base for b in memory]
+            peak = round(peak - base / 2**20, 1)
+        return (seconds, masks, logits), {"run_peak_mb": peak, "trace": memory}
+
+    first_run("ours", run_ours)
+    first_run("meta", run_meta)
     ours_runs, meta_runs = [], []
     for _ in range(spec["track_repeats"]):  # alternate, so that drifting machine load hits both alike
-        ours_runs.append(run_ours())
-        meta_runs.append(run_meta())
-    ours_run = sorted(ours_runs, key=lambda r: sum(r[0]))[len(ours_runs) // 2]
-    meta_run = sorted(meta_runs, key=lambda r: sum(r[0]))[len(meta_runs) // 2]
+        ours_runs.append(measured_run(run_ours))
+        record["ours"] = bs.per_frame_stats(ours_runs[-1][0][0])
+        bs.progress(record)
+        meta_runs.append(measured_run(run_meta))
+    ours_run, ours_mem = sorted(ours_runs, key=lambda r: sum(r[0][0]))[len(ours_runs) // 2]
+    meta_run, meta_mem = sorted(meta_runs, key=lambda r: sum(r[0][0]))[len(meta_runs) // 2]
 
     ious, rels = [], []
     for f in range(len(ours_run[1])):
         ious += [bs.mask_iou(a, b) for a, b in zip(ours_run[1][f], meta_run[1][f])]
-        ol = ours_run[2][f].float().cpu().numpy()[:, 0]
-        ml = meta_run[2][f].float().cpu().numpy()[:, 0]
-        rels += [bs.rel_l2(a, b) for a, b in zip(ol, ml)]
+        rels += [bs.rel_l2(a, b) for a, b in zip(ours_run[2][f], meta_run[2][f])]
     agreement = bs.deviation_stats(ious, rels)
     ours_stats, meta_stats = bs.per_frame_stats(ours_run[0]), bs.per_frame_stats(meta_run[0])
     ratio = None
     if ours_stats.get("s_per_frame") and meta_stats.get("s_per_frame"):
         ratio = round(meta_stats["s_per_frame"] / ours_stats["s_per_frame"], 3)
-    return {
-        **spec,
-        "kind": "meta_reference",
-        "checkpoint_file": ckpt.name,
-        "meta_package": str(m.pkg_dir),
-        "meta_git": meta_revision(m.pkg_dir),
-        "iopath_stubbed": m.iopath_stubbed,
-        "meta_unknown_kwargs": unknown_kwargs or None,
-        "ours_load_s": round(ours_load_s, 3),
-        "meta_load_s": round(meta_load_s, 3),
-        "ours": ours_stats,
-        "meta": meta_stats,
-        "ours_s_per_frame_all_repeats": [round(sum(r[0]) / len(r[0]), 4) for r in ours_runs if r[0]],
-        "meta_s_per_frame_all_repeats": [round(sum(r[0]) / len(r[0]), 4) for r in meta_runs if r[0]],
-        "fps_ratio_ours_over_meta": ratio,
-        # ours reads and normalises each frame inside propagate (lazily); Meta did it in init_state
-        "preprocess_ms_per_frame": round(1000 * statistics.median(prep_s), 2),
-        "agreement": agreement,
-        "parity_ok": agreement["iou_min"] >= IOU_MIN_REQUIRED,
-        "peak_rss_mb": round(bs.peak_rss_mb(), 1),
-        "cuda_max_allocated_mb": bs.device_peak_mb(device),
-    }
+    for stats, mem, model_mb, extra_mb in (
+        (ours_stats, ours_mem, record["ours_model_mb"], 0.0),
+        (meta_stats, meta_mem, record["meta_model_mb"], record["meta_frames_mb"]),
+    ):
+        if mem["run_peak_mb"] is not None:
+            stats["cuda_run_peak_mb"] = mem["run_peak_mb"]
+            # what this implementation alone would hold at its peak: its weights, its frames, its run
+            stats["cuda_own_peak_mb"] = round(model_mb + extra_mb + mem["run_peak_mb"], 1)
+        stats.update(bs.memory_trace_stats(mem["trace"], spec["objects"]))
+    record.update(
+        {
+            "ours": ours_stats,
+            "meta": meta_stats,
+            "ours_s_per_frame_all_repeats": [
+                round(sum(r[0][0]) / len(r[0][0]), 4) for r in ours_runs if r[0][0]
+            ],
+            "meta_s_per_frame_all_repeats": [
+                round(sum(r[0][0]) / len(r[0][0]), 4) for r in meta_runs if r[0][0]
+            ],
+            "fps_ratio_ours_over_meta": ratio,
+            "agreement": agreement,
+            "parity_ok": agreement["iou_min"] >= IOU_MIN_REQUIRED,
+            "peak_rss_mb": round(bs.peak_rss_mb(), 1),
+        }
+    )
+    return record
 
 
 # ====================================================================== driver
@@ -439,6 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
         "this is each implementation's fastest mode",
     )
     ap.add_argument(
+        "--compile-mode",
+        default=None,
+        help="torch.compile mode of ours with --compile (default: compile_model's, max-autotune-no-cudagraphs; "
+        "'default' for inductor's default mode)",
+    )
+    ap.add_argument(
         "--frames", type=int, default=8, help="tracked frames after the prompted frame 0 (default 8)"
     )
     ap.add_argument("--objects", type=int, nargs="+", default=[1, 5], help="object counts (default 1 5)")
@@ -471,6 +537,37 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
+def finalize_args(args: argparse.Namespace) -> None:
+    """Defaults that depend on other options."""
+    if args.warmup_frames is None:
+        args.warmup_frames = args.frames if (args.meta_vos or args.compile) else 2
+
+
+def make_specs(args: argparse.Namespace, device: str, pkg_dir: Path, run_id: str) -> list[dict]:
+    """One child spec per (variant, object count), in that order."""
+    return [
+        {
+            "run_id": run_id,
+            "config": c,
+            "device": device,
+            "dtype": args.dtype,
+            "meta_vos": args.meta_vos,
+            "compile": args.compile,
+            "compile_mode": args.compile_mode,
+            "objects": k,
+            "frames": args.frames,
+            "track_repeats": args.track_repeats,
+            "warmup_frames": args.warmup_frames,
+            "weights": args.weights,
+            "checkpoint": args.checkpoint,
+            "threads": args.threads,
+            "meta_repo": str(pkg_dir),
+        }
+        for c in args.configs
+        for k in args.objects
+    ]
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = build_parser()
     args = ap.parse_args(argv)
@@ -485,8 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--frames, --track-repeats and --objects must be >= 1")
     if args.checkpoint and len(args.configs) != 1:
         ap.error("--checkpoint needs exactly one --configs entry")
-    if args.warmup_frames is None:
-        args.warmup_frames = args.frames if (args.meta_vos or args.compile) else 2
+    finalize_args(args)
     try:
         pkg_dir = meta_package_dir(args.meta_repo)
     except FileNotFoundError as e:
@@ -499,26 +595,7 @@ def main(argv: list[str] | None = None) -> int:
             "with torch.compile(mode='max-autotune'), which targets GPUs)"
         )
     run_id = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
-    specs = [
-        {
-            "run_id": run_id,
-            "config": c,
-            "device": device,
-            "dtype": args.dtype,
-            "meta_vos": args.meta_vos,
-            "compile": args.compile,
-            "objects": k,
-            "frames": args.frames,
-            "track_repeats": args.track_repeats,
-            "warmup_frames": args.warmup_frames,
-            "weights": args.weights,
-            "checkpoint": args.checkpoint,
-            "threads": args.threads,
-            "meta_repo": str(pkg_dir),
-        }
-        for c in args.configs
-        for k in args.objects
-    ]
+    specs = make_specs(args, device, pkg_dir, run_id)
     if args.dry_run:
         print(f"Meta's sam2 package: {pkg_dir} (git {meta_revision(pkg_dir) or 'unknown'})")
         print(f"plan ({len(specs)} fresh processes; results would be appended to {args.out}):")
