@@ -322,12 +322,12 @@ def test_window_float_and_wide_types():
 
 def test_window_normalizer_in_the_predictors(small_model, monkeypatch):
     """init_state(normalizer=...) and set_image(normalizer=...) take a window as they take a fit."""
-    from napari_sam2.engine import image_predictor, video_predictor
+    from napari_sam2.engine import image_predictor, video_inference
     from napari_sam2.engine.image_predictor import SAM2ImagePredictor
     from napari_sam2.engine.video_predictor import SAM2VideoPredictor
 
     seen = []
-    for module in (video_predictor, image_predictor):
+    for module in (video_inference, image_predictor):
         original = module.preprocess
         monkeypatch.setattr(
             module, "preprocess", lambda rgb, *a, _o=original, **k: seen.append(rgb) or _o(rgb, *a, **k)
