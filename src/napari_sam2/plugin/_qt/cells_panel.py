@@ -36,6 +36,7 @@ class CellsPanel(QGroupBox, Refreshing):
         self.max_area_spin = QSpinBox()
         self.max_area_spin.setRange(0, 100_000_000)
         self.max_area_spin.setSpecialValueText("no limit")
+        self.max_area_spin.setMinimumWidth(110)
         self.max_area_spin.setToolTip(
             "Largest object kept, in pixels (a mask of the background is the usual reason)"
         )
@@ -48,7 +49,7 @@ class CellsPanel(QGroupBox, Refreshing):
         self.min_score_spin.setRange(0.0, 1.0)
         self.min_score_spin.setSingleStep(0.05)
         self.min_score_spin.setToolTip("Lowest predicted IoU of a mask kept")
-        self.border_check = QCheckBox("drop cells on the border")
+        self.border_check = QCheckBox("drop border cells")
         self.border_check.setToolTip("Drop masks that touch the frame's edge (cells cut by the border)")
         row.addWidget(self.min_score_spin)
         row.addWidget(self.border_check)
@@ -75,13 +76,11 @@ class CellsPanel(QGroupBox, Refreshing):
         self.lost_spin = QSpinBox()
         self.lost_spin.setRange(1, 1000)
         self.lost_spin.setToolTip("End a track when its cell is lost for this many frames")
-        row.addWidget(QLabel("re-seed every"))
-        row.addWidget(self.reseed_spin)
-        row.addWidget(QLabel("lost after"))
-        row.addWidget(self.lost_spin)
-        form.addRow(row)
-        self.divisions_check = QCheckBox(
-            "Detect divisions (a cell splitting in two starts two daughter tracks)"
+        form.addRow("Re-seed every", self.reseed_spin)
+        form.addRow("Lost after (frames)", self.lost_spin)
+        self.divisions_check = QCheckBox("Detect divisions")
+        self.divisions_check.setToolTip(
+            "A cell whose mask splits in two lasting parts ends; two daughter tracks start"
         )
         form.addRow(self.divisions_check)
         row = QHBoxLayout()
