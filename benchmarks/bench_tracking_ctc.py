@@ -114,7 +114,7 @@ def run_one(args, seed: int, every: int, work: Path) -> dict[str, Any]:
     from napari_sam2.engine.track_all import TrackAllConfig, TrackAllRun
     from napari_sam2.engine.track_exports import write_ctc
     from napari_sam2.engine.track_rules import DivisionRule
-    from napari_sam2.plugin.sample_data import synthetic_lineage_timelapse
+    from napari_sam2.plugin.sample_lineage import synthetic_lineage_timelapse
 
     image, labels, truth = synthetic_lineage_timelapse(
         n_frames=args.frames, shape=(args.size, args.size), seed=seed

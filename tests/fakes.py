@@ -374,6 +374,14 @@ class GroundTruthPredictor:
             mask |= _snap_to_truth(truth, inside, self.coverage)
         return self.add_new_mask(state, frame_idx, obj_id, mask)
 
+    def clear_all_prompts_in_frame(self, state, frame_idx, obj_id, need_output=True):
+        self.calls.append(("clear", frame_idx, obj_id))
+        obj = state["objects"].get(obj_id)
+        if obj is not None:
+            obj["cond"].pop(frame_idx, None)
+            obj["masks"].pop(frame_idx, None)
+        return (frame_idx, list(state["objects"]), self._logits(state, frame_idx)) if need_output else None
+
     def remove_object(self, state, obj_id, strict=False, need_output=True):
         self.calls.append(("remove", obj_id))
         if obj_id not in state["objects"] and strict:

@@ -20,7 +20,7 @@ from napari_sam2.cli import track_all as cli
 
 @pytest.fixture(scope="module")
 def movie():
-    from napari_sam2.plugin.sample_data import synthetic_lineage_timelapse
+    from napari_sam2.plugin.sample_lineage import synthetic_lineage_timelapse
 
     return synthetic_lineage_timelapse(
         n_frames=24, shape=(128, 128), n_cells=5, n_divisions=1, n_entering=1, n_leaving=1, seed=1

@@ -177,7 +177,7 @@ def test_folder_of_tiffs(tmp_path, stack):
 
 
 def test_folder_reads_one_file_per_frame(tmp_path, stack, monkeypatch):
-    import napari_sam2.engine.frames as frames_mod
+    import napari_sam2.engine.io.stacks as frames_mod
 
     for i, frame in enumerate(stack):
         tifffile.imwrite(tmp_path / f"t{i}.tif", frame)

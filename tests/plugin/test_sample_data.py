@@ -189,7 +189,7 @@ def test_sample_layer_data_tuples(maker, ndim):
 
 @pytest.fixture(scope="module")
 def lineage():
-    from napari_sam2.plugin.sample_data import synthetic_lineage_timelapse
+    from napari_sam2.plugin.sample_lineage import synthetic_lineage_timelapse
 
     return synthetic_lineage_timelapse()
 
@@ -253,7 +253,7 @@ def test_lineage_cells_are_one_piece_and_daughters_start_inside_their_mother(lin
 
 
 def test_lineage_deterministic_and_seeded():
-    from napari_sam2.plugin.sample_data import synthetic_lineage_timelapse
+    from napari_sam2.plugin.sample_lineage import synthetic_lineage_timelapse
 
     a = synthetic_lineage_timelapse(n_frames=24, shape=(128, 160), seed=3)
     b = synthetic_lineage_timelapse(n_frames=24, shape=(128, 160), seed=3)
@@ -274,7 +274,7 @@ def test_lineage_deterministic_and_seeded():
     ],
 )
 def test_lineage_rejects_bad_parameters(kwargs, match):
-    from napari_sam2.plugin.sample_data import synthetic_lineage_timelapse
+    from napari_sam2.plugin.sample_lineage import synthetic_lineage_timelapse
 
     with pytest.raises(ValueError, match=match):
         synthetic_lineage_timelapse(**kwargs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -68,3 +70,34 @@ def test_writer_through_napari(tmp_path):
     assert written == [str(tmp_path / "out.tif")]
     data, _, _, _ = _read(written[0])
     np.testing.assert_array_equal(data, lab)
+
+
+@pytest.mark.parametrize("name", ["labels.nii.gz", "labels.ome.tif", "labels.zarr"])
+def test_formats_writer_through_napari_keeps_the_image_space(tmp_path, name):
+    """An output layer made for an image from the NIfTI reader carries its source metadata,
+    and the formats writer saves the labels in that space."""
+    import nibabel as nib
+    from napari.components import ViewerModel
+    from napari.plugins import _initialize_plugins
+
+    from napari_sam2.engine.io import open_array
+    from napari_sam2.plugin.layers import role_metadata
+
+    _initialize_plugins()
+    affine = np.diag([0.5, 0.75, 2.0, 1.0])
+    affine[:3, 3] = [10, -5, 3]
+    vol = (np.arange(5 * 6 * 7).reshape(7, 6, 5) % 50).astype(np.int16)  # NIfTI x, y, z
+    nib.save(nib.Nifti1Image(vol, affine), tmp_path / "vol.nii.gz")
+    arr, meta = open_array(tmp_path / "vol.nii.gz")
+    viewer = ViewerModel()
+    image = viewer.add_image(np.asarray(arr), name="vol", metadata={"source_metadata": meta})
+    lab = np.zeros(arr.shape, np.uint16)
+    lab[2, 1:3, 1:4] = 4
+    masks = viewer.add_labels(lab, name="masks", metadata=role_metadata("output", image))
+    viewer.layers.selection = {masks}
+    written = viewer.layers.save(str(tmp_path / name), selected=True, plugin="napari-sam2")
+    assert written and Path(written[0]).name == name
+    if name.endswith(".nii.gz"):
+        back = nib.load(written[0])
+        np.testing.assert_allclose(back.affine, affine)
+        np.testing.assert_array_equal(np.asarray(back.dataobj).transpose(2, 1, 0), lab)

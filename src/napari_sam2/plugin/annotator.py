@@ -33,6 +33,7 @@ from ..engine.normalization import choose_channels
 from ..engine.prompts import PromptSet
 from ..engine.session import DIRECTIONS, ModelSpec, SessionError, TrackingSession
 from ..model.variants import VARIANTS, resolve_variant
+from .cells import CellSettings, CellsMixin
 from .geometry import StackGeometry
 from .jobs import JobRunner
 from .outputs import Outputs
@@ -78,9 +79,10 @@ class AnnotatorSettings:
     max_frames: int | None = None
     output: str | None = None  # a user Labels layer's name; None: the plugin's own layer
     per_object: bool = False
+    cells: CellSettings = field(default_factory=CellSettings)  # the "Track all cells" workflow
 
 
-class Annotator(PromptingMixin, RunMixin):
+class Annotator(PromptingMixin, CellsMixin, RunMixin):
     """The plugin's state and scripted API (see the module doc)."""
 
     def __init__(self, viewer, *, synchronous: bool | None = None) -> None:

@@ -19,7 +19,14 @@ def role_of(layer) -> dict:
 
 
 def role_metadata(role: str, image, obj_id: int | None = None) -> dict:
-    return {META_KEY: {"role": role, "image": image.name, "image_id": str(image.unique_id), "obj_id": obj_id}}
+    """The metadata of a layer the plugin makes for ``image``: its role, and the image's physical
+    metadata (spacing, orientation, axes) when the image has it, so that labels saved from the
+    layer land in the image's space."""
+    meta = {META_KEY: {"role": role, "image": image.name, "image_id": str(image.unique_id), "obj_id": obj_id}}
+    source = (getattr(image, "metadata", None) or {}).get("source_metadata")
+    if source is not None:
+        meta["source_metadata"] = source
+    return meta
 
 
 def belongs_to(layer, image) -> bool:

@@ -197,7 +197,16 @@ class OutputWriter:
                 [only],
                 logits[keep] if keep else np.full((1, *logits.shape[1:]), -1.0, np.float32),
             )
-        new = masks_to_labels(obj_ids, logits, dtype=np.int64)
+        return self.write_plane(layer, view, frame, masks_to_labels(obj_ids, logits, dtype=np.int64), obj_ids)
+
+    def write_plane(
+        self, layer, view: StackView, frame: int, new: np.ndarray, obj_ids: Sequence[int] | None = None
+    ) -> UserEdit | None:
+        """Write a label plane (object ids, 0 background) by the same rules as :meth:`write`;
+        ``obj_ids`` are the tracked objects (default: the plane's ids)."""
+        new = np.asarray(new)
+        if obj_ids is None:
+            obj_ids = [int(v) for v in np.unique(new) if v]
         idx = view.output_index(frame)
         cur = np.array(layer.data[idx])
         if cur.shape != new.shape:
@@ -321,6 +330,11 @@ class OutputWriter:
             )
         else:
             self.edits.pop((layer.name, int(frame)), None)
+
+    def forget_plane(self, layer, view: StackView, frame: int) -> None:
+        """Drop one plane's ledger (its content was replaced as a whole, e.g. new seeds)."""
+        self.ledgers.pop(self._key(layer, view, frame), None)
+        self.edits.pop((layer.name, int(frame)), None)
 
     def forget(self, layer=None) -> None:
         """Drop the ledgers (of one layer, or all): e.g. when a layer is deleted."""

@@ -113,7 +113,7 @@ class RunMixin:
 
         self.last_error, self.last_outcome, self._stop_reason = None, None, None
         self.runner.cancel_event.clear()
-        self._pbar = progress(total=0, desc=desc) if kind == "propagate" else None
+        self._pbar = progress(total=0, desc=desc) if kind in ("propagate", "track-all") else None
         self._frames_done: set[int] = set()
         self._run_edits: dict = {}
         if geom is not None:
@@ -128,6 +128,8 @@ class RunMixin:
         )
 
     def _on_event(self, kind: str, geom: StackGeometry | None, event: Any) -> None:
+        if kind in ("segment", "track-all") and self._stop_reason is None and self._cells_event(geom, event):
+            return
         if isinstance(event, Status):
             self._status(event.text)
         elif isinstance(event, DownloadProgress):
@@ -183,9 +185,15 @@ class RunMixin:
                 "(in the output layer, if it still exists)."
             )
         elif outcome == "cancelled":
+            if kind == "track-all":
+                self._cells_finished(geom)
             self._status(f"Cancelled after {n} frame(s); they are kept.")
         elif kind == "propagate":
             self._status(f"Propagation done: {n} frame(s).")
+        elif kind == "track-all":
+            self._cells_finished(geom)
+        elif kind == "segment":
+            pass  # the seeds' own status line stays
         elif kind == "preview":
             self._status("Preview done." if outcome == "done" else "Preview is up to date.")
         elif kind == "download":

@@ -120,3 +120,21 @@ def write_labels_tiff(path: str, data: Any, attributes: dict) -> list[str]:
             **kwargs,
         )
     return [path]
+
+
+def write_labels_formats(path: str, data: Any, attributes: dict) -> list[str]:
+    """Write one Labels layer as OME-Zarr, NIfTI or OME-TIFF (npe2 single-layer writer), by
+    the file name's suffix, with the image's physical metadata when the layer carries it
+    (layers from this plugin's reader and the plugin's output layers do)."""
+    from ..engine.io.labels_out import write_labels
+
+    arr = np.asarray(data[0] if attributes.get("multiscale") else data)
+    if arr.dtype.kind not in "uib":
+        raise ValueError(f"labels must be integers, not {arr.dtype}")
+    # an axis along which the layer repeats one plane (a shared channel plane) is written once
+    keep = [a for a in range(arr.ndim) if not (arr.strides[a] == 0 and arr.shape[a] > 1)]
+    if len(keep) < arr.ndim:
+        arr = arr[tuple(slice(None) if a in keep else 0 for a in range(arr.ndim))]
+    source = (attributes.get("metadata") or {}).get("source_metadata")
+    written = write_labels(path, np.ascontiguousarray(arr), source, overwrite=True)
+    return [str(written)]

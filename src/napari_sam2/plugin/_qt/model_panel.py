@@ -124,6 +124,18 @@ class ModelPanel(QGroupBox, Refreshing):
             self.checkpoint_label.setText("a predictor given from Python is used")
             self.download_btn.setEnabled(False)
             return
-        self.checkpoint_label.setText(status.message)
-        self.checkpoint_label.setToolTip(status.message)
+        self.checkpoint_label.setText(_short(status))
+        self.checkpoint_label.setToolTip(status.message)  # with the size and sha256
         self.download_btn.setEnabled(ann.busy is None and status.state in ("missing", "wrong_size"))
+
+
+def _short(status) -> str:
+    """The checkpoint row: what is wrong and where the file goes, in a few lines."""
+    from ...engine.checkpoints import CHECKPOINTS
+
+    if status.state == "missing":
+        url = CHECKPOINTS[status.config_name].url
+        return f"not downloaded yet: click Download, or save {url} as {status.path}"
+    if status.state == "wrong_size":
+        return f"{status.path} has the wrong size (an interrupted download?): delete it and click Download"
+    return status.message

@@ -16,10 +16,11 @@ announcements into Qt signals. Everything else is the annotator's: scripts use
 from __future__ import annotations
 
 from qtpy.QtCore import QTimer, Signal
-from qtpy.QtWidgets import QLabel, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QLabel, QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
 from ..annotator import Annotator
 from ._common import notify_error
+from .cells_panel import CellsPanel
 from .image_panel import ImagePanel
 from .model_panel import ModelPanel
 from .output_panel import OutputPanel
@@ -41,6 +42,7 @@ _DELEGATED = frozenset(
         "current_frame",
         "discard_edits",
         "download_checkpoint",
+        "export_tracks",
         "geometry",
         "image_layer",
         "labels",
@@ -54,16 +56,37 @@ _DELEGATED = frozenset(
         "propagate",
         "reset",
         "save_prompts",
+        "segment_everything",
+        "seeds_layer",
+        "set_cells",
         "set_model",
         "set_object",
         "set_positive",
         "set_propagation_axis",
+        "track_all_cells",
+        "tracks_layer",
         "use_edits_as_corrections",
+        "use_mask_generator",
         "use_predictor",
         "user_edits",
         "wait",
     }
 )
+
+
+def _column(*panels) -> QScrollArea:
+    """Panels one above the other, scrolling when the dock is short."""
+    inner = QWidget()
+    column = QVBoxLayout(inner)
+    column.setContentsMargins(0, 0, 0, 0)
+    for panel in panels:
+        column.addWidget(panel)
+    column.addStretch(1)
+    scroll = QScrollArea()
+    scroll.setWidgetResizable(True)
+    scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+    scroll.setWidget(inner)
+    return scroll
 
 
 class SAM2Widget(QWidget):
@@ -94,18 +117,17 @@ class SAM2Widget(QWidget):
         self.prompts_panel = PromptsPanel(self.annotator)
         self.track_panel = TrackPanel(self.annotator)
         self.output_panel = OutputPanel(self.annotator)
-        for panel in (
-            self.image_panel,
-            self.model_panel,
-            self.prompts_panel,
-            self.track_panel,
-            self.output_panel,
-        ):
-            root.addWidget(panel)
+        self.cells_panel = CellsPanel(self.annotator)
+        root.addWidget(self.image_panel)
+        root.addWidget(self.model_panel)
+        # two ways to work: click the objects to follow, or find and follow every cell
+        self.tabs = QTabWidget()
+        self.tabs.addTab(_column(self.prompts_panel, self.track_panel, self.output_panel), "Click objects")
+        self.tabs.addTab(_column(self.cells_panel), "All cells")
+        root.addWidget(self.tabs, 1)  # the tabs take the height the dock has
         self.status_label = QLabel("")
         self.status_label.setWordWrap(True)
         root.addWidget(self.status_label)
-        root.addStretch(1)
 
         self._preview_timer = QTimer(self)
         self._preview_timer.setSingleShot(True)

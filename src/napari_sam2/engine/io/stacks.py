@@ -1,0 +1,194 @@
+"""TIFF stacks and folders of images as lazy frame sources (opened by
+:func:`napari_sam2.engine.frames.open_frames`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ..frames import (
+    IMAGE_SUFFIXES,
+    FrameSource,
+    FrameSourceError,
+    SourceMetadata,
+    _check_dtype,
+    _from_array,
+    _resolve_layout,
+    _shape_str,
+    natural_sort_key,
+)
+
+__all__ = ["open_folder", "open_tiff"]
+
+
+# TIFF files
+
+
+def open_tiff(path: Path, channel_axis: int | None) -> FrameSource:
+    import tifffile
+
+    try:
+        tif = tifffile.TiffFile(path)
+    except Exception as e:  # not a TIFF, truncated header, permission...
+        raise FrameSourceError(f"cannot read {path} as a TIFF file: {e}") from e
+    try:
+        if not tif.series:
+            raise FrameSourceError(f"{path} contains no image data")
+        series = tif.series[0]
+        axes = series.axes
+        if (
+            channel_axis is None
+            and "C" in axes
+            and axes.index("C") != len(axes) - 1
+            and len(series.shape) == 4
+        ):
+            # ImageJ hyperstacks store (T, C, Y, X): use the file's own axis labels.
+            channel_axis = axes.index("C")
+        description = f"TIFF file {path.name}"
+        # Validate shape and dtype before choosing a reader, so errors are the same for all.
+        _check_dtype(series.dtype, description)
+        _resolve_layout(series.shape, channel_axis, description)
+    except BaseException:
+        tif.close()
+        raise
+
+    # 1. memory map: zero-copy, works for uncompressed contiguous data (tifffile/ImageJ writers).
+    try:
+        mm = tifffile.memmap(path, mode="r")
+    except Exception:  # noqa: BLE001 - not memory-mappable: try the next reader
+        mm = None
+    metadata = SourceMetadata(kind="tiff", path=str(path))
+    if mm is not None and tuple(mm.shape) == tuple(series.shape):
+        tif.close()
+        return _from_array(mm, channel_axis, f"{description} (memory-mapped)", metadata=metadata)
+
+    # 2. zarr view of the TIFF: reads only the strips/tiles of the frame asked for.
+    try:
+        import zarr
+
+        store = series.aszarr()
+        z = zarr.open(store, mode="r")
+        if isinstance(z, zarr.Group):  # pyramidal file: level 0 is full resolution
+            z = z[0]
+        if tuple(z.shape) != tuple(series.shape):
+            raise ValueError("unexpected zarr shape")
+
+        def close_store(store=store, tif=tif) -> None:
+            store.close()
+            tif.close()
+
+        return _from_array(
+            z, channel_axis, f"{description} (via zarr)", closer=close_store, metadata=metadata
+        )
+    except FrameSourceError:
+        tif.close()
+        raise
+    except Exception:  # noqa: BLE001 - no zarr view: read page by page
+        pass
+
+    # 3. page by page: one TIFF page per frame.
+    pages = series.pages
+    page_shape = tuple(series.shape[1:])
+    if len(pages) != series.shape[0] or channel_axis not in (None, len(series.shape) - 1):
+        tif.close()
+        raise FrameSourceError(
+            f"cannot read {path} lazily: it is neither memory-mappable nor readable through zarr, and its "
+            f"{len(pages)} pages do not map one-to-one onto the {series.shape[0]} frames; convert it to an "
+            "uncompressed TIFF or a zarr array"
+        )
+
+    def read_page(i: int) -> np.ndarray:
+        frame = pages[i].asarray()
+        return frame.reshape(page_shape)
+
+    shape, _ = _resolve_layout(series.shape, channel_axis, description)
+    return FrameSource(
+        shape,
+        _check_dtype(series.dtype, description),
+        read_page,
+        description=f"{description} (page by page)",
+        source_dtype=series.dtype,
+        closer=tif.close,
+        metadata=metadata,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# folders of images
+
+
+def _read_image_file(path: Path) -> np.ndarray:
+    if path.suffix.lower() in (".tif", ".tiff"):
+        import tifffile
+
+        return np.asarray(tifffile.imread(path))
+    import imageio.v3 as iio
+
+    return np.asarray(iio.imread(path))
+
+
+def open_folder(folder: Path, channel_axis: int | None) -> FrameSource:
+    files = sorted(
+        (
+            p
+            for p in folder.iterdir()
+            if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_SUFFIXES
+        ),
+        key=lambda p: natural_sort_key(p.name),
+    )
+    if not files:
+        raise FrameSourceError(
+            f"folder {folder} contains no images (looked for {', '.join(IMAGE_SUFFIXES)} files)"
+        )
+    description = f"folder {folder.name} ({len(files)} images)"
+    try:
+        first = _read_image_file(files[0])
+    except Exception as e:
+        raise FrameSourceError(f"cannot read image {files[0]}: {e}") from e
+    if first.ndim not in (2, 3):
+        raise FrameSourceError(
+            f"image {files[0].name} in folder {folder} has shape {_shape_str(first.shape)}; a folder must hold one "
+            "2-D image (H, W) or (H, W, C) per file"
+        )
+    frame_dtype = first.dtype
+    source_dtype = frame_dtype
+    dtype = _check_dtype(frame_dtype, f"image {files[0].name}")
+    raw_shape = (len(files),) + tuple(first.shape)
+    if channel_axis is not None and channel_axis % (first.ndim + 1) == 0:
+        raise FrameSourceError(
+            "channel_axis=0 is the frame axis of a folder (one file per frame); give the channel axis of the stack (T, ...)"
+        )
+    shape, moved = _resolve_layout(raw_shape, channel_axis, description)
+    first_shape = tuple(first.shape)
+    del first  # only its shape and dtype are needed; do not keep the pixels alive
+
+    def read(i: int) -> np.ndarray:
+        path = files[i]
+        try:
+            img = _read_image_file(path)
+        except Exception as e:
+            raise FrameSourceError(f"cannot read frame {i}, file {path}: {e}") from e
+        if tuple(img.shape) != first_shape:
+            raise FrameSourceError(
+                f"frame {i}, file {path.name}, has shape {_shape_str(img.shape)} but the first image {files[0].name} "
+                f"has {_shape_str(first_shape)}; all images in folder {folder} must have the same size and channels"
+            )
+        if img.dtype != frame_dtype:
+            raise FrameSourceError(
+                f"frame {i}, file {path.name}, has dtype {img.dtype} but the first image {files[0].name} has "
+                f"{frame_dtype}; all images in folder {folder} must have the same pixel type"
+            )
+        if moved is not None:
+            img = np.moveaxis(img, moved - 1, -1)
+        return img
+
+    return FrameSource(
+        shape,
+        dtype,
+        read,
+        description=description,
+        source_dtype=source_dtype,
+        frame_names=[p.name for p in files],
+        metadata=SourceMetadata(kind="folder", path=str(folder)),
+    )

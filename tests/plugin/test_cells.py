@@ -1,0 +1,101 @@
+"""The "Track all cells" workflow of the annotator (no Qt): segment everything -> seeds ->
+track all -> lineage layer and files, with the ground-truth stand-ins of tests/fakes.py
+(the logic is checked exactly; the real model runs in tests/engine/test_track_all.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fakes import GroundTruthMaskGenerator, GroundTruthPredictor
+from napari.components import ViewerModel
+from napari.layers import Tracks
+
+from napari_sam2.engine.session import SessionError
+from napari_sam2.plugin.annotator import Annotator
+from napari_sam2.plugin.sample_lineage import synthetic_lineage_timelapse
+
+
+@pytest.fixture(scope="module")
+def data():
+    image, labels, lineage = synthetic_lineage_timelapse(n_frames=24, seed=0)
+    return image, labels, lineage
+
+
+@pytest.fixture
+def ann(data):
+    image, labels, _ = data
+    viewer = ViewerModel()
+    viewer.add_image(image, name="cells")
+    a = Annotator(viewer, synchronous=True)
+    a.use_predictor(GroundTruthPredictor(labels))
+    a.use_mask_generator(GroundTruthMaskGenerator(image, labels))
+    a.errors = []
+    a.events.error.connect(a.errors.append)
+    return a
+
+
+def test_segment_everything_writes_editable_seeds(ann, data):
+    _, truth, _ = data
+    ann.set_cells(min_area=16, drop_border_touching=False)
+    seeds = ann.segment_everything(frame=0)
+    layer = ann.seeds_layer()
+    assert layer.name == "SAM2 seeds [cells]" and ann.viewer.layers.selection.active is not layer
+    n = len(np.unique(truth[0])) - 1
+    assert seeds.max() == n and len(np.unique(seeds)) - 1 == n
+    # one seed per true cell, each covering that cell
+    for v in np.unique(truth[0])[1:]:
+        assert len(np.unique(seeds[truth[0] == v])) == 1
+    assert "object(s) on frame 0" in ann.last_status
+
+
+def test_track_all_cells_gives_tracks_lineage_and_files(ann, data, tmp_path):
+    from traccuracy.loaders import load_ctc_data
+
+    _, truth, lineage = data
+    ann.set_cells(drop_border_touching=False, reseed_every=1)
+    ann.segment_everything(frame=0)
+    # the user deletes one seed before tracking
+    seeds = ann.seeds_layer()
+    gone = int(seeds.data[0].max())
+    seeds.data[0][seeds.data[0] == gone] = 0
+    tracks = ann.track_all_cells(frame=0)
+    assert tracks.name == "SAM2 tracks [cells]" and not ann.errors
+    assert all(tracks.data[t].any() for t in range(len(truth)))
+    graph = ann.track_graph
+    assert len(graph.divisions()) >= 1  # the stand-in follows the synthetic divisions
+    lin = ann.lineage_layer()
+    assert isinstance(lin, Tracks) and lin.graph  # the division graph is drawn
+    written = ann.export_tracks(tmp_path / "out")
+    assert [p.name for p in written] == ["ctc", "tracks.geff", "tracks.csv"]
+    load_ctc_data(str(written[0]), run_checks=True)  # the CTC files load in the metrics package
+    with pytest.raises(SessionError, match="exists"):
+        ann.export_tracks(tmp_path / "out", formats=("csv",))
+
+
+def test_track_all_needs_seeds_and_a_stack(ann):
+    assert ann.track_all_cells(frame=0) is None
+    assert "no seeds on frame 0" in ann.errors[-1]
+    with pytest.raises(SessionError, match="unknown setting"):
+        ann.set_cells(reseed=3)
+    with pytest.raises(SessionError, match="lost_after"):
+        ann.set_cells(lost_after=0)
+    with pytest.raises(SessionError, match="no tracks yet"):
+        ann.export_tracks("/tmp/x")
+
+
+def test_cancel_keeps_the_tracked_frames(ann, data):
+    ann.set_cells(drop_border_touching=False)
+    ann.segment_everything(frame=0)
+    written = []
+
+    def on_frame(f):
+        written.append(f)
+        if len(written) == 5:
+            ann.cancel()
+
+    ann.events.frame_written.connect(on_frame)
+    ann.track_all_cells(frame=0)
+    tracks = ann.tracks_layer().data
+    assert ann.last_outcome == "cancelled" and "Cancelled after" in ann.last_status
+    assert tracks[: len(written)].any() and not tracks[len(written) + 3 :].any()
+    assert ann.track_graph is not None  # what was tracked is kept as a graph too
