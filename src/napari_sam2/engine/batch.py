@@ -197,13 +197,14 @@ def _check_output(output_path: str | Path, overwrite: bool, labels_name: str, st
                 f"the output {out} would be written {'over' if dst == src else 'inside'} the input {stack}; "
                 "write the labels elsewhere (only an OME-Zarr image takes labels inside, as labels/<name>)"
             )
-    parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PermissionError(f"cannot create the output folder {parent} ({e.strerror or e})") from None
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"cannot write into the output folder {parent}: permission denied")
+    # the folder is made when the labels are written; here only whether it can be
+    existing = out.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"cannot create the output folder {out.parent}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write into the output folder {existing}: permission denied")
     return out
 
 
