@@ -21,6 +21,7 @@ from napari_sam2.engine.manifest import (
     is_complete,
     jobs_from_folder,
     load_manifest,
+    output_state,
     write_done_record,
 )
 from napari_sam2.engine.prompt_files import save_prompts
@@ -149,24 +150,30 @@ def test_folder_convention(tmp_path):
 # --------------------------------------------------------------------------- complete outputs
 
 
-def test_complete_means_output_and_a_record_of_the_same_inputs(tmp_path):
+def test_complete_stale_and_foreign_outputs(tmp_path):
     job = _job(tmp_path, "a")
-    assert is_complete(job, MODEL) == (False, "no output yet")
+    assert output_state(job, MODEL) == ("absent", "no output yet")
     out = tmp_path / "out" / "a.tif"
     out.parent.mkdir()
     tifffile.imwrite(out, np.zeros((3, 40, 48), np.uint16), photometric="minisblack")
-    complete, why = is_complete(job, MODEL)
-    assert not complete and "has no done-record" in why
+    state, why = output_state(job, MODEL)
+    assert state == "foreign" and "no run of this job recorded it" in why
     record = write_done_record(job, MODEL, out)
     assert record == done_record_path(job) == tmp_path / "out" / "a.tif.done.json"
-    assert is_complete(job, MODEL) == (True, "complete")
-    assert not is_complete(dataclasses.replace(job, direction="forward"), MODEL)[0]
-    assert "other model" in is_complete(job, {**MODEL, "precision": "bf16"})[1]
-    _prompts(job.prompts[0], x=13.0)  # the prompts changed
-    assert "other prompts" in is_complete(job, MODEL)[1]
+    assert output_state(job, MODEL) == ("complete", "complete") and is_complete(job, MODEL)
+    # other inputs, the output untouched since: stale (ours, safe to redo)
+    assert output_state(dataclasses.replace(job, direction="forward"), MODEL)[0] == "stale"
+    assert output_state(job, {**MODEL, "precision": "bf16"}) == ("stale", "made from other model: redone")
+    _prompts(job.prompts[0], x=13.0)
+    assert output_state(job, MODEL) == ("stale", "made from other prompts: redone")
     write_done_record(job, MODEL, out)
-    tifffile.imwrite(job.stack, _stack(1), photometric="minisblack")  # the stack changed
-    assert "other stack" in is_complete(job, MODEL)[1]
+    tifffile.imwrite(job.stack, _stack(1), photometric="minisblack")
+    assert output_state(job, MODEL) == ("stale", "made from other stack: redone")
+    # labels edited after they were written are never replaced unasked
+    write_done_record(job, MODEL, out)
+    tifffile.imwrite(out, np.ones((3, 40, 48), np.uint16), photometric="minisblack")
+    state, why = output_state(job, MODEL)
+    assert state == "foreign" and "changed after napari-sam2 wrote it" in why
 
 
 def test_labels_written_into_an_ome_zarr_image_do_not_change_its_identity(tmp_path):
@@ -193,7 +200,7 @@ def test_labels_written_into_an_ome_zarr_image_do_not_change_its_identity(tmp_pa
     assert stack_identity(image) == before
     write_done_record(job, MODEL, image / "labels" / "cells")
     assert done_record_path(job).name == "img.zarr.labels-cells.done.json"
-    assert is_complete(job, MODEL) == (True, "complete")
+    assert is_complete(job, MODEL)
 
 
 # --------------------------------------------------------------------------- before submitting
@@ -278,10 +285,22 @@ def test_local_cluster_runs_failing_stacks_reports_and_reruns(tmp_path, monkeypa
             assert tifffile.imread(ref).any()
     finally:
         torch.set_num_threads(threads)
-    # a re-run: the complete stacks are skipped, the fixed one runs
-    before = {j.output: (tmp_path / "out" / f"{j.name}").stat().st_mtime_ns for j in jobs[:3]}
+    # a re-run: complete stacks are skipped; the fixed one runs; one whose prompts were edited
+    # is redone (its labels came from the old prompts and nobody touched them); one whose labels
+    # were edited by hand is refused, and the others go on (skip_invalid)
+    mtime = {j.name: (tmp_path / "out" / j.name).stat().st_mtime_ns for j in jobs[:3]}
     tifffile.imwrite(jobs[3].stack, _stack(3), photometric="minisblack")
-    report = track_many(jobs, n_workers=1, builder="test_distributed:small_predictor", progress=False)
-    assert [r.status for r in report.results] == ["skipped", "skipped", "skipped", "done"]
-    assert all((tmp_path / "out" / f"{j.name}").stat().st_mtime_ns == before[j.output] for j in jobs[:3])
-    assert is_complete(jobs[3], json.loads(done_record_path(jobs[3]).read_text())["model"])[0]
+    _prompts(jobs[0].prompts[0], x=13.0)
+    edited = tifffile.imread(jobs[1].output)
+    edited[0, :3, :3] = 7
+    tifffile.imwrite(jobs[1].output, edited, photometric="minisblack")
+    report = track_many(
+        jobs, n_workers=1, builder="test_distributed:small_predictor", progress=False, skip_invalid=True
+    )
+    assert [r.status for r in report.results] == ["done", "invalid", "skipped", "done"]
+    assert "changed after napari-sam2 wrote it" in report.results[1].message
+    np.testing.assert_array_equal(tifffile.imread(jobs[1].output), edited)
+    assert (tmp_path / "out" / jobs[2].name).stat().st_mtime_ns == mtime[jobs[2].name]
+    assert (tmp_path / "out" / jobs[0].name).stat().st_mtime_ns != mtime[jobs[0].name]
+    model = json.loads(done_record_path(jobs[3]).read_text())["model"]
+    assert is_complete(jobs[3], model) and is_complete(jobs[0], model)

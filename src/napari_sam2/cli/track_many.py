@@ -24,7 +24,8 @@ DESCRIPTION = (
     "a folder holding stacks NAME.tif / NAME.ome.tif / NAME.zarr / NAME.nii(.gz) / NAME/ with their prompts "
     "NAME.prompts.json (several positions: NAME.prompts.<anything>.json), whose labels go to "
     "OUTPUT_DIR/NAME<suffix>. Every job is checked before anything is computed; stacks whose output is "
-    "complete (labels + a NAME.done.json record of the same inputs) are skipped; a stack that fails is "
+    "complete (labels + a NAME.done.json record of the same inputs) are skipped, those made from earlier "
+    "inputs and untouched since are redone; a stack that fails is "
     "reported and the others go on. Exit status: 0 all done, 1 some failed, 2 nothing started."
 )
 
@@ -72,7 +73,7 @@ def _dry_run(jobs, spec, overwrite: bool) -> int:
     to_run, results = validate_jobs(jobs, model_key(spec), overwrite)
     for i, job in enumerate(jobs):
         if i in to_run:
-            print(f"run     {job.stack} -> {job.output}")
+            print(f"{'redo' if to_run[i] and not overwrite else 'run':<8}{job.stack} -> {job.output}")
         else:
             print(f"{results[i].status:<8}{job.stack}: {results[i].message}")
     print(f"{len(to_run)} to run, {len(jobs) - len(to_run)} not (dry run: nothing computed)")

@@ -42,11 +42,6 @@ __all__ = ["BatchInputs", "TrackSequence", "prepare_track", "track_files", "trac
 
 #: the name of the label image inside an OME-Zarr image (``labels/<name>``), unless given
 DEFAULT_LABELS_NAME = "sam2"
-INPUT_FORMATS = (
-    "TIFF / OME-TIFF stacks, folders of images (.tif .png .jpg), OME-Zarr images (.zarr), "
-    "NIfTI (.nii, .nii.gz), DICOM series folders"
-)
-OUTPUT_FORMATS = ".tif (ImageJ), .ome.tif, .zarr (new, or labels/<name> of the input OME-Zarr), .nii, .nii.gz"
 
 
 def track_stack(

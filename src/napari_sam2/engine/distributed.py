@@ -31,7 +31,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .manifest import Job, ManifestError, duplicate_outputs, is_complete, make_job, write_done_record
+from .manifest import (
+    DIRECTIONS,
+    Job,
+    ManifestError,
+    duplicate_outputs,
+    make_job,
+    output_state,
+    write_done_record,
+)
 from .session import ModelSpec
 
 __all__ = ["BatchReport", "JobResult", "track_many", "validate_jobs"]
@@ -126,30 +134,34 @@ def model_key(spec: ModelSpec) -> dict[str, Any]:
 
 def validate_jobs(
     jobs: Iterable[Job], model: Mapping[str, Any], overwrite: bool = False
-) -> tuple[list[int], dict[int, JobResult]]:
-    """``(indexes of the jobs to run, results of the others by index)``: complete jobs are
-    skipped, every other job is checked by :func:`~.batch.prepare_track` (nothing is computed),
-    and the refused ones are invalid, with the reason."""
+) -> tuple[dict[int, bool], dict[int, JobResult]]:
+    """``({index: overwrite} of the jobs to run, {index: result} of the others)``: complete jobs
+    are skipped, stale ones (:func:`~.manifest.output_state`) are redone, and every job to run is
+    checked by :func:`~.batch.prepare_track` (nothing computed); the refused ones are invalid."""
     from .batch import prepare_track
 
     jobs = list(jobs)
     duplicates = duplicate_outputs(jobs)
-    to_run: list[int] = []
+    to_run: dict[int, bool] = {}
     results: dict[int, JobResult] = {}
     for i, job in enumerate(jobs):
-        if not overwrite and is_complete(job, model)[0]:
+        state, why = output_state(job, model)
+        if state == "complete" and not overwrite:
             results[i] = JobResult(job, "skipped", "complete already")
             continue
+        redo = overwrite or state == "stale"
         try:
             if i in duplicates:
                 raise ValueError(duplicates[i])
-            prepare_track(
-                job.stack, job.prompts, job.output, overwrite=overwrite, **_check_options(job)
-            ).close()
+            if job.direction not in DIRECTIONS:
+                raise ValueError(f"direction must be forward, backward or both, not {job.direction!r}")
+            if state == "foreign" and not redo:
+                raise FileExistsError(f"{why}; pass --overwrite (overwrite=True) to replace it")
+            prepare_track(job.stack, job.prompts, job.output, overwrite=redo, **_check_options(job)).close()
         except Exception as exc:  # noqa: BLE001 - every refusal is reported with its message
             results[i] = JobResult(job, "invalid", _one_line(exc))
             continue
-        to_run.append(i)
+        to_run[i] = redo
     return to_run, results
 
 
@@ -379,18 +391,21 @@ def track_many(
             on_result(result)
 
     if to_run:
-        if builder is None and scheduler is None:
-            from .build import resolve_device
+        if builder is None:
             from .checkpoints import ensure_checkpoint
 
-            resolve_device(spec.device)  # a bad device fails now, not on every worker
-            ensure_checkpoint(spec.config_name, spec.checkpoint, download=True)  # once, not per worker
-        todo = {i: jobs[i] for i in to_run}
-        _run(todo, spec, key, builder, scheduler, n_workers, resources, overwrite, progress, record)
+            if scheduler is None:  # the workers are this machine: its devices are theirs
+                from .build import resolve_device
+
+                resolve_device(spec.device)  # a bad device fails now, not on every worker
+            # downloaded once, here, into the cache the workers share (cluster nodes often have no internet)
+            ensure_checkpoint(spec.config_name, spec.checkpoint, download=True)
+        todo = {i: (jobs[i], redo) for i, redo in to_run.items()}
+        _run(todo, spec, key, builder, scheduler, n_workers, resources, progress, record)
     return BatchReport([results[i] for i in range(len(jobs))])
 
 
-def _run(todo, spec, key, builder, scheduler, n_workers, resources, overwrite, progress, record) -> None:
+def _run(todo, spec, key, builder, scheduler, n_workers, resources, progress, record) -> None:
     from distributed import as_completed
 
     n = n_workers or default_workers(len(todo))
@@ -400,9 +415,9 @@ def _run(todo, spec, key, builder, scheduler, n_workers, resources, overwrite, p
     bar = None
     try:
         futures = {}
-        for index, job in todo.items():
+        for index, (job, redo) in todo.items():
             future = client.submit(
-                run_job, job, spec, builder, overwrite, threads, key, resources=resources, pure=False
+                run_job, job, spec, builder, redo, threads, key, resources=resources, pure=False
             )
             futures[future] = index
         if progress:
@@ -411,7 +426,7 @@ def _run(todo, spec, key, builder, scheduler, n_workers, resources, overwrite, p
             bar = tqdm(total=len(futures), desc="stacks", unit="stack")
         for future in as_completed(futures):
             index = futures[future]
-            job = todo[index]
+            job = todo[index][0]
             try:
                 out = future.result()
                 result = JobResult(

@@ -19,8 +19,10 @@ Relative paths in a manifest are relative to the manifest's folder.
 whole) *and* a done-record ``<output>.done.json`` beside them (``<image>.zarr.labels-<name>
 .done.json`` for labels inside an OME-Zarr image) names the same inputs: the stack's identity
 (size and modification time of its file(s)), the SHA-256 of each prompts file, the job's options
-and the model. The record is written after the labels, so a run stopped in between leaves an
-output without record, which a re-run reports instead of skipping (``--overwrite`` redoes it).
+and the model. The record also holds the output's own identity: labels recorded from other
+inputs (edited prompts...) and untouched since are *stale* and redone; labels without a record
+(a run stopped between the two writes, another program) or edited after they were written are
+replaced only with ``overwrite`` (see :func:`output_state`).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = [
     "done_record_path",
     "is_complete",
     "job_record",
+    "output_state",
     "jobs_from_folder",
     "load_manifest",
     "write_done_record",
@@ -334,33 +337,45 @@ def job_record(job: Job, model: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def is_complete(job: Job, model: Mapping[str, Any]) -> tuple[bool, str]:
-    """Whether ``job``'s output is complete for these inputs, and if not, why (for reports)."""
+def output_state(job: Job, model: Mapping[str, Any]) -> tuple[str, str]:
+    """What ``job``'s output is, and why: ``"absent"``; ``"complete"`` (a done-record of these
+    inputs); ``"stale"`` (made by a run of this job from other inputs, e.g. edited prompts, and
+    unchanged since: safe to redo); ``"foreign"`` (no record, or changed since it was written:
+    someone else's or edited, so replaced only when asked)."""
     written, record_path = _written_path(job), done_record_path(job)
     if not written.exists():
-        return False, "no output yet"
+        return "absent", "no output yet"
     if not record_path.is_file():
         return (
-            False,
-            f"{written} exists but has no done-record (an earlier run stopped, or another program wrote it)",
+            "foreign",
+            f"{written} exists but no run of this job recorded it ({record_path.name} is missing)",
         )
     try:
         record = json.loads(record_path.read_text())
         current = job_record(job, model)
     except (OSError, json.JSONDecodeError) as e:
-        return False, f"cannot read {record_path.name} ({e})"
+        return "foreign", f"cannot read {record_path.name} ({e})"
+    if record.get("output") != stack_identity(written):
+        return "foreign", f"{written} was changed after napari-sam2 wrote it"
     changed = [k for k in ("stack", "prompts", "options", "model") if record.get(k) != current[k]]
     if changed:
-        return False, f"{written} was made from other {', '.join(changed)} (see {record_path.name})"
-    return True, "complete"
+        return "stale", f"made from other {', '.join(changed)}: redone"
+    return "complete", "complete"
+
+
+def is_complete(job: Job, model: Mapping[str, Any]) -> bool:
+    """Whether ``job``'s output is complete for these inputs (:func:`output_state`)."""
+    return output_state(job, model)[0] == "complete"
 
 
 def write_done_record(
     job: Job, model: Mapping[str, Any], written: str | Path, extra: Mapping | None = None
 ) -> Path:
-    """Write the done-record of ``job`` (after its output is in place), atomically."""
+    """Write the done-record of ``job`` once its output is in place, atomically: the inputs, and
+    the output's own identity (so that labels edited afterwards are never replaced unasked)."""
     record = job_record(job, model)
     record["written"] = str(written)
+    record["output"] = stack_identity(written)
     record.update(extra or {})
     path = done_record_path(job)
     tmp = path.with_name(path.name + ".part")
