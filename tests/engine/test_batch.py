@@ -504,3 +504,21 @@ def test_cli_track_passes_every_option(tmp_path, monkeypatch, capsys):
         with pytest.raises(SystemExit):
             main(["track", "s.tif", "p.json", "o.tif", *bad])
         assert match in capsys.readouterr().err
+
+
+def test_imagej_calibration_of_the_input_is_kept(tmp_path):
+    data = _tzyx(t=1)[0]  # (z, y, x)
+    stack = tmp_path / "vol.tif"
+    tifffile.imwrite(
+        stack,
+        data,
+        imagej=True,
+        resolution=(1 / 0.25, 1 / 0.5),
+        metadata={"axes": "ZYX", "spacing": 2.0, "unit": "um"},
+    )
+    out, _ = _run(stack, save_prompts(tmp_path / "p.csv", _point()), tmp_path / "l.ome.tif")
+    with tifffile.TiffFile(out) as tif:
+        assert tif.series[0].axes == "ZYX"
+        pixels = tifffile.xml2dict(tif.ome_metadata)["OME"]["Image"]["Pixels"]
+    assert (pixels["PhysicalSizeZ"], pixels["PhysicalSizeY"], pixels["PhysicalSizeX"]) == (2.0, 0.5, 0.25)
+    assert pixels["PhysicalSizeXUnit"] == "µm"
