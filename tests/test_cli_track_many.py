@@ -78,12 +78,23 @@ def test_options_reach_track_many_and_failures_set_the_exit_status(tmp_path, mon
     report = tmp_path / "report.csv"
     argv = ["track-many", str(data), "--output-format", "nii.gz", "--output-dir", str(tmp_path / "out")]
     argv += ["--scheduler", "tcp://10.0.0.5:8786", "--gpu-resources", "--window", "lung", "--frame-axis", "1"]
-    argv += ["--precision", "bf16", "--device", "cuda", "--report", str(report), "--quiet"]
+    argv += [
+        "--precision",
+        "bf16",
+        "--device",
+        "cuda",
+        "--torch-threads",
+        "4",
+        "--report",
+        str(report),
+        "--quiet",
+    ]
     assert main(argv) == 1
     captured = capsys.readouterr()
     assert f"failed: {data / 'b.tif'}: frame 1 contains NaN pixels" in captured.err
     assert "1 done, 1 failed" in captured.out
     assert seen["scheduler"] == "tcp://10.0.0.5:8786" and seen["resources"] == {"GPU": 1}
+    assert seen["torch_threads"] == 4 and seen["skip_invalid"] is False and seen["overwrite"] is False
     assert (seen["model"].precision, seen["model"].device) == ("bf16", "cuda")
     a, b = seen["jobs"]
     assert a.output == str(tmp_path / "out" / "a.nii.gz") and (a.window, a.frame_axis) == ("lung", 1)

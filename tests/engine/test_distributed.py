@@ -262,7 +262,7 @@ def test_local_cluster_runs_failing_stacks_reports_and_reruns(tmp_path, monkeypa
     )
     assert [r.status for r in report.results] == ["done", "done", "done", "failed"]
     assert len(seen) == 4
-    assert "NaN" in report.failed[0].message
+    assert "NaN" in report.failed[0].message and "Traceback" in report.failed[0].details
     assert not (tmp_path / "out" / "nan.tif").exists() and not done_record_path(jobs[3]).exists()
     # one model per worker: every task saw its worker's first (and only) model
     assert {r.model_loads for r in report.done} == {1}

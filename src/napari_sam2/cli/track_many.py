@@ -103,6 +103,7 @@ def _run(args: argparse.Namespace) -> int:
             skip_invalid=args.skip_invalid,
             progress=not args.quiet,
             on_result=show,
+            torch_threads=args.torch_threads,
         )
     except BatchValidationError as exc:
         print(f"napari-sam2 track-many: {exc}", file=sys.stderr)
@@ -159,6 +160,14 @@ def add_parser(subparsers) -> None:
         default=None,
         metavar="N",
         help="worker processes of the local cluster (default: one per GPU, else one per 4 CPU cores)",
+    )
+    p.add_argument(
+        "--torch-threads",
+        type=int,
+        default=None,
+        metavar="N",
+        help="CPU threads torch uses in each worker (default: the local cluster shares this machine's cores "
+        "out; workers of your own cluster keep dask's one thread: give their cores here)",
     )
     p.add_argument(
         "--gpu-resources",

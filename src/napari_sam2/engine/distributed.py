@@ -57,6 +57,8 @@ class JobResult:
     seconds: float | None = None
     worker: str | None = None
     model_loads: int | None = None
+    #: the traceback of a failed job, for a bug report
+    details: str = field(default="", repr=False)
 
 
 @dataclass
@@ -353,6 +355,7 @@ def track_many(
     progress: bool = True,
     builder: str | Callable[[ModelSpec], Any] | None = None,
     on_result: Callable[[JobResult], None] | None = None,
+    torch_threads: int | None = None,
 ) -> BatchReport:
     """Track many stacks on dask.distributed (module doc); returns a :class:`BatchReport`.
 
@@ -372,6 +375,9 @@ def track_many(
         builder: builds the predictor from a ModelSpec on each worker (``"module:function"`` or
             an importable function); default: the official model of ``model``.
         on_result: called on the client with each job's result as it arrives.
+        torch_threads: CPU threads torch uses in each worker (dask starts workers with one);
+            default: for the LocalCluster this machine's cores shared out, on your own cluster
+            left as the workers have it (give your CPU workers' cores here).
     """
 
     spec = ModelSpec(model) if isinstance(model, str) else model
@@ -401,17 +407,17 @@ def track_many(
             # downloaded once, here, into the cache the workers share (cluster nodes often have no internet)
             ensure_checkpoint(spec.config_name, spec.checkpoint, download=True)
         todo = {i: (jobs[i], redo) for i, redo in to_run.items()}
-        _run(todo, spec, key, builder, scheduler, n_workers, resources, progress, record)
+        _run(todo, spec, key, builder, scheduler, n_workers, resources, progress, record, torch_threads)
     return BatchReport([results[i] for i in range(len(jobs))])
 
 
-def _run(todo, spec, key, builder, scheduler, n_workers, resources, progress, record) -> None:
+def _run(todo, spec, key, builder, scheduler, n_workers, resources, progress, record, torch_threads) -> None:
     from distributed import as_completed
 
     n = n_workers or default_workers(len(todo))
     client, owned = _client(scheduler, n, resources)
     # torch in a LocalCluster worker gets this machine's cores shared out (the nanny sets one thread)
-    threads = max(1, (os.cpu_count() or 1) // n) if scheduler is None else None
+    threads = torch_threads or (max(1, (os.cpu_count() or 1) // n) if scheduler is None else None)
     bar = None
     try:
         futures = {}
@@ -437,6 +443,7 @@ def _run(todo, spec, key, builder, scheduler, n_workers, resources, progress, re
                     out.get("seconds"),
                     out.get("worker"),
                     out.get("model_loads"),
+                    out.get("traceback", ""),
                 )
             except Exception as exc:  # noqa: BLE001 - a worker died, or the task could not run
                 result = JobResult(job, "failed", f"the task did not finish: {_one_line(exc)}")
