@@ -21,6 +21,91 @@ def parse_channels(text: str) -> tuple[int, ...]:
     return values
 
 
+def parse_window(text: str) -> str:
+    """``--window``: a CT preset name or ``CENTER,WIDTH``; checked here, applied by the engine."""
+    from napari_sam2.engine.normalization import CT_WINDOWS
+
+    parts = [t.strip() for t in text.replace(";", ",").split(",")]
+    if len(parts) == 1:
+        key = parts[0].lower().replace("-", "_").replace(" ", "_")
+        if key not in CT_WINDOWS:
+            raise argparse.ArgumentTypeError(
+                f"unknown window {text!r}: give CENTER,WIDTH (e.g. 40,400) or a CT preset: {', '.join(CT_WINDOWS)}"
+            )
+        return key
+    try:
+        center, width = (float(p) for p in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"a window is CENTER,WIDTH (two numbers, e.g. 40,400) or a CT preset name; got {text!r}"
+        ) from None
+    if not width > 0:
+        raise argparse.ArgumentTypeError(f"the window width must be > 0; got {text!r}")
+    return f"{center:g},{width:g}"
+
+
+def parse_axis(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"an axis is a number (0 is the first axis); got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"an axis is a number >= 0 (0 is the first axis); got {text!r}")
+    return value
+
+
+def add_tracking_arguments(p: argparse.ArgumentParser, *, per_job: bool = False) -> None:
+    """The options of one tracking run (track; defaults of every job for track-many)."""
+    default = " (default for every job; a manifest column overrides it)" if per_job else ""
+    p.add_argument(
+        "--direction",
+        default="both",
+        choices=["forward", "backward", "both"],
+        help="propagate forward from the first prompted frame, backward from the last, or both (default)"
+        + default,
+    )
+    p.add_argument(
+        "--channels",
+        type=parse_channels,
+        default=None,
+        metavar="C[,C...]",
+        help="the 1 to 3 channels the model sees, e.g. 0,2 (default: those saved with the prompts, "
+        "else the first three)" + default,
+    )
+    p.add_argument(
+        "--frame-axis",
+        type=parse_axis,
+        default=None,
+        metavar="N",
+        help="the axis to propagate along, for images of more than three axes, e.g. 1 (z) of a (T, Z, Y, X) "
+        "stack (default: the axis the prompts were made along, else the first axis that is neither the image "
+        "plane nor channels); every other axis is stepped through, each position its own sequence" + default,
+    )
+    p.add_argument(
+        "--all-positions",
+        action="store_true",
+        help="apply the one prompts file to every position of the other axes (e.g. every time point of a "
+        "(T, Z, Y, X) stack tracked along z); without it each JSON prompts file tracks the position it was "
+        "saved at" + default,
+    )
+    p.add_argument(
+        "--window",
+        type=parse_window,
+        default=None,
+        metavar="NAME|CENTER,WIDTH",
+        help="a fixed intensity window instead of the contrast fitted to the stack: a CT preset (soft_tissue, "
+        "lung, bone, brain, liver, mediastinum, subdural, stroke, temporal_bone) or CENTER,WIDTH in the "
+        "image's units (Hounsfield units for CT)" + default,
+    )
+    p.add_argument(
+        "--labels-name",
+        default="sam2",
+        metavar="NAME",
+        help="name of the label image: labels/NAME when OUTPUT is an existing OME-Zarr image, the image name "
+        "of an OME-TIFF (default sam2)" + default,
+    )
+
+
 def add_model_arguments(p: argparse.ArgumentParser) -> None:
     """--model, --checkpoint, --device, --precision, --compile."""
     from napari_sam2.model.variants import VARIANTS

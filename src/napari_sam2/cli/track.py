@@ -1,10 +1,19 @@
-"""``napari-sam2 track``: a stack and a prompts file -> a label stack, without a GUI."""
+"""``napari-sam2 track``: a stack and its prompts file(s) -> a label stack, without a GUI."""
 
 from __future__ import annotations
 
 import argparse
 
-from ._common import add_model_arguments, parse_channels, report_error
+from ._common import add_model_arguments, add_tracking_arguments, report_error
+
+INPUTS_HELP = (
+    "TIFF / OME-TIFF stack, folder of images (.tif .png .jpg), OME-Zarr image (.zarr), NIfTI (.nii, "
+    ".nii.gz) or folder holding one DICOM series"
+)
+OUTPUTS_HELP = (
+    "labels file, format by suffix: .tif (ImageJ hyperstack), .ome.tif, .zarr (a new OME-Zarr label image; "
+    "the input .zarr itself: labels/NAME inside it), .nii / .nii.gz (in the input's space)"
+)
 
 
 def _run_track(args: argparse.Namespace) -> int:
@@ -25,6 +34,10 @@ def _run_track(args: argparse.Namespace) -> int:
             channels=args.channels,
             precision=args.precision,
             compile=args.compile,
+            frame_axis=args.frame_axis,
+            all_positions=args.all_positions,
+            window=args.window,
+            labels_name=args.labels_name,
         )
     except Exception as exc:  # noqa: BLE001 - every failure is reported in one line, with what to do
         return report_error("track", exc)
@@ -43,24 +56,24 @@ def add_parser(subparsers) -> None:
         "track",
         help="track prompted objects through a stack without a GUI",
         description="Track the objects of a prompts file (saved by the widget: JSON, or CSV with frame, "
-        "object, x, y, label, boxes) through a TIFF stack or image folder; write a label TIFF (T, Y, X) "
-        "with one id per object. A JSON file saved by the widget also carries the frame axis, the held "
-        "axes and the channels it used, and they are applied. Every argument is checked before the "
-        "first frame is computed.",
+        "object, x, y, label, boxes) through a stack; write the labels (one id per object) in the format "
+        "OUTPUT's suffix names, with the input's axes, pixel size and orientation. Inputs: "
+        + INPUTS_HELP
+        + ". A JSON file saved by the widget also carries the frame axis, the held axes and the channels it "
+        "used, and they are applied. An image with more axes than one sequence, e.g. (T, Z, Y, X) tracked "
+        "along z, is tracked position by position: give one JSON prompts file per position (each knows where "
+        "it was saved), or one file with --all-positions; the labels have the input's full shape. Every "
+        "argument is checked before the first frame is computed.",
     )
-    p.add_argument("stack", help="TIFF/OME-TIFF stack (T, Y, X[, C]) or a folder of images")
-    p.add_argument("prompts", help="prompts file (.json or .csv)")
-    p.add_argument("output", help="labels TIFF to write")
-    add_model_arguments(p)
-    p.add_argument("--direction", default="both", choices=["forward", "backward", "both"])
+    p.add_argument("stack", help=INPUTS_HELP)
     p.add_argument(
-        "--channels",
-        type=parse_channels,
-        default=None,
-        metavar="C[,C...]",
-        help="the 1 to 3 channels the model sees, e.g. 0,2 (default: those saved with the prompts, "
-        "else the first three)",
+        "prompts",
+        nargs="+",
+        help="prompts file(s) (.json or .csv); several: one per position of a 3D+t stack",
     )
-    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT if it exists")
+    p.add_argument("output", help=OUTPUTS_HELP)
+    add_model_arguments(p)
+    add_tracking_arguments(p)
+    p.add_argument("--overwrite", action="store_true", help="replace OUTPUT (or labels/NAME) if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_track)

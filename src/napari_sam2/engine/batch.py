@@ -1,15 +1,22 @@
-"""Headless batch tracking: a stack + a prompts file -> a label stack (no napari, no Qt).
+"""Headless batch tracking: a stack + prompts files -> a label stack (no napari, no Qt).
 
 The same steps as the plugin's propagate, through the same :class:`TrackingSession`, for
-scripts and the ``napari-sam2 track`` command: prompts are read from the JSON/CSV files
-the widget saves, every object is tracked through the stack, and the result is one label
-image per frame (label = object id). A prompts file saved by the widget also says how the
-image was cut into frames (frame axis, held axes, channels), and that is applied here, so
-a batch run sees the frames the widget saw.
+scripts, ``napari-sam2 track`` and ``track-many``: prompts are read from the JSON/CSV files
+the widget saves, every object is tracked through the stack, and the labels (label = object
+id) are written in the format the output's suffix names (:func:`~.io.write_labels`: ImageJ
+TIFF, OME-TIFF, OME-Zarr, NIfTI), in the input's space (axes, pixel size, affine).
 
-Everything that can be checked is checked before the first frame is computed: the input
-is readable, the prompts fit this stack, the output is writable and not an existing file
-(unless overwriting was asked for).
+Inputs: TIFF / OME-TIFF stacks, folders of images, OME-Zarr images, NIfTI files and DICOM
+series folders, or in-memory arrays. A prompts file saved by the widget says how the image was
+cut into frames (frame axis, held axes, channels), and that is applied here, so a batch run sees
+the frames the widget saw. An image with more axes than one sequence (e.g. (T, Z, Y, X) tracked
+along z) is one sequence per position of the other axes ("held" axes): each prompts file saved by
+the widget tracks the position it was made at, or ``all_positions`` applies one prompts file to
+every position; the labels have the input's full shape (without its channel axis).
+
+Everything that can be checked is checked before the first frame is computed: the input is
+readable, the prompts fit this stack, the output is writable and not an existing file (unless
+overwriting was asked for), and the output is not the input.
 """
 
 from __future__ import annotations
@@ -17,21 +24,24 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .batch_inputs import open_stack, position_text, sequence_views, stack_layout
+from .io import SourceMetadata, check_writable, write_labels
 from .prompt_files import StackInfo, load_prompts
 from .prompts import PromptSet, masks_to_labels
 from .session import FrameDone, ModelSpec, SessionError, Total, TrackingSession
 from .stack_view import StackView
 from .validation import PromptError
 
-__all__ = ["BatchInputs", "prepare_track", "track_files", "track_stack"]
+__all__ = ["BatchInputs", "TrackSequence", "prepare_track", "track_files", "track_stack", "window_normalizer"]
 
-LABEL_SUFFIXES = (".tif", ".tiff")
+#: the name of the label image inside an OME-Zarr image (``labels/<name>``), unless given
+DEFAULT_LABELS_NAME = "sam2"
 
 
 def track_stack(
@@ -42,6 +52,7 @@ def track_stack(
     progress: Callable[[int, int], None] | None = None,
     channels: Sequence[int] | None = None,
     cancel: threading.Event | None = None,
+    normalizer: Any = None,
 ) -> np.ndarray:
     """Track all prompted objects through ``frames`` ((T, H, W[, C]) array-like or path);
     returns labels (T, H, W) uint16.
@@ -49,11 +60,21 @@ def track_stack(
     Saved corrections are replayed after a first propagation, as they were made (see
     :meth:`TrackingSession.replay`). ``progress(done, total)`` is called after each tracked
     frame. Frames the tracking does not reach (e.g. before the first prompt with
-    ``direction="forward"``) stay 0.
+    ``direction="forward"``) stay 0. ``normalizer`` (a :class:`~.normalization.Normalizer`, e.g.
+    a CT window) replaces the contrast fitted to the frames; its channels are the ones used.
     """
+    if normalizer is not None and channels is not None and tuple(channels) != tuple(normalizer.channels):
+        raise ValueError(
+            f"channels {list(channels)} differ from the normalizer's {list(normalizer.channels)}; "
+            "make the normalizer with the channels to use"
+        )
     session = TrackingSession()
     session.use_predictor(predictor)
-    init = {} if channels is None else {"channels": tuple(channels)}
+    init: dict[str, Any] = {}
+    if normalizer is not None:
+        init["normalizer"] = normalizer
+    elif channels is not None:
+        init["channels"] = tuple(channels)
     for _ in session.open(None, ("batch", id(frames)), lambda: frames, **init):
         pass
     state = session.state
@@ -78,108 +99,190 @@ def track_stack(
         session.close()
 
 
-@dataclass(frozen=True)
-class BatchInputs:
-    """Everything :func:`track_files` checked before computing: the frames to track (lazy),
-    the prompts, the channels and the output path."""
+def window_normalizer(window: Any, num_channels: int = 1, channels: Sequence[int] | None = None):
+    """A fixed intensity window from ``window``: a CT preset name (``"lung"``, see
+    ``CT_WINDOWS``), ``"CENTER,WIDTH"`` text, a ``(center, width)`` pair, or a Normalizer (kept)."""
+    from .normalization import Normalizer
 
+    if window is None or isinstance(window, Normalizer):
+        return window
+    if isinstance(window, str):
+        parts = window.replace(";", ",").split(",")
+        if len(parts) == 1:
+            return Normalizer.ct_preset(window, num_channels=num_channels, channels=channels)
+        try:
+            window = tuple(float(p) for p in parts)
+        except ValueError:
+            raise ValueError(
+                f"a window is a CT preset name or CENTER,WIDTH numbers; got {window!r}"
+            ) from None
+    if len(window) != 2:
+        raise ValueError(f"a window is two numbers, center and width; got {window!r}")
+    return Normalizer.window(float(window[0]), float(window[1]), num_channels=num_channels, channels=channels)
+
+
+@dataclass(frozen=True)
+class TrackSequence:
+    """One sequence of frames to track: where it lies in the image (``view``), its frames and
+    its prompts, and the prompts file they came from."""
+
+    view: StackView
     frames: Any
     prompts: PromptSet
+    prompts_file: str
+
+
+@dataclass(frozen=True)
+class BatchInputs:
+    """Everything :func:`track_files` checked before computing: the sequences to track (lazy
+    frames + prompts each), the channels and normalizer, the labels' shape and metadata, and
+    the output."""
+
+    sequences: tuple[TrackSequence, ...]
     stack: StackInfo
     channels: tuple[int, ...] | None
     output: Path
-    num_frames: int
+    labels_shape: tuple[int, ...]
+    metadata: SourceMetadata
+    labels_name: str = DEFAULT_LABELS_NAME
+    normalizer: Any = None
+    closers: tuple[Callable[[], None], ...] = field(default=(), repr=False)
+
+    @property
+    def frames(self) -> Any:
+        """The frames of the first sequence (the only one of a 3-D stack)."""
+        return self.sequences[0].frames
+
+    @property
+    def prompts(self) -> PromptSet:
+        return self.sequences[0].prompts
+
+    @property
+    def num_frames(self) -> int:
+        """Frames over all sequences (for a progress bar)."""
+        return sum(s.frames.num_frames for s in self.sequences)
+
+    def labels_index(self, view: StackView) -> tuple:
+        """Where one sequence's (frames, y, x) block goes in the labels (no channel axis)."""
+        index = list(view.sequence_index())
+        if view.channel_axis is not None:
+            del index[view.channel_axis]
+        return tuple(index)
+
+    def close(self) -> None:
+        for close in self.closers:
+            close()
 
 
-def _check_output(output_path: str | Path, overwrite: bool) -> Path:
+# --------------------------------------------------------------------------------------------
+# checks and inputs
+
+
+def _check_output(output_path: str | Path, overwrite: bool, labels_name: str, stack: Any) -> Path:
     out = Path(output_path).expanduser()
-    if out.suffix.lower() not in LABEL_SUFFIXES:
-        raise ValueError(
-            f"cannot write labels to {out.name}: the output must be a TIFF file ({', '.join(LABEL_SUFFIXES)})"
-        )
-    if out.is_dir():
+    if out.is_dir() and not out.name.lower().endswith(".zarr"):
         raise ValueError(f"the output {out} is a folder; give a file name such as {out / 'labels.tif'}")
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"the output {out} exists; pass --overwrite (overwrite=True) to replace it")
-    parent = out.parent
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PermissionError(f"cannot create the output folder {parent} ({e.strerror or e})") from None
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(f"cannot write into the output folder {parent}: permission denied")
-    return out
-
-
-def _raw_stack(path: Path):
-    """The stack at ``path`` as a lazy array of its own shape (TIFF: through tifffile's zarr
-    store, nothing read up front), or the frame source of a folder of images."""
-    from .frames import FrameSourceError, open_frames
-
-    if path.is_file() and path.suffix.lower() in (".tif", ".tiff"):
-        import dask.array as da
-        import tifffile
-        import zarr
-
-        try:
-            with tifffile.TiffFile(path) as tif:
-                shape = tuple(tif.series[0].shape)
-            store = tifffile.imread(path, aszarr=True)
-            z = zarr.open(store, mode="r")
-            if isinstance(z, zarr.Group):
-                z = z[0]
-        except Exception as e:  # noqa: BLE001 - any failure means "not readable as TIFF"
-            raise FrameSourceError(f"cannot read {path} as a TIFF stack: {e}") from e
-        if tuple(z.shape) != shape:
-            raise FrameSourceError(
-                f"cannot read {path} lazily (its pixel data does not match its shape {shape})"
+    kind = check_writable(out, name=labels_name, overwrite=overwrite)
+    if isinstance(stack, (str, os.PathLike)):
+        src = Path(stack).expanduser().resolve()
+        dst = out.resolve()
+        same_image = dst == src and kind == "ome-zarr"
+        if (dst == src or src in dst.parents) and not same_image:
+            raise ValueError(
+                f"the output {out} would be written {'over' if dst == src else 'inside'} the input {stack}; "
+                "write the labels elsewhere (only an OME-Zarr image takes labels inside, as labels/<name>)"
             )
-        return da.from_array(z, chunks=(1,) * (len(shape) - 2) + shape[-2:])
-    return open_frames(path)
+    # the folder is made when the labels are written; here only whether it can be
+    existing = out.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise NotADirectoryError(f"cannot create the output folder {out.parent}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"cannot write into the output folder {existing}: permission denied")
+    return out
 
 
 def prepare_track(
     stack: str | Path | Any,
-    prompts_path: str | Path,
+    prompts_path: str | Path | Sequence[str | Path],
     output_path: str | Path,
     *,
     channels: Sequence[int] | None = None,
     overwrite: bool = False,
+    frame_axis: int | None = None,
+    all_positions: bool = False,
+    window: Any = None,
+    labels_name: str = DEFAULT_LABELS_NAME,
 ) -> BatchInputs:
-    """Check everything a batch run needs before any frame is computed (see the module doc)."""
+    """Check everything a batch run needs before any frame is computed (see the module doc).
+
+    ``prompts_path`` is one prompts file or several (one per position of a 3D+t image);
+    ``frame_axis`` the axis to propagate along (default: the prompts file's, else the first
+    axis that is neither the image plane nor channels); ``window`` a fixed intensity window
+    (:func:`window_normalizer`). The caller closes the result (:meth:`BatchInputs.close`).
+    """
     from .frames import open_frames
     from .normalization import choose_channels
 
-    output = _check_output(output_path, overwrite)
-    prompts, info = load_prompts(prompts_path)
-    if not prompts:
-        raise PromptError(f"{Path(prompts_path).name} holds no prompt: add at least one point, box or mask")
-    raw = _raw_stack(Path(stack).expanduser()) if isinstance(stack, (str, os.PathLike)) else stack
-    if info.shape is not None and hasattr(raw, "ndim") and not hasattr(raw, "num_frames"):
-        rgb = info.rgb and raw.shape[-1] in (3, 4) and len(raw.shape) == len(info.shape) + 1
-        shape = tuple(raw.shape[:-1]) if rgb else tuple(raw.shape)
-        info.check_shape(
-            shape, f"the stack {stack}" if isinstance(stack, (str, os.PathLike)) else "the stack"
+    if not labels_name or any(c in labels_name for c in "/\\") or labels_name in (".", ".."):
+        raise ValueError(f"the labels name {labels_name!r} must be a plain name, e.g. sam2")
+    output = _check_output(output_path, overwrite, labels_name, stack)
+    paths = [prompts_path] if isinstance(prompts_path, (str, os.PathLike)) else list(prompts_path)
+    if not paths:
+        raise PromptError("no prompts file was given")
+    loaded = []
+    for p in paths:
+        prompts, info = load_prompts(p)
+        if not prompts:
+            raise PromptError(f"{Path(p).name} holds no prompt: add at least one point, box or mask")
+        loaded.append((Path(p).name, prompts, info))
+    stack_infos = [info for _, _, info in loaded if info.shape is not None]
+    base = stack_infos[0] if stack_infos else StackInfo()
+    for info in stack_infos[1:]:
+        if (info.shape, info.channel_axis, info.channels, info.rgb) != (
+            base.shape,
+            base.channel_axis,
+            base.channels,
+            base.rgb,
+        ):
+            raise PromptError(
+                f"the prompts files describe different images: {base.describe()} and {info.describe()}"
+            )
+    raw, metadata, closers = open_stack(stack)
+    try:
+        raw_shape = tuple(int(s) for s in raw.shape)
+        shape, rgb, channel_axis, remap = stack_layout(raw_shape, metadata, base, channels)
+        loaded = [(name, prompts, remap(info)) for name, prompts, info in loaded]
+        base = remap(base)
+        views = sequence_views(shape, rgb, channel_axis, loaded, frame_axis, all_positions)
+        sequences = []
+        for view, prompts, name in views:
+            source = open_frames(view.frames(raw))
+            prompts.check(source.num_frames, source.height, source.width)
+            sequences.append(TrackSequence(view, source, prompts, name))
+        num_channels = sequences[0].frames.num_channels
+        chosen = channels if channels is not None else base.channels
+        if chosen is not None:
+            if num_channels == 1 and channels is not None:
+                raise ValueError(f"--channels {list(channels)} was given, but the stack has one channel")
+            chosen = choose_channels(num_channels, chosen)
+        normalizer = window_normalizer(window, num_channels, chosen)
+        if normalizer is not None:
+            chosen = normalizer.channels
+        labels_shape = tuple(s for a, s in enumerate(shape) if a != channel_axis)
+        return BatchInputs(
+            tuple(sequences), base, chosen, output, labels_shape, metadata, labels_name, normalizer, closers
         )
-        view: StackView = info.view(shape, rgb)
-        if view.frame_axis is None:
-            raise ValueError("the prompts were made on a single 2-D image: there is nothing to track through")
-        frames = view.frames(raw)
-    else:
-        frames = raw
-    source = open_frames(frames)
-    chosen = channels if channels is not None else info.channels
-    if chosen is not None:
-        if source.num_channels == 1 and channels is not None:
-            raise ValueError(f"--channels {list(channels)} was given, but the stack has one channel")
-        chosen = choose_channels(source.num_channels, chosen)
-    prompts.check(source.num_frames, source.height, source.width)
-    return BatchInputs(source, prompts, info, chosen, output, source.num_frames)
+    except BaseException:
+        for close in closers:
+            close()
+        raise
 
 
 def track_files(
     stack_path: str | Path,
-    prompts_path: str | Path,
+    prompts_path: str | Path | Sequence[str | Path],
     output_path: str | Path,
     config_name: str = "sam2.1_hiera_t",
     checkpoint: str | Path | None = None,
@@ -191,47 +294,86 @@ def track_files(
     precision: str = "fp32",
     compile: bool = False,
     builder: Callable[[ModelSpec], Any] | None = None,
+    *,
+    frame_axis: int | None = None,
+    all_positions: bool = False,
+    window: Any = None,
+    labels_name: str = DEFAULT_LABELS_NAME,
 ) -> Path:
-    """Read a stack (TIFF, or a folder of images) and a prompts file, write the labels as TIFF.
+    """Read a stack and its prompts file(s), track, and write the labels by the output's suffix.
 
-    Every argument is checked before the model is loaded (:func:`prepare_track`); the labels
-    are written next to the output and renamed into place, so a failure never leaves half a
-    file. ``builder`` replaces the model builder (tests).
+    Inputs: see ``INPUT_FORMATS``; outputs: ``OUTPUT_FORMATS`` (:func:`~.io.write_labels`, with
+    the input's axes, pixel size and affine). Every argument is checked before the model is
+    loaded (:func:`prepare_track`); the labels appear under their final name only once complete,
+    so a failure never leaves half a file. ``builder`` replaces the model builder (tests, the
+    model cache of :mod:`.distributed`). Returns the path written (``<image>.zarr/labels/<name>``
+    for labels added to an OME-Zarr image).
     """
-    import tifffile
-
     from .checkpoints import ensure_checkpoint
     from .session import build_predictor
 
-    inputs = prepare_track(stack_path, prompts_path, output_path, channels=channels, overwrite=overwrite)
-    spec = ModelSpec(config_name, None if checkpoint is None else str(checkpoint), device, precision, compile)
     if direction not in ("forward", "backward", "both"):
         raise SessionError(f"direction must be 'forward', 'backward' or 'both', not {direction!r}")
-    if builder is None:
-        from .build import resolve_device
+    inputs = prepare_track(
+        stack_path,
+        prompts_path,
+        output_path,
+        channels=channels,
+        overwrite=overwrite,
+        frame_axis=frame_axis,
+        all_positions=all_positions,
+        window=window,
+        labels_name=labels_name,
+    )
+    try:
+        spec = ModelSpec(
+            config_name, None if checkpoint is None else str(checkpoint), device, precision, compile
+        )
+        if builder is None:
+            from .build import resolve_device
 
-        resolve_device(device)  # a bad device fails now, not after a download
-        ensure_checkpoint(config_name, checkpoint, download=True)
-        builder = build_predictor
-    predictor = builder(spec)
+            resolve_device(device)  # a bad device fails now, not after a download
+            ensure_checkpoint(config_name, checkpoint, download=True)
+            builder = build_predictor
+        predictor = builder(spec)
+        labels = _track_all(predictor, inputs, direction, progress)
+        return write_labels(
+            inputs.output, labels, inputs.metadata, name=inputs.labels_name, overwrite=overwrite
+        )
+    finally:
+        inputs.close()
+
+
+def _track_all(predictor: Any, inputs: BatchInputs, direction: str, progress: bool) -> np.ndarray:
+    """Every sequence tracked on its own, its labels put at its place in the whole image."""
     bar = None
     if progress:
         from tqdm import tqdm
 
         bar = tqdm(desc="tracking", unit="frame", total=inputs.num_frames)
+    offset = 0
 
     def report(done: int, total: int) -> None:
         if bar is not None:
-            bar.total = total
-            bar.update(done - bar.n)
+            bar.update(offset + done - bar.n)
 
+    labels = np.zeros(inputs.labels_shape, dtype=np.uint16)
     try:
-        labels = track_stack(predictor, inputs.frames, inputs.prompts, direction, report, inputs.channels)
+        for seq in inputs.sequences:
+            if bar is not None and len(inputs.sequences) > 1:
+                bar.set_postfix_str(position_text(seq.view))
+            out = track_stack(
+                predictor,
+                seq.frames,
+                seq.prompts,
+                direction,
+                report,
+                None if inputs.normalizer is not None else inputs.channels,
+                normalizer=inputs.normalizer,
+            )
+            labels[inputs.labels_index(seq.view)] = out
+            offset += seq.frames.num_frames
     finally:
         if bar is not None:
             bar.close()
-    out = inputs.output
-    tmp = out.with_name(out.name + ".part")
-    tifffile.imwrite(tmp, labels, compression="zlib", photometric="minisblack", metadata={"axes": "TYX"})
-    tmp.replace(out)  # never leave a half-written result under the final name
-    return out
+    return labels
