@@ -189,7 +189,7 @@ def resolve_checkpoint(config: str, weights: str, checkpoint: str | None = None)
     if checkpoint:
         return Path(checkpoint)
     if weights == "official":
-        from napari_sam2.engine.checkpoints import ensure_checkpoint
+        from napari_sam2.engine.download import ensure_checkpoint
 
         return ensure_checkpoint(config, None, download=False)
     sys.path.insert(0, str(ROOT / "tests"))

@@ -23,24 +23,42 @@ _LAZY = {
     "SAM2VideoPredictor": "napari_sam2.engine.video_predictor",
     "VideoSession": "napari_sam2.engine.video_predictor",
     "build_sam2_video_predictor": "napari_sam2.engine.video_predictor",
+    "TiledMaskGenerator": "napari_sam2.engine.tiled_mask_generator",
+    "TrackingSession": "napari_sam2.engine.session",
+    "open_frames": "napari_sam2.engine.frames",
+    "track_all": "napari_sam2.engine.track_all",
+    "track_files": "napari_sam2.engine.batch",
+    "track_many": "napari_sam2.engine.distributed",
 }
 
 __all__ = [
     "SAM2AutomaticMaskGenerator",
     "SAM2ImagePredictor",
     "SAM2VideoPredictor",
+    "TiledMaskGenerator",
+    "TrackingSession",
     "VideoSession",
     "__version__",
     "build_sam2",
     "build_sam2_model",
     "build_sam2_video_predictor",
+    "open_frames",
     "resolve_device",
+    "track_all",
+    "track_files",
+    "track_many",
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
     from .engine.automatic_mask_generator import SAM2AutomaticMaskGenerator
+    from .engine.batch import track_files
     from .engine.build import build_sam2, build_sam2_model, resolve_device
+    from .engine.distributed import track_many
+    from .engine.frames import open_frames
     from .engine.image_predictor import SAM2ImagePredictor
+    from .engine.session import TrackingSession
+    from .engine.tiled_mask_generator import TiledMaskGenerator
+    from .engine.track_all import track_all
     from .engine.video_predictor import SAM2VideoPredictor, VideoSession, build_sam2_video_predictor
 
 

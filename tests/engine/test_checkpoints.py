@@ -22,13 +22,12 @@ from napari_sam2.engine.checkpoints import (
     DownloadCancelled,
     cache_dir,
     checkpoint_path,
-    ensure_checkpoint,
     find_checkpoint,
     guess_variant,
     load_state_dict_file,
     resolve_config_name,
 )
-from napari_sam2.engine.download import download_checkpoint
+from napari_sam2.engine.download import download_checkpoint, ensure_checkpoint
 
 CONFIG = "sam2.1_hiera_t"
 PAYLOAD = bytes(range(256)) * 1024  # 256 KiB

@@ -309,7 +309,7 @@ def track_files(
     model cache of :mod:`.distributed`). Returns the path written (``<image>.zarr/labels/<name>``
     for labels added to an OME-Zarr image).
     """
-    from .checkpoints import ensure_checkpoint
+    from .download import ensure_checkpoint
     from .session import build_predictor
 
     if direction not in ("forward", "backward", "both"):

@@ -97,7 +97,8 @@ def build_sam2_model(
     ``download`` is true. ``compile=True`` applies :func:`compile_model` (worth it on a GPU,
     for long runs: the first frames pay for compilation).
     """
-    from .checkpoints import ensure_checkpoint, load_state_dict_file
+    from .checkpoints import load_state_dict_file
+    from .download import ensure_checkpoint
 
     cfg = load_config(config_name)
     path = ensure_checkpoint(cfg.name, checkpoint, download=download)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-import threading
 import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -35,7 +34,6 @@ __all__ = [
     "checkpoint_path",
     "CheckpointStatus",
     "checkpoint_status",
-    "ensure_checkpoint",
     "offline_guidance",
     "find_checkpoint",
     "guess_variant",
@@ -248,29 +246,6 @@ def checkpoint_status(config_name: str, checkpoint: str | os.PathLike | None = N
             f"again. {offline_guidance(info.config_name)}",
         )
     return CheckpointStatus(info.config_name, path, "ok", f"found: {path}")
-
-
-def ensure_checkpoint(
-    config_name: str,
-    checkpoint: str | os.PathLike | None = None,
-    *,
-    download: bool = True,
-    progress: bool | ProgressCallback = True,
-    cancel: threading.Event | None = None,
-) -> Path:
-    """Path of a checkpoint to load for ``config_name`` (see :func:`checkpoint_status`).
-
-    A missing official file is downloaded, or, with ``download=False``, a CheckpointError
-    says where to get it and where to put it.
-    """
-    status = checkpoint_status(config_name, checkpoint)
-    if status.ok:
-        return status.path
-    if status.state == "missing" and download:
-        from .download import download_checkpoint
-
-        return download_checkpoint(status.config_name, progress=progress, cancel=cancel)
-    raise CheckpointError(status.message)
 
 
 def _redownload_hint(path: Path) -> str:

@@ -188,7 +188,7 @@ def _import_builder(path: str) -> Callable[[ModelSpec], Any]:
 
 
 def _default_builder(spec: ModelSpec) -> Any:
-    from .checkpoints import ensure_checkpoint
+    from .download import ensure_checkpoint
     from .session import build_predictor
 
     ensure_checkpoint(spec.config_name, spec.checkpoint, download=True)
@@ -398,7 +398,7 @@ def track_many(
 
     if to_run:
         if builder is None:
-            from .checkpoints import ensure_checkpoint
+            from .download import ensure_checkpoint
 
             if scheduler is None:  # the workers are this machine: its devices are theirs
                 from .build import resolve_device

@@ -28,9 +28,10 @@ from .checkpoints import (
     ProgressCallback,
     _info,
     checkpoint_path,
+    checkpoint_status,
 )
 
-__all__ = ["download_checkpoint"]
+__all__ = ["download_checkpoint", "ensure_checkpoint"]
 
 
 def _by_hand(info: CheckpointInfo, url: str, dest: Path) -> str:
@@ -185,3 +186,24 @@ def download_checkpoint(
         if tmp is not None:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+def ensure_checkpoint(
+    config_name: str,
+    checkpoint: str | os.PathLike | None = None,
+    *,
+    download: bool = True,
+    progress: bool | ProgressCallback = True,
+    cancel: threading.Event | None = None,
+) -> Path:
+    """Path of a checkpoint to load for ``config_name`` (see :func:`checkpoint_status`).
+
+    A missing official file is downloaded, or, with ``download=False``, a CheckpointError
+    says where to get it and where to put it.
+    """
+    status = checkpoint_status(config_name, checkpoint)
+    if status.ok:
+        return status.path
+    if status.state == "missing" and download:
+        return download_checkpoint(status.config_name, progress=progress, cancel=cancel)
+    raise CheckpointError(status.message)

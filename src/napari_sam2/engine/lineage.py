@@ -17,7 +17,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ObjectRecord", "Track", "TrackGraph", "measure_frame"]
+__all__ = ["ObjectRecord", "Track", "TrackGraph", "consecutive_runs", "measure_frame"]
+
+
+def consecutive_runs(frames: list[int]) -> list[tuple[int, int]]:
+    """Sorted frame indices as runs of consecutive frames: ``[0, 1, 2, 5, 6] -> [(0, 2), (5, 6)]``."""
+    runs: list[tuple[int, int]] = []
+    for f in frames:
+        if runs and f == runs[-1][1] + 1:
+            runs[-1] = (runs[-1][0], f)
+        else:
+            runs.append((f, f))
+    return runs
 
 
 @dataclass(frozen=True)
@@ -148,14 +159,7 @@ class TrackGraph:
 
     def segments(self, track_id: int) -> list[tuple[int, int]]:
         """The runs of consecutive frames of a track, ``[(first, last), ...]``."""
-        frames = self.tracks[track_id].frames
-        runs: list[tuple[int, int]] = []
-        for f in frames:
-            if runs and f == runs[-1][1] + 1:
-                runs[-1] = (runs[-1][0], f)
-            else:
-                runs.append((f, f))
-        return runs
+        return consecutive_runs(self.tracks[track_id].frames)
 
     def summary(self) -> dict[str, int]:
         return {

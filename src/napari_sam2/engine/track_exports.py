@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from .lineage import ObjectRecord, TrackGraph
+from .lineage import ObjectRecord, TrackGraph, consecutive_runs
 
 __all__ = [
     "ctc_tracks",
@@ -162,13 +162,7 @@ def ctc_tracks(labels: Any, graph: TrackGraph) -> tuple[dict[tuple[int, int], in
             present.setdefault(int(i), []).append(t)
     pieces: dict[int, list[tuple[int, int]]] = {}
     for i, frames in present.items():
-        runs: list[tuple[int, int]] = []
-        for f in frames:
-            if runs and f == runs[-1][1] + 1:
-                runs[-1] = (runs[-1][0], f)
-            else:
-                runs.append((f, f))
-        pieces[i] = runs
+        pieces[i] = consecutive_runs(frames)
     needed = sum(len(r) for r in pieces.values())
     if needed > _CTC_MAX_LABEL:
         raise ValueError(f"{needed} track pieces do not fit CTC's 16-bit labels (at most {_CTC_MAX_LABEL})")

@@ -25,7 +25,6 @@ from __future__ import annotations
 import numpy as np
 
 __all__ = [
-    "make_lineage_sample",
     "make_timelapse_sample",
     "make_volume_sample",
     "synthetic_timelapse",
@@ -327,15 +326,6 @@ def make_timelapse_sample() -> list[tuple]:
     """npe2 sample data: 40-frame synthetic time-lapse (image + ground-truth labels)."""
     image, labels = synthetic_timelapse()
     return _layers(image, labels, "synthetic time-lapse")
-
-
-def make_lineage_sample() -> list[tuple]:
-    """npe2 sample data: 60 frames of dividing, entering and leaving cells (image + ground truth),
-    for the "Track all cells" workflow."""
-    from .sample_lineage import synthetic_lineage_timelapse
-
-    image, labels, _ = synthetic_lineage_timelapse()
-    return _layers(image, labels, "synthetic dividing cells")
 
 
 def make_volume_sample() -> list[tuple]:

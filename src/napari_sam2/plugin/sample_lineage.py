@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .sample_data import _add_noise, _background, _Cell, _paint, _smoothstep
+from .sample_data import _add_noise, _background, _Cell, _layers, _paint, _smoothstep
 
-__all__ = ["synthetic_lineage_timelapse"]
+__all__ = ["make_lineage_sample", "synthetic_lineage_timelapse"]
 
 _GAP = 3.0  # pixels kept free between cells that are not scripted to touch (daughters too, at birth)
 
@@ -239,3 +239,10 @@ def synthetic_lineage_timelapse(
             _paint(frame, labels[t], c.label, c.look, c.pos, a, b, ang)
         image[t] = _add_noise(frame, rng)
     return image, labels, _lineage_from_labels(labels, parents)
+
+
+def make_lineage_sample() -> list[tuple]:
+    """npe2 sample data: 60 frames of dividing, entering and leaving cells (image + ground truth),
+    for the "Track all cells" workflow."""
+    image, labels, _ = synthetic_lineage_timelapse()
+    return _layers(image, labels, "synthetic dividing cells")

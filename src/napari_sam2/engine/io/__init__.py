@@ -44,7 +44,7 @@ def path_kind(path: str | PathLike) -> str | None:
     if is_nifti_path(p):
         return "nifti"
     if p.is_dir():
-        from ..frames import IMAGE_SUFFIXES
+        from ..frame_source import IMAGE_SUFFIXES
 
         if dicom_files(p, skip_suffixes=IMAGE_SUFFIXES):
             return "dicom"
@@ -93,7 +93,7 @@ def open_array(source: Any) -> tuple[Any, SourceMetadata]:
     its space (scale, units, affine...). Nothing is read but metadata (and DICOM headers).
     Raises :class:`~napari_sam2.engine.frames.FrameSourceError` for anything else.
     """
-    from ..frames import FrameSourceError, _PathNotFound
+    from ..frame_source import FrameSourceError, _PathNotFound
 
     try:
         import zarr
@@ -124,7 +124,7 @@ def open_array(source: Any) -> tuple[Any, SourceMetadata]:
             raise FrameSourceError(
                 f"{path} is a single DICOM file; open the folder that holds the whole series (one file per slice)"
             )
-        from ..frames import IMAGE_SUFFIXES
+        from ..frame_source import IMAGE_SUFFIXES
 
         images = [p.name for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
         if images:

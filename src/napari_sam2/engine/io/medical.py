@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from ..frames import FrameSourceError
+from ..frame_source import FrameSourceError
 from .metadata import SourceMetadata
 
 __all__ = [

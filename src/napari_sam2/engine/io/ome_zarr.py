@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from ..frames import FrameSourceError
+from ..frame_source import FrameSourceError
 from .metadata import AXIS_LETTERS, SourceMetadata
 
 __all__ = ["open_ome_zarr", "read_multiscale", "is_zarr_path", "ome_attributes", "label_names"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..frames import (
+from ..frame_source import (
     IMAGE_SUFFIXES,
     FrameSource,
     FrameSourceError,
