@@ -1,25 +1,39 @@
-"""The GPU check of issue 14 in one command: the tests marked ``gpu``, then ours against Meta's SAM 2.
+"""The GPU check of issue 14 in one command, in the order of what each second of device time is worth.
 
 Run it through ``benchmarks/gpu_check.sh`` (which also writes a summary should this driver not start):
 
     bash benchmarks/gpu_check.sh --device cuda --out "$OUT"             # on a GPU machine
     bash benchmarks/gpu_check.sh --device cpu --frames 2 --out /tmp/x   # the dry run on CPU
 
-Parts, in order, each with its status in the summary: ``environment`` (python, torch, GPU),
-``install`` (the wheels carried in ``.gpu-carry/wheels`` that this python lacks, with ``--no-deps``
-into a scratch folder, never over the installed torch), ``weights`` (the deterministic test
-checkpoints, generated once), ``tests`` (``pytest -m gpu``) and ``bench`` (per variant and object
-count, in a fresh process each: ours in bf16 with torch.compile side by side with Meta's
-``SAM2VideoPredictorVOS`` in bf16, read from the copy in ``.gpu-carry/meta``; ours alone when that
-copy is absent). The whole run keeps to ``--budget-s``: a part that would run past it is stopped
-(its partial numbers kept) or not started, and says so. What it writes to ``--out`` (7 files, one
-folder, as a device call brings back): summary.json, summary.md, tests-junit.xml, tests.log,
+Parts, in order, each with its status in the summary:
+
+1. ``environment`` (python, torch, GPU);
+2. ``install`` (the wheels carried in ``.gpu-carry/wheels`` that this python lacks, with ``--no-deps``
+   into a scratch folder, never over the installed torch);
+3. ``weights`` (the deterministic test checkpoints, generated once);
+4. ``tests_eager``: ``pytest -m "gpu and not compile"``, with its own budget, so that it ends normally
+   with its JUnit XML;
+5. ``bench_eager``: per variant and object count, in a fresh process each, ours in bf16 side by side
+   with Meta's plain ``SAM2VideoPredictor`` in bf16, no torch.compile on either side (seconds per pass);
+6. ``bench_compiled``, only if enough time is left: ours with torch.compile (inductor's ``default``
+   mode unless ``--compile-mode``) side by side with Meta's ``SAM2VideoPredictorVOS`` (vos_optimized:
+   all of Meta's components compiled with max-autotune), tiny and one object unless told otherwise;
+7. ``tests_compiled``: ``pytest -m "gpu and compile"``, last, with what time is left.
+
+Meta's code is read from the copy in ``.gpu-carry/meta``; without it the benchmarks run ours alone.
+Both pytest runs load ``gpu_check_plugin`` (beside this file), which writes every failed test's full
+report to ``tests-failures.txt`` and to ``tests.log`` the moment it fails; a run that reaches its
+budget gets SIGINT first, so that pytest still prints its report and writes its JUnit XML. The whole
+run keeps to ``--budget-s``: a part that would run past it is stopped (its partial numbers kept) or not
+started, and says so. What it writes to ``--out`` (8 files, one folder, as a device call brings back
+at most): summary.json, summary.md, tests-junit.xml (both pytest runs), tests-failures.txt, tests.log,
 bench.jsonl, bench.log, and gpu_check.log from the shell wrapper. docs/gpu-check.md explains all this.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -30,6 +44,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -41,9 +56,34 @@ import gpu_check_summary as gs  # noqa: E402
 import meta_reference as mr  # noqa: E402
 
 GPU_TEST_FILES = ["tests/engine/test_gpu.py"]
+# The two pytest runs: marker expression, and the budget option that caps each.
+TEST_RUNS = {"tests_eager": "gpu and not compile", "tests_compiled": "gpu and compile"}
 # Modules a run imports (engine, tests, Meta's package); a missing one is named before anything runs.
 REQUIRED_MODULES = ["numpy", "torch", "yaml", "skimage", "PIL", "tqdm", "pytest", "tifffile"]
 RESERVE_S = 15  # kept back from every part for writing the summary
+# A pytest run at its budget gets SIGINT this long before it, so that it prints its report and
+# writes its JUnit XML (it stops within seconds even while compiling), then SIGTERM, then SIGKILL.
+PYTEST_GRACE_S = 20
+FAILURES_FILE = "tests-failures.txt"
+OUT_FILES = (  # everything the check writes to --out: a device call brings back at most 8 files
+    "summary.json",
+    "summary.md",
+    "gpu_check.log",
+    "tests.log",
+    "tests-junit.xml",
+    FAILURES_FILE,
+    "bench.jsonl",
+    "bench.log",
+)
+# --parts: each part by name, and "tests" / "bench" for both of a kind.
+PART_CHOICES = {
+    "tests-eager": ["tests_eager"],
+    "bench-eager": ["bench_eager"],
+    "bench-compiled": ["bench_compiled"],
+    "tests-compiled": ["tests_compiled"],
+    "tests": ["tests_eager", "tests_compiled"],
+    "bench": ["bench_eager", "bench_compiled"],
+}
 ENV_PROBE = r"""
 import json, os, platform, sys
 import torch
@@ -66,6 +106,8 @@ class Run:
         self.start = time.monotonic()
         self.deadline = self.start + args.budget_s
         self.scratch = Path(tempfile.gettempdir()) / "napari-sam2-gpu-check"
+        self.junit: dict[str, Path] = {}  # each pytest run's JUnit XML, merged into tests-junit.xml
+        self.bench_configs: list[str] = []  # the variants of the benchmark parts asked for
         self.env = dict(os.environ)
         paths = [str(ROOT / "src"), str(ROOT / "tests")]
         if self.env.get("PYTHONPATH"):
@@ -89,9 +131,13 @@ class Run:
         )
 
 
-def run_process(cmd: list[str], env: dict, log: Path, timeout: float) -> tuple[int | None, float]:
-    """Run ``cmd`` in its own process group, output appended to ``log``; (exit code or None if it
-    was stopped at ``timeout``, seconds). The whole group is stopped: compile workers too."""
+def run_process(
+    cmd: list[str], env: dict, log: Path, timeout: float, grace: float = 0.0
+) -> tuple[int | None, float, bool]:
+    """Run ``cmd`` in its own process group, output appended to ``log``: (exit code, seconds,
+    whether it was stopped at ``timeout``). With ``grace``, the process gets SIGINT ``grace``
+    seconds before ``timeout`` and those seconds to end itself (pytest then still reports); then
+    the whole group is stopped, compile workers too."""
     t0 = time.monotonic()
     with log.open("a") as f:
         f.write(f"\n$ {shlex.join(cmd)}\n")
@@ -100,17 +146,28 @@ def run_process(cmd: list[str], env: dict, log: Path, timeout: float) -> tuple[i
             cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT, start_new_session=True
         )
         try:
-            return proc.wait(timeout=max(1.0, timeout)), time.monotonic() - t0
+            return proc.wait(timeout=max(1.0, timeout - grace)), time.monotonic() - t0, False
         except subprocess.TimeoutExpired:
-            for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):
-                try:
-                    os.killpg(proc.pid, sig)
-                    proc.wait(timeout=wait)
-                    break
-                except (ProcessLookupError, subprocess.TimeoutExpired):
-                    continue
-            f.write(f"\n[gpu_check] stopped after {timeout:.0f} s (time budget)\n")
-            return None, time.monotonic() - t0
+            pass
+        code = None
+        if grace > 0:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGINT)
+            try:
+                code = proc.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                code = None
+        for sig, wait in ((signal.SIGTERM, 10), (signal.SIGKILL, 10)):  # what is left of the group
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                proc.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+        f.write(f"\n[gpu_check] stopped after {time.monotonic() - t0:.0f} s (time budget {timeout:.0f} s)\n")
+        return code, time.monotonic() - t0, True
 
 
 # ====================================================================== parts
@@ -247,7 +304,12 @@ def part_weights(run: Run, summary: gs.Summary) -> bool:
     t0 = time.monotonic()
     try:
         proc = subprocess.run(
-            [sys.executable, "-c", WEIGHTS_CODE, *run.args.configs],
+            [
+                sys.executable,
+                "-c",
+                WEIGHTS_CODE,
+                *run.bench_configs,
+            ],
             cwd=ROOT,
             env=run.env,
             capture_output=True,
@@ -267,72 +329,139 @@ def part_weights(run: Run, summary: gs.Summary) -> bool:
     return True
 
 
-def part_tests(run: Run, summary: gs.Summary) -> None:
-    junit, log = run.out / "tests-junit.xml", run.out / "tests.log"
-    timeout = min(run.args.tests_budget_s, run.left())
-    if timeout < 20:
-        summary.part("tests", "not run", note="no time left in the budget")
+def _size(path: Path) -> int:
+    return path.stat().st_size if path.is_file() else 0
+
+
+def _tail_from(path: Path, offset: int) -> str:
+    if not path.is_file():
+        return ""
+    with path.open("rb") as f:
+        f.seek(offset)
+        return f.read().decode(errors="replace")
+
+
+def merge_junit(out: Path, reports: dict[str, Path]) -> None:
+    """tests-junit.xml: the test suites of every pytest run so far, each named after its part."""
+    root = ET.Element("testsuites")
+    for name, path in reports.items():
+        try:
+            suites = list(ET.parse(path).getroot().iter("testsuite"))
+        except (OSError, ET.ParseError):
+            continue
+        for suite in suites:
+            suite.set("name", name)
+            root.append(suite)
+    if len(root):
+        ET.ElementTree(root).write(out / "tests-junit.xml", encoding="utf-8", xml_declaration=True)
+
+
+def part_tests(run: Run, summary: gs.Summary, name: str) -> None:
+    """One pytest run (``name`` in TEST_RUNS), within its budget; every failure's details kept."""
+    a = run.args
+    cap = a.tests_budget_s if name == "tests_eager" else None
+    least = 20.0 if name == "tests_eager" else a.min_compile_tests_s
+    left = run.left()
+    timeout = min(cap, left) if cap else left
+    if timeout < least:
+        status = "not run" if name == "tests_eager" else "skipped"
+        summary.part(name, status, note=f"no time left in the budget ({left:.0f} s left, needs {least:.0f})")
         return
-    summary.part("tests", "running", note=f"pytest -m gpu, at most {timeout:.0f} s")
+    expr = TEST_RUNS[name]
+    summary.part(name, "running", note=f"pytest -m '{expr}', at most {timeout:.0f} s")
+    print(f"[gpu_check] {name}: pytest -m '{expr}' (at most {timeout:.0f} s)", flush=True)
+    log, failures = run.out / "tests.log", run.out / FAILURES_FILE
+    junit = run.scratch / f"junit-{name}.xml"
+    junit.unlink(missing_ok=True)
+    log_at, failures_at = _size(log), _size(failures)
+    extra = [str(p) for p in a.extra_tests] if name == "tests_eager" else []
     cmd = [
         sys.executable,
         "-m",
         "pytest",
         "-m",
-        "gpu",
+        expr,
         *GPU_TEST_FILES,
+        *extra,
+        "-c",
+        str(ROOT / "pyproject.toml"),
+        "--rootdir",
+        str(ROOT),
+        "-p",
+        "gpu_check_plugin",
+        f"--failures-file={failures}",
         "-p",
         "no:cacheprovider",
         "-v",
         "-rA",
         f"--junitxml={junit}",
-        f"--basetemp={run.scratch / 'pytest'}",
+        f"--basetemp={run.scratch / ('pytest-' + name)}",
     ]
-    code, seconds = run_process(cmd, run.env, log, timeout)
+    env = dict(run.env, PYTHONPATH=os.pathsep.join([str(HERE), run.env["PYTHONPATH"]]))
+    code, seconds, stopped = run_process(cmd, env, log, timeout, grace=min(PYTEST_GRACE_S, timeout / 4))
+    run.junit[name] = junit
+    merge_junit(run.out, {k: v for k, v in run.junit.items() if v.is_file()})
     if junit.is_file():
-        counts, failures, skips = gs.read_junit(junit)
-    else:  # stopped before pytest wrote its report: what the verbose log says so far
-        counts, failures, skips = gs.read_pytest_log(log.read_text(errors="replace"))
-    fields = {"seconds": round(seconds, 1), "counts": counts, "failures": failures, "skip_reasons": skips}
-    if code is None:
-        summary.part("tests", "timeout", note=f"stopped after {seconds:.0f} s; see tests.log", **fields)
-    elif counts.get("failed") or counts.get("errors") or code not in (0, 5):
-        summary.part("tests", "failed", note=f"pytest exit {code}; see tests.log", **fields)
+        counts, found, skips = gs.read_junit(junit)
+        durations = gs.junit_seconds(junit)
+    else:  # killed before pytest wrote its report: what the verbose log says so far
+        counts, found, skips = gs.read_pytest_log(_tail_from(log, log_at))
+        durations = {}
+    recorded = gs.read_failures(_tail_from(failures, failures_at))
+    fields = {
+        "seconds": round(seconds, 1),
+        "counts": counts,
+        "failures": gs.merge_failures(found, recorded),
+        "skip_reasons": skips,
+        "test_seconds": durations,
+        "junit": junit.is_file(),
+    }
+    for f in fields["failures"]:
+        first = (str(f.get("message", "")).splitlines() or [""])[0]
+        print(f"[gpu_check] {name}: {f.get('outcome', 'failed')} {f['test']}: {first}", flush=True)
+    done = sum(counts.values())
+    if stopped:
+        summary.part(
+            name,
+            "timeout",
+            note=(
+                f"stopped at its budget after {seconds:.0f} s, {done} tests finished"
+                + ("" if junit.is_file() else ", no JUnit XML (killed)")
+                + "; every failure's full report in tests-failures.txt"
+            ),
+            **fields,
+        )
+    elif counts.get("failed") or counts.get("errors") or recorded or code not in (0, 5):
+        summary.part(name, "failed", note=f"pytest exit {code}; full reports in tests-failures.txt", **fields)
     elif counts.get("passed"):
-        summary.part("tests", "passed", note=f"{counts['passed']} passed", **fields)
+        summary.part(name, "passed", note=f"{counts['passed']} passed", **fields)
     else:
         summary.part(
-            "tests",
+            name,
             "skipped",
-            note="every gpu test skipped: " + "; ".join(skips or ["none collected"]),
+            note="every test skipped: " + "; ".join(skips or ["none collected"]),
             **fields,
         )
 
 
-def bench_specs(run: Run) -> tuple[Path, list[dict], str]:
-    """(script, child specs in priority order, the Meta note): side by side when Meta's copy is there."""
+def bench_specs(run: Run, name: str) -> tuple[Path, list[dict], str]:
+    """(script, child specs in priority order, the Meta note) of a benchmark part: side by side
+    with Meta when its copy is there. Order: every variant with 1 object, then with 5 (the FPS
+    targets are for 1 object; the 5-object cost needs both)."""
     a = run.args
     on_gpu = a.device == "cuda"
+    compiled = name == "bench_compiled"
     dtype = "bf16" if on_gpu else "fp32"  # bf16 on CPUs without AVX-512 BF16 is emulated, minutes a frame
     run_id = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
-    common = [
-        "--configs",
-        *a.configs,
-        "--dtype",
-        dtype,
-        "--frames",
-        str(a.frames),
-        "--objects",
-        *map(str, a.objects),
-        "--track-repeats",
-        str(a.track_repeats),
-    ]
-    if on_gpu:
-        # the untimed warm-up tracks every frame, so that all compilation happens before the clock runs
-        common += ["--compile", "--warmup-frames", str(a.frames)]
-        common += ["--compile-mode", a.compile_mode] if a.compile_mode else []
-    else:
-        common += ["--warmup-frames", "1"]
+    configs = a.compiled_configs if compiled else a.configs
+    objects = a.compiled_objects if compiled else a.objects
+    common = ["--configs", *configs, "--dtype", dtype, "--frames", str(a.frames)]
+    common += ["--objects", *map(str, objects), "--track-repeats", str(a.track_repeats)]
+    # the untimed warm-up tracks every frame: every shape is seen (and, compiled, every graph
+    # compiled) before the clock runs
+    common += ["--warmup-frames", str(a.frames if on_gpu else 1)]
+    if compiled:
+        common += ["--compile", "--compile-mode", a.compile_mode]
     meta_dir = None
     if a.meta_repo:
         try:
@@ -341,66 +470,92 @@ def bench_specs(run: Run) -> tuple[Path, list[dict], str]:
             return HERE / "bench_speed.py", [], f"Meta's copy unusable: {e}"
     if meta_dir is not None:
         args = mr.build_parser().parse_args(
-            ["--meta-repo", str(meta_dir), "--device", a.device, *common] + (["--meta-vos"] if on_gpu else [])
+            ["--meta-repo", str(meta_dir), "--device", a.device, *common]
+            + (["--meta-vos"] if compiled else [])
         )
         mr.finalize_args(args)
-        return (
-            HERE / "meta_reference.py",
-            mr.make_specs(args, a.device, meta_dir, run_id),
-            f"Meta's sam2 from {meta_dir}",
-        )
-    args = bs.build_parser().parse_args(["--device", a.device, "--parts", "track", *common])
-    specs = [{**s, "run_id": run_id} for s in bs.plan(args, [a.device])]
-    return (
-        HERE / "bench_speed.py",
-        specs,
-        "Meta's copy absent (.gpu-carry/meta; gpu_prepare.sh --meta-repo): ours only",
-    )
+        script, specs = HERE / "meta_reference.py", mr.make_specs(args, a.device, meta_dir, run_id)
+        meta = "SAM2VideoPredictorVOS (vos_optimized)" if compiled else "SAM2VideoPredictor, eager"
+        note = f"Meta's {meta} from {meta_dir}"
+    else:
+        args = bs.build_parser().parse_args(["--device", a.device, "--parts", "track", *common])
+        script = HERE / "bench_speed.py"
+        specs = [{**s, "run_id": run_id} for s in bs.plan(args, [a.device])]
+        note = "Meta's copy absent (.gpu-carry/meta; gpu_prepare.sh --meta-repo): ours only"
+    order = {k: i for i, k in enumerate(objects)}
+    specs.sort(key=lambda s: order[s["objects"]])  # stable: the variants' order within a count
+    return script, specs, note
 
 
-def part_bench(run: Run, summary: gs.Summary, have_weights: bool) -> None:
+def part_bench(run: Run, summary: gs.Summary, name: str, have_weights: bool) -> None:
+    a = run.args
+    compiled = name == "bench_compiled"
     if not have_weights:
-        summary.part("bench", "skipped", note="no test weights (see the weights part)")
+        summary.part(name, "skipped", note="no test weights (see the weights part)")
         return
-    script, specs, meta_note = bench_specs(run)
+    if compiled and a.device != "cuda":
+        summary.part(
+            name,
+            "skipped",
+            note="dry run on CPU: compiling takes minutes on a CPU; the compiled side by side is for the GPU",
+        )
+        return
+    left = run.left()
+    least = a.min_compiled_s if compiled else a.min_item_s
+    if left < max(least, 1.0):
+        status = "skipped" if compiled else "not run"
+        summary.part(
+            name,
+            status,
+            note=f"no time left in the budget ({left:.0f} s left, needs {least:.0f})"
+            + ("; ours' first compiled run alone took 112 s on an H200" if compiled else ""),
+        )
+        return
+    part_budget = left if compiled or not a.bench_budget_s else min(a.bench_budget_s, left)
+    part_end = time.monotonic() + part_budget
+    script, specs, meta_note = bench_specs(run, name)
     entry = summary.part(
-        "bench",
+        name,
         "running",
         note=meta_note,
         items=[],
         meta="present" if "meta_reference" in script.name else "absent",
     )
     if not specs:
-        summary.part("bench", "error", note=meta_note, items=[])
+        summary.part(name, "error", note=meta_note, items=[])
         return
     jsonl, log = run.out / "bench.jsonl", run.out / "bench.log"
     items = entry["items"]
     for spec in specs:
-        timeout = run.left()
-        if timeout < run.args.min_item_s:
-            items.append(gs.bench_item(spec, None, "not run", 0.0, "no time left in the budget"))
+        timeout = min(part_end - time.monotonic(), run.left())
+        if not compiled and a.item_budget_s:
+            timeout = min(timeout, a.item_budget_s)
+        if timeout < a.min_item_s or timeout < 1:
+            items.append(gs.bench_item(spec, None, "not run", 0.0, f"no time left in the {name} budget"))
             summary.write()
             continue
-        child_log = run.scratch / f"child-{spec['config']}-{spec['objects']}.log"
+        child_log = run.scratch / f"child-{name}-{spec['config']}-{spec['objects']}.log"
         child_log.unlink(missing_ok=True)
         cmd = [sys.executable, str(script), "--child", json.dumps(spec), "--out", str(jsonl)]
         print(
-            f"[gpu_check] bench {spec['config']} {spec['objects']} obj (at most {timeout:.0f} s)", flush=True
+            f"[gpu_check] {name} {spec['config']} {spec['objects']} obj (at most {timeout:.0f} s)", flush=True
         )
-        code, seconds = run_process(cmd, run.env, child_log, timeout)
+        code, seconds, stopped = run_process(cmd, run.env, child_log, timeout)
         text = child_log.read_text(errors="replace")
         with log.open("a") as f:
             f.write(text)
         result, partial = gs.read_child(text)
         if result is not None:
             item = gs.bench_item(spec, result, "ok", seconds)
-        elif code is None:
+        elif stopped:
+            where = gs.stage_reached(spec, partial)
             item = gs.bench_item(
-                spec, partial, "timeout", seconds, "stopped at the time budget; partial numbers"
+                spec, partial, "timeout", seconds, f"stopped at its time budget, {seconds:.0f} s, {where}"
             )
         else:
             last = [ln for ln in text.splitlines() if ln.strip()][-1:] or ["?"]
             item = gs.bench_item(spec, partial, "error", seconds, f"exit {code}: {last[0][:300]}")
+        print(f"[gpu_check] {name} {spec['config']} {spec['objects']} obj: {item['status']}", flush=True)
         items.append(item)
         summary.write()
     statuses = {i["status"] for i in items}
@@ -414,7 +569,7 @@ def part_bench(run: Run, summary: gs.Summary, have_weights: bool) -> None:
         else "not run"
     )
     summary.part(
-        "bench",
+        name,
         status,
         note=meta_note,
         items=items,
@@ -442,22 +597,78 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget-s", type=float, help="total time budget in seconds (default: 470 on cuda, 900 on cpu)"
     )
     ap.add_argument(
-        "--tests-budget-s", type=float, help="at most this much for pytest -m gpu (default 180 / 300)"
+        "--tests-budget-s",
+        type=float,
+        help="at most this much for the eager tests (default 150 / 300); the compile tests get what is left",
     )
     ap.add_argument(
-        "--min-item-s", type=float, help="start no benchmark item with less left than this (default 60 / 0)"
+        "--bench-budget-s",
+        type=float,
+        help="at most this much for the eager benchmark, all items (default 240 on cuda; no cap on cpu)",
     )
     ap.add_argument(
-        "--configs", nargs="+", help="variants (default sam2.1_hiera_t sam2.1_hiera_l on cuda, tiny on cpu)"
+        "--item-budget-s",
+        type=float,
+        help="at most this much for one eager benchmark item (default 120 on cuda; no cap on cpu)",
     )
-    ap.add_argument("--objects", type=int, nargs="+", help="object counts (default 1 5 on cuda, 1 on cpu)")
+    ap.add_argument(
+        "--min-item-s", type=float, help="start no benchmark item with less left than this (default 30 / 0)"
+    )
+    ap.add_argument(
+        "--min-compiled-s",
+        type=float,
+        help="start the compiled side by side only with this much left (default 150: ours' compile alone took 112 s)",
+    )
+    ap.add_argument(
+        "--min-compile-tests-s",
+        type=float,
+        help="start the compile tests only with this much left (default 120 on cuda: a compile takes ~110 s)",
+    )
+    ap.add_argument(
+        "--configs",
+        nargs="+",
+        help="eager variants (default sam2.1_hiera_t sam2.1_hiera_l on cuda, tiny on cpu)",
+    )
+    ap.add_argument(
+        "--objects", type=int, nargs="+", help="eager object counts (default 1 5 on cuda, 1 on cpu)"
+    )
+    ap.add_argument(
+        "--compiled-configs", nargs="+", help="variants of the compiled side by side (default sam2.1_hiera_t)"
+    )
+    ap.add_argument(
+        "--compiled-objects",
+        type=int,
+        nargs="+",
+        help="object counts of the compiled side by side (default 1)",
+    )
     ap.add_argument(
         "--track-repeats", type=int, help="timed runs per implementation, median kept (default 3 / 1)"
     )
-    ap.add_argument("--compile-mode", help="torch.compile mode of ours (default: compile_model's)")
+    ap.add_argument(
+        "--compile-mode",
+        default="default",
+        help="torch.compile mode of ours in the compiled side by side: 'default' (inductor's default, the "
+        "default here: 112 s to compile tiny on an H200) or e.g. 'max-autotune-no-cudagraphs' (compile_model's "
+        "own; over 245 s there)",
+    )
     ap.add_argument("--carry", type=Path, default=ROOT / ".gpu-carry", help="what gpu_prepare.sh filled")
     ap.add_argument("--meta-repo", help="Meta's sam2 checkout or package (default: <carry>/meta when there)")
-    ap.add_argument("--parts", nargs="+", choices=["tests", "bench"], default=["tests", "bench"])
+    ap.add_argument(
+        "--parts",
+        nargs="+",
+        choices=list(PART_CHOICES),
+        default=["tests-eager", "bench-eager", "bench-compiled", "tests-compiled"],
+        help="which parts to run, always in the order of the list above (environment, install and weights "
+        "always run); 'tests' and 'bench' name both of a kind",
+    )
+    ap.add_argument(
+        "--extra-tests",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="more test files for the eager pytest run (marked gpu); the CPU dry run injects a failing one "
+        "to prove that failure details are kept",
+    )
     return ap
 
 
@@ -466,10 +677,16 @@ def defaults(args: argparse.Namespace) -> argparse.Namespace:
     for name, on_gpu, on_cpu in (
         ("frames", 60, 2),
         ("budget_s", 470.0, 900.0),
-        ("tests_budget_s", 180.0, 300.0),
-        ("min_item_s", 60.0, 0.0),
+        ("tests_budget_s", 150.0, 300.0),
+        ("bench_budget_s", 240.0, None),
+        ("item_budget_s", 120.0, None),
+        ("min_item_s", 30.0, 0.0),
+        ("min_compiled_s", 150.0, 150.0),
+        ("min_compile_tests_s", 120.0, 20.0),
         ("configs", ["sam2.1_hiera_t", "sam2.1_hiera_l"], ["sam2.1_hiera_t"]),
         ("objects", [1, 5], [1]),
+        ("compiled_configs", ["sam2.1_hiera_t"], ["sam2.1_hiera_t"]),
+        ("compiled_objects", [1], [1]),
         ("track_repeats", 3, 1),
     ):
         if getattr(args, name) is None:
@@ -482,6 +699,7 @@ def defaults(args: argparse.Namespace) -> argparse.Namespace:
         )
     if args.meta_repo is None and (args.carry / "meta" / "sam2").is_dir():
         args.meta_repo = str(args.carry / "meta")
+    args.extra_tests = [p.resolve() for p in args.extra_tests]
     return args
 
 
@@ -490,17 +708,30 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     run = Run(args)
     run.scratch.mkdir(parents=True, exist_ok=True)
-    for name in ("bench.jsonl", "bench.log", "tests.log", "tests-junit.xml"):
-        (args.out / name).unlink(missing_ok=True)
+    for name in OUT_FILES:
+        if name not in ("gpu_check.log", "summary.json", "summary.md"):  # the wrapper's, and rewritten
+            (args.out / name).unlink(missing_ok=True)
+    wanted = {p for choice in args.parts for p in PART_CHOICES[choice]}
     header = {
         "date": bs.now_iso(),
         "command": shlex.join(["benchmarks/gpu_check.sh", *(sys.argv[1:] if argv is None else argv)]),
         "device": args.device,
         "frames": args.frames,
-        "configs": args.configs,
+        "configs": args.configs if "bench_eager" in wanted else [],
         "objects": args.objects,
+        "compiled_configs": args.compiled_configs if "bench_compiled" in wanted else [],
+        "compiled_objects": args.compiled_objects,
+        "compile_mode": args.compile_mode,
         "budget_s": args.budget_s,
+        "budgets_s": {
+            "tests_eager": args.tests_budget_s,
+            "bench_eager": args.bench_budget_s,
+            "bench_eager_item": args.item_budget_s,
+            "bench_compiled_least": args.min_compiled_s,
+            "tests_compiled_least": args.min_compile_tests_s,
+        },
     }
+    run.bench_configs = list(dict.fromkeys(header["configs"] + header["compiled_configs"]))
     summary = gs.Summary(args.out, header)
     summary.write()
 
@@ -512,16 +743,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if part_environment(run, summary) and part_install(run, summary):
             have_weights = part_weights(run, summary)
-            if "tests" in args.parts:
-                part_tests(run, summary)
-            else:
-                summary.part("tests", "skipped", note="not asked for (--parts)")
-            if "bench" in args.parts:
-                part_bench(run, summary, have_weights)
-            else:
-                summary.part("bench", "skipped", note="not asked for (--parts)")
+            for name in gs.PARTS[3:]:
+                if name not in wanted:
+                    summary.part(name, "skipped", note="not asked for (--parts)")
+                elif name.startswith("tests"):
+                    part_tests(run, summary, name)
+                else:
+                    part_bench(run, summary, name, have_weights)
         else:
-            for p in ("weights", "tests", "bench"):
+            for p in gs.PARTS[2:]:
                 summary.part(p, "skipped", note="the environment or install part failed")
     except KeyboardInterrupt as e:
         interrupted = f"interrupted: {e}" if str(e) else "interrupted"

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # The GPU check of issue 14 in one command (docs/gpu-check.md): installs what is missing from the
-# carried wheels, runs the tests marked `gpu`, then ours side by side with Meta's SAM 2, and writes
-# summary.json / summary.md and the logs to --out (default $OUT, else benchmarks/results/gpu-check).
+# carried wheels, then, in the order of what each second is worth: the eager `gpu` tests, ours side by
+# side with Meta's SAM 2 with no compile on either side (tiny and large, 1 and 5 objects), if time is
+# left the compiled side by side (tiny, 1 object) and the compile tests; writes summary.json /
+# summary.md, every failed test's full report (tests-failures.txt) and the logs to --out (default
+# $OUT, else benchmarks/results/gpu-check).
 #
 #   bash benchmarks/gpu_check.sh --device cuda --out "$OUT"              # on a GPU machine
 #   bash benchmarks/gpu_check.sh --device cpu --frames 2 --out /tmp/x    # dry run on CPU

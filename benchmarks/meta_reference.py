@@ -20,8 +20,13 @@ then each ``propagate_in_video`` is timed per frame in the same way (frames afte
 prompted frame 0 only; see bench_speed.time_propagation). One fresh process per
 (variant, object count).
 
+Order in a child: ours' warm-up and first timed run, then Meta's warm-up and first timed run, then
+the remaining timed runs alternating; so a child stopped during Meta's warm-up (vos_optimized
+compiles for minutes) has already reported ours.
+
     python benchmarks/meta_reference.py --meta-repo ~/src/sam2                      # tiny, fp32
-    python benchmarks/meta_reference.py --meta-repo ~/src/sam2 --device cuda --dtype bf16 --meta-vos
+    python benchmarks/meta_reference.py --meta-repo ~/src/sam2 --device cuda --dtype bf16   # both eager
+    python benchmarks/meta_reference.py --meta-repo ~/src/sam2 --device cuda --dtype bf16 --meta-vos --compile
 
 Reported: seconds per frame of each, FPS ratio ours / Meta (> 1: ours is faster), and the
 agreement of the masks: min and mean IoU over (frame, object) (must be >= 0.99 in fp32)
@@ -68,23 +73,31 @@ def meta_package_dir(meta_repo: str | Path) -> Path:
 
 
 def meta_revision(pkg_dir: Path) -> str | None:
-    """The checkout's git revision, or that of an exported copy (``REVISION`` beside the package,
-    written by gpu_prepare.sh)."""
+    """The revision of an exported copy (``REVISION`` beside the package, written by
+    gpu_prepare.sh), else that of the checkout the package is the ``sam2/`` folder of. A git
+    repository further up (e.g. napari-sam2's own, which holds ``.gpu-carry/meta``) is not Meta's:
+    the first GPU run reported napari-sam2's revision as Meta's that way."""
+    exported = pkg_dir.parent / "REVISION"
+    if exported.is_file():
+        return exported.read_text().strip()[:12] or None
     try:
+        top = subprocess.run(
+            ["git", "-C", str(pkg_dir), "rev-parse", "--show-toplevel"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        if not top or Path(top).resolve() not in (pkg_dir.resolve(), pkg_dir.resolve().parent):
+            return None
         out = subprocess.run(
             ["git", "-C", str(pkg_dir), "rev-parse", "--short", "HEAD"],
             capture_output=True,
             text=True,
             timeout=10,
         )
-        if out.stdout.strip():
-            return out.stdout.strip()
+        return out.stdout.strip() or None
     except (OSError, subprocess.SubprocessError):
-        pass
-    exported = pkg_dir.parent / "REVISION"
-    if exported.is_file():
-        return exported.read_text().strip()[:12] or None
-    return None
+        return None
 
 
 def import_meta(meta_repo: str | Path) -> types.SimpleNamespace:
@@ -370,14 +383,26 @@ def measure(spec: dict) -> dict:
             peak = round(peak - base / 2**20, 1)
         return (seconds, masks, logits), {"run_peak_mb": peak, "trace": memory}
 
-    first_run("ours", run_ours)
-    first_run("meta", run_meta)
+    # Ours is warmed up and timed once before Meta's warm-up starts, so that a run stopped during
+    # Meta's warm-up (vos_optimized compiles all of Meta's components with max-autotune: minutes)
+    # still reports ours; the further timed runs alternate, so that drifting load hits both alike.
     ours_runs, meta_runs = [], []
-    for _ in range(spec["track_repeats"]):  # alternate, so that drifting machine load hits both alike
-        ours_runs.append(measured_run(run_ours))
-        record["ours"] = bs.per_frame_stats(ours_runs[-1][0][0])
+
+    def timed_run(name, fn, runs):
+        runs.append(measured_run(fn))
+        record[name] = bs.per_frame_stats(runs[-1][0][0])
+        ours_s, meta_s = (record.get(k, {}).get("s_per_frame") for k in ("ours", "meta"))
+        if ours_s and meta_s:  # provisional (first runs); the final record has the median runs'
+            record["fps_ratio_ours_over_meta"] = round(meta_s / ours_s, 3)
         bs.progress(record)
-        meta_runs.append(measured_run(run_meta))
+
+    first_run("ours", run_ours)
+    timed_run("ours", run_ours, ours_runs)
+    first_run("meta", run_meta)
+    timed_run("meta", run_meta, meta_runs)
+    for _ in range(spec["track_repeats"] - 1):
+        timed_run("ours", run_ours, ours_runs)
+        timed_run("meta", run_meta, meta_runs)
     ours_run, ours_mem = sorted(ours_runs, key=lambda r: sum(r[0][0]))[len(ours_runs) // 2]
     meta_run, meta_mem = sorted(meta_runs, key=lambda r: sum(r[0][0]))[len(meta_runs) // 2]
 

@@ -3,7 +3,8 @@ batched objects against one by one, host<->device syncs per tracked frame, and G
 stays flat however many frames are tracked.
 
 The tests marked ``gpu`` are skipped without CUDA; ``benchmarks/gpu_check.sh`` runs them on a GPU
-machine (docs/gpu-check.md). The helpers they share are checked on CPU at the end of this file (with
+machine (docs/gpu-check.md), those also marked ``compile`` in a second pytest run after everything
+else (compiling takes minutes), so that the eager ones always end with their report. The helpers they share are checked on CPU at the end of this file (with
 the small model), so that what the GPU tests rely on keeps working where CI has no GPU.
 """
 
@@ -368,10 +369,11 @@ def test_cuda_memory_flat_in_number_of_frames(cuda_tiny, tmp_path):
     )
 
 
-# ====================================================================== torch.compile (last: compiling takes the longest)
+# ====================================================================== torch.compile (marker compile: run apart, last)
 
 
 @pytest.mark.gpu
+@pytest.mark.compile
 @pytest.mark.golden
 @needs_cuda
 def test_cuda_compiled_model_matches_reference(golden_dir, cuda_tiny_compiled, tmp_path):
@@ -391,6 +393,7 @@ def test_cuda_compiled_model_matches_reference(golden_dir, cuda_tiny_compiled, t
 
 
 @pytest.mark.gpu
+@pytest.mark.compile
 @needs_cuda
 def test_cuda_compiled_bf16_tracking_agrees_with_fp32(cuda_tiny, cuda_tiny_compiled_bf16):
     """The fastest mode (bf16 autocast + torch.compile) against eager fp32, as the eager bf16 test."""
