@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -101,6 +102,7 @@ def measure(spec: dict) -> dict:
     from napari_sam2.engine.video_predictor import SAM2VideoPredictor
 
     bs.setup_torch(spec.get("threads"))
+    load_start = _load_avg()
     device = spec["device"]
     ckpt = bs.resolve_checkpoint(spec["config"], spec["weights"], spec.get("checkpoint"))
     model, load_s = bs.timed_model_load(spec, ckpt)
@@ -163,38 +165,49 @@ def measure(spec: dict) -> dict:
         "cache_misses": cache.misses - misses0 if cache else None,
         "cache_entries": cache.usage().entries if cache else None,
         "peak_rss_mb": round(bs.peak_rss_mb(), 1),
+        # the machine's 1-minute load average when this process started and ended: about
+        # the threads used means the run had the cores to itself; more, that others shared them
+        "load_avg_start": load_start,
+        "load_avg_end": _load_avg(),
     }
     state.close()
     return record
+
+
+def _load_avg() -> float | None:
+    return round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
 
 
 def table(records: list[dict]) -> str:
     lines = [
         (
             "| scenario | cache | s/frame | encoder s/frame | encoder share | features share | encoder runs "
-            "| first preview s | speed-up |"
+            "| first preview s | speed-up | load start / end |"
         ),
-        "|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     base = {
         r["scenario"]: r["s_per_frame"] for r in records if r.get("cache") == "off" and r.get("s_per_frame")
     }
     for r in records:
         if r.get("kind") != "embedding_cache":
-            lines.append(f"| {r.get('scenario')} | {r.get('cache')} | error: {r.get('error')} | | | | | | |")
+            lines.append(
+                f"| {r.get('scenario')} | {r.get('cache')} | error: {r.get('error')} | | | | | | | |"
+            )
             continue
         ref = base.get(r["scenario"])
         speedup = f"{ref / r['s_per_frame']:.2f}x" if ref and r["s_per_frame"] else ""
         lines.append(
             f"| {r['scenario']} | {r['cache']} | {r['s_per_frame']:.3f} | {r['encoder_s_per_frame']:.3f} "
             f"| {100 * r['encoder_share']:.1f} % | {100 * r['features_share']:.1f} % "
-            f"| {r['encoder_calls']} of {r['feature_fetches']} fetched | {r['first_preview_s']:.2f} | {speedup} |"
+            f"| {r['encoder_calls']} of {r['feature_fetches']} fetched | {r['first_preview_s']:.2f} | {speedup} "
+            f"| {r.get('load_avg_start')} / {r.get('load_avg_end')} |"
         )
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     ap.add_argument("--config", default="sam2.1_hiera_t")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="fp32", choices=bs.DTYPES)
