@@ -115,7 +115,10 @@ def build_engine(args: argparse.Namespace):
     from napari_sam2.engine.video_predictor import build_sam2_video_predictor
 
     generator_class = automatic_mask_generator_class()  # fails before any weights are loaded
-    predictor = build_sam2_video_predictor(args.model, args.checkpoint, device=args.device)
+    # the persistent feature cache, as `track` has it (NAPARI_SAM2_EMBEDDING_CACHE=0 turns it off)
+    predictor = build_sam2_video_predictor(
+        args.model, args.checkpoint, device=args.device, embedding_cache="auto"
+    )
     return predictor, generator_class(predictor.model)
 
 

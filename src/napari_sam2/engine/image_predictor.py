@@ -10,7 +10,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..model import SAM2Model
+from ..model import FrameFeatures, SAM2Model
+from .embedding_cache import resolve_embedding_cache
+from .frame_embedding import FrameEmbedder
 from .normalization import Normalizer, preprocess
 from .validation import PromptError, check_box, check_points
 
@@ -48,6 +50,12 @@ class SAM2ImagePredictor:
     treated exactly as Meta's predictor treats it (/255, resize to 1024, ImageNet mean/std);
     other dtypes and channel counts go through the microscopy normalisation of
     :class:`napari_sam2.normalization.Normalizer` first (or the one passed in).
+
+    ``embedding_cache`` (None by default, as Meta's predictor; see
+    :class:`~napari_sam2.engine.video_predictor.SAM2VideoPredictor`) makes ``set_image`` read
+    the image's features from the persistent on-disk cache when it has them, and store them
+    when not; it shares entries with the video predictor. ``set_image_batch`` does not use it
+    (a batch is encoded in one pass, whose numbers may differ from one image's in the last bits).
     """
 
     def __init__(
@@ -57,8 +65,11 @@ class SAM2ImagePredictor:
         autocast_dtype: torch.dtype | None = None,
         max_hole_area: float = 0.0,
         max_sprinkle_area: float = 0.0,
+        embedding_cache: object = None,
     ) -> None:
         self.model = sam_model
+        self.embedding_cache = resolve_embedding_cache(embedding_cache)
+        self._embedder: FrameEmbedder | None = None
         self.mask_threshold = mask_threshold
         # Meta's low-res clean-up (off by default): background components of at most
         # max_hole_area low-res pixels become foreground, foreground components of at most
@@ -92,9 +103,12 @@ class SAM2ImagePredictor:
         return preprocess(rgb, self.model.image_size, device=self.device)
 
     @torch.inference_mode()
-    def _embed(self, batch: torch.Tensor) -> None:
+    def _encode(self, batch: torch.Tensor) -> list[FrameFeatures]:
         with self._autocast():
-            feats = self.model.forward_image(batch)
+            return self.model.forward_image(batch)
+
+    @torch.inference_mode()
+    def _use_features(self, feats: list[FrameFeatures]) -> None:
         no_mem = (
             self.model.no_mem_embed.view(1, -1, 1, 1) if self.model.tracking.directly_add_no_mem_embed else 0
         )
@@ -103,12 +117,32 @@ class SAM2ImagePredictor:
             "high_res_feats": [torch.cat([f.high_res[i].float() for f in feats]) for i in range(2)],
         }
 
+    def _embed(self, batch: torch.Tensor) -> None:
+        self._use_features(self._encode(batch))
+
+    def _frame_embedder(self) -> FrameEmbedder:
+        embedder = self._embedder
+        if embedder is None or not embedder.matches(self.model, self.autocast_dtype, self.embedding_cache):
+            embedder = self._embedder = FrameEmbedder(self.model, self.autocast_dtype, self.embedding_cache)
+        return embedder
+
     def set_image(self, image: np.ndarray, normalizer: Normalizer | None = None) -> None:
         """Embed one image (H x W or H x W x C)."""
-        x = self._prepare(image, normalizer)  # a bad image is refused before the current one is dropped
+        if self.embedding_cache is None:
+            x = self._prepare(image, normalizer)  # a bad image is refused before the current one is dropped
+            self.reset_predictor()
+            self._orig_hw = [tuple(_as_image_array(image).shape[:2])]
+            self._embed(x[None])
+            return
+        arr = _as_image_array(image)
+        if normalizer is None:
+            normalizer = Normalizer.fit(arr[None])
+        feats = self._frame_embedder().embed(
+            arr, normalizer, lambda: self._encode(self._prepare(arr, normalizer)[None])[0]
+        )
         self.reset_predictor()
-        self._orig_hw = [tuple(_as_image_array(image).shape[:2])]
-        self._embed(x[None])
+        self._orig_hw = [tuple(arr.shape[:2])]
+        self._use_features([feats])
 
     def set_image_batch(self, image_list: list[np.ndarray], normalizer: Normalizer | None = None) -> None:
         """Embed several images at once, for :meth:`predict_batch`."""

@@ -10,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 from ..model import NO_OBJ_SCORE, FrameFeatures, SAM2Model
-from .normalization import preprocess
+from .embedding_cache import EmbeddingCache
+from .frame_embedding import FrameEmbedder
+from .normalization import Normalizer, preprocess
 from .store import FrameOutput
 from .video_state import ObjectTrack, VideoSession
 
@@ -21,11 +23,12 @@ class VideoInference:
     """The model steps a :class:`~napari_sam2.engine.video_predictor.SAM2VideoPredictor` is made of.
 
     Subclasses set ``model``, ``autocast_dtype``, ``batch_objects``, ``fill_hole_area``,
-    ``non_overlap_masks`` and ``clear_non_cond_mem_around_input``.
+    ``non_overlap_masks``, ``clear_non_cond_mem_around_input`` and ``embedding_cache``.
     """
 
     model: SAM2Model
     autocast_dtype: torch.dtype | None = None
+    embedding_cache: EmbeddingCache | None = None
     batch_objects: bool | None = None
     fill_hole_area: int = 0
     non_overlap_masks: bool = False
@@ -51,13 +54,31 @@ class VideoInference:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
+    def _frame_embedder(self) -> FrameEmbedder:
+        """The embedder of this model, precision and cache (made again when one of them changes)."""
+        embedder = self.__dict__.get("_embedder")
+        if embedder is None or not embedder.matches(self.model, self.autocast_dtype, self.embedding_cache):
+            embedder = FrameEmbedder(self.model, self.autocast_dtype, self.embedding_cache)
+            self._embedder = embedder
+        return embedder
+
+    def _compute_features(self, frame: np.ndarray, normalizer: Normalizer, frame_idx: int) -> FrameFeatures:
+        """The image encoder's output for one frame, in the dtype the model makes it."""
+        rgb = normalizer.to_rgb(frame, frame_index=frame_idx)
+        image = preprocess(rgb, self.image_size, device=self.device)
+        with self._autocast():
+            return self.model.forward_image(image[None])[0]
+
     def _features(self, state: VideoSession, frame_idx: int) -> FrameFeatures:
         feats = state.features.get(frame_idx)
         if feats is None:
-            rgb = state.normalizer.to_rgb(state.frames[frame_idx], frame_index=frame_idx)
-            image = preprocess(rgb, self.image_size, device=self.device)
-            with self._autocast():
-                feats = self.model.forward_image(image[None])[0]
+            frame = state.frames[frame_idx]
+            feats = self._frame_embedder().embed(
+                frame,
+                state.normalizer,
+                lambda: self._compute_features(frame, state.normalizer, frame_idx),
+                frame_idx,
+            )
             feats = FrameFeatures(
                 feats.vision_feat.float(),
                 self._shared_pos(state, feats.vision_pos),

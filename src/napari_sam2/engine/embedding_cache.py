@@ -1,0 +1,394 @@
+"""A persistent cache of per-frame image features, on disk, shared by sessions and processes.
+
+The image encoder is most of the cost of a tracked frame on a CPU and all of the wait
+before a first preview; the in-RAM :class:`~napari_sam2.engine.video_state.FeatureCache`
+holds only a dozen frames. This cache keeps each frame's encoder output on disk, so a
+re-propagation after a correction, a second session on the same stack, the command line
+and a precomputation (``napari-sam2 precompute``) all read instead of encoding again.
+
+**Entries.** One file per frame: a zarr group in a zip file (``<digest>.zarr.zip``) with
+the four encoder outputs (``vision_feat``, ``vision_pos``, ``high_res_0``, ``high_res_1``),
+each one zstd-compressed chunk in the dtype the model produced (float32; bfloat16 stored as
+its raw 16 bits) and read back in the memory layout it had (the encoder gives some maps
+channels-last, and the heads' kernels, so the last bits of a mask, depend on it): what is
+read back equals what was computed, bit for bit, and so do the masks made from it. Its
+attributes record the full key, checked on every read.
+
+**Keys.** An :class:`EmbeddingKey` is three digests: the frame's pixels, the
+normalisation and the model (variant, weights, precision, device...); how they are made,
+and why a content hash rather than a path, is in :mod:`napari_sam2.engine.frame_embedding`.
+The entry's name is the digest of the three; the model's digest also names a sub-folder.
+
+**Bound and eviction.** The folder is kept under ``max_bytes`` (default
+:data:`DEFAULT_MAX_BYTES`, or ``NAPARI_SAM2_EMBEDDING_CACHE_GB``): after each write, if the
+files under the folder (every process's) add up to more, the least recently used entries go
+first. Use is the file's modification time, set on every hit, so recency is shared by all
+sessions and processes. No write happens that would leave less than ``min_free_bytes`` on
+the disk: the cache never fills the disk a user saves results to.
+
+**Concurrency and damage.** A writer writes a temporary file (``.*.tmp``, never read) and
+renames it into place, atomically; two writers of one entry write the same bytes. A reader
+sees a whole entry or none. An entry that cannot be read (truncated, corrupt, another key)
+is logged, removed and recomputed, never an error; a folder that cannot be written turns
+writing off with one warning. Tracking never fails because of the cache.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..model import FrameFeatures
+
+__all__ = [
+    "DEFAULT_MAX_BYTES",
+    "EMBEDDING_CODE_VERSION",
+    "ENV_CACHE_DIR",
+    "ENV_CACHE_GB",
+    "ENV_CACHE_SWITCH",
+    "CacheUsage",
+    "EmbeddingCache",
+    "EmbeddingKey",
+    "default_cache_dir",
+    "resolve_embedding_cache",
+]
+
+log = logging.getLogger(__name__)
+
+#: Bump when preprocessing, the image encoder or the entry layout change what an entry holds.
+EMBEDDING_CODE_VERSION = 1
+ENV_CACHE_DIR = "NAPARI_SAM2_EMBEDDING_DIR"
+#: "0", "off", "false" or "no" turns off the cache the command line and the plugin use by default.
+ENV_CACHE_SWITCH = "NAPARI_SAM2_EMBEDDING_CACHE"
+ENV_CACHE_GB = "NAPARI_SAM2_EMBEDDING_CACHE_GB"
+#: 20 GiB: about 1,400 frames (an entry is about 14.5 MB for every variant at 1024 px).
+DEFAULT_MAX_BYTES = 20 * 2**30
+DEFAULT_MIN_FREE_BYTES = 2 * 2**30
+ENTRY_SUFFIX = ".zarr.zip"
+_TMP_SUFFIX = ".tmp"
+_STALE_TMP_SECONDS = 3600.0
+_ARRAYS = ("vision_feat", "vision_pos", "high_res_0", "high_res_1")
+_ATTR = "napari_sam2_embedding"
+_OFF = ("0", "off", "false", "no")
+
+
+def default_cache_dir() -> Path:
+    """``$NAPARI_SAM2_EMBEDDING_DIR``, else ``platformdirs.user_cache_dir("napari-sam2")/embeddings``."""
+    env = os.environ.get(ENV_CACHE_DIR, "").strip()
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return Path(platformdirs.user_cache_dir("napari-sam2", appauthor=False)) / "embeddings"
+
+
+def _env_max_bytes() -> int | None:
+    text = os.environ.get(ENV_CACHE_GB, "").strip()
+    if not text:
+        return None
+    try:
+        gb = float(text)
+    except ValueError:
+        raise ValueError(f"{ENV_CACHE_GB}={text!r}: give the cache's size bound in GiB, e.g. 20") from None
+    if not gb > 0:
+        raise ValueError(
+            f"{ENV_CACHE_GB}={text!r}: the bound must be > 0 GiB (to turn the cache off set {ENV_CACHE_SWITCH}=0)"
+        )
+    return int(gb * 2**30)
+
+
+def resolve_embedding_cache(option: Any) -> EmbeddingCache | None:
+    """The cache an ``embedding_cache=`` option names: None/False (none), True (the default
+    folder), ``"auto"`` (the default folder unless ``NAPARI_SAM2_EMBEDDING_CACHE=0``: the
+    command line's and the plugin's default), a folder path, or an :class:`EmbeddingCache`."""
+    if option is None or option is False:
+        return None
+    if isinstance(option, EmbeddingCache):
+        return option
+    if option is True:
+        return EmbeddingCache()
+    if isinstance(option, str) and option == "auto":
+        if os.environ.get(ENV_CACHE_SWITCH, "").strip().lower() in _OFF:
+            return None
+        return EmbeddingCache()
+    if isinstance(option, (str, os.PathLike)):
+        return EmbeddingCache(option)
+    raise TypeError(
+        f"embedding_cache must be None, True, False, 'auto', a folder or an EmbeddingCache; got {option!r}"
+    )
+
+
+def _sha256(*parts: bytes | str) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        h.update(p.encode() if isinstance(p, str) else p)
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class EmbeddingKey:
+    """The three digests that find an entry (see the module doc)."""
+
+    model: str
+    frame: str
+    normalizer: str
+
+    @property
+    def digest(self) -> str:
+        return _sha256(f"{self.model}/{self.frame}/{self.normalizer}")
+
+
+# --------------------------------------------------------------------------------------------- storage
+
+
+@dataclass(frozen=True)
+class CacheUsage:
+    entries: int
+    bytes: int
+
+
+def _to_numpy(t: torch.Tensor) -> tuple[np.ndarray, str]:
+    t = t.detach().to("cpu").contiguous()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.int16).numpy(), "bfloat16"
+    return t.numpy(), str(t.dtype).removeprefix("torch.")
+
+
+def _to_tensor(a: np.ndarray, dtype: str, stride: list[int], device: torch.device) -> torch.Tensor:
+    """The stored array as the tensor it was: dtype and memory layout (the encoder gives some
+    maps channels-last; the heads' kernels, and so the last bits, depend on the layout)."""
+    t = torch.from_numpy(np.ascontiguousarray(a))
+    if dtype == "bfloat16":
+        if a.dtype != np.int16:
+            raise ValueError(f"a bfloat16 array is stored as int16, not {a.dtype}")
+        t = t.view(torch.bfloat16)
+    elif str(t.dtype).removeprefix("torch.") != dtype:
+        raise ValueError(f"array of dtype {a.dtype} where {dtype} was recorded")
+    stride = tuple(int(s) for s in stride)
+    if stride != t.stride():
+        if not _dense_layout(tuple(t.shape), stride):
+            raise ValueError(f"strides {stride} are no layout of shape {tuple(t.shape)}")
+        t = torch.empty_strided(t.shape, stride, dtype=t.dtype).copy_(t)
+    return t.to(device)
+
+
+def _dense_layout(shape: tuple[int, ...], stride: tuple[int, ...]) -> bool:
+    """Whether ``stride`` lays ``shape`` out densely, without overlap (a permutation of axes)."""
+    if len(shape) != len(stride):
+        return False
+    expected = 1
+    for size, st in sorted(((sz, st) for sz, st in zip(shape, stride) if sz != 1), key=lambda p: p[1]):
+        if st != expected:
+            return False
+        expected *= size
+    return True
+
+
+class EmbeddingCache:
+    """Image features on disk, one entry per frame (see the module doc).
+
+    Args:
+        folder: where entries live (default :func:`default_cache_dir`).
+        max_bytes: bound on the files under ``folder``; least recently used entries are
+            removed past it (default ``NAPARI_SAM2_EMBEDDING_CACHE_GB`` GiB, else 20 GiB).
+        min_free_bytes: an entry is not written when the disk would keep less free space.
+    """
+
+    def __init__(
+        self,
+        folder: str | os.PathLike | None = None,
+        max_bytes: int | None = None,
+        min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
+    ) -> None:
+        self.folder = Path(folder).expanduser() if folder is not None else default_cache_dir()
+        if max_bytes is None:
+            max_bytes = _env_max_bytes() or DEFAULT_MAX_BYTES
+        if max_bytes <= 0:
+            raise ValueError(f"max_bytes must be > 0; got {max_bytes}")
+        self.max_bytes = int(max_bytes)
+        self.min_free_bytes = int(min_free_bytes)
+        self.hits = self.misses = self.writes = 0
+        #: why writing was turned off (a folder or disk problem), or None
+        self.write_error: str | None = None
+
+    def __repr__(self) -> str:
+        return f"<EmbeddingCache {self.folder} max {self.max_bytes / 2**30:.3g} GiB>"
+
+    # ---- paths
+    def entry_path(self, key: EmbeddingKey) -> Path:
+        return self.folder / f"v{EMBEDDING_CODE_VERSION}" / key.model[:24] / f"{key.digest}{ENTRY_SUFFIX}"
+
+    def _files(self) -> Iterator[tuple[Path, os.stat_result]]:
+        """Every entry and temporary file under the folder (any version, any model)."""
+        if not self.folder.is_dir():
+            return
+        for dirpath, _dirs, names in os.walk(self.folder):
+            for name in names:
+                if name.endswith((ENTRY_SUFFIX, _TMP_SUFFIX)):
+                    path = Path(dirpath) / name
+                    with contextlib.suppress(OSError):
+                        yield path, path.stat()
+
+    # ---- reading
+    def contains(self, key: EmbeddingKey) -> bool:
+        """Whether an entry exists (not whether it is intact: reading checks that)."""
+        return self.entry_path(key).is_file()
+
+    def get(self, key: EmbeddingKey, device: torch.device | str = "cpu") -> FrameFeatures | None:
+        """The stored features on ``device``, or None (absent or unreadable: then removed)."""
+        path = self.entry_path(key)
+        if not path.is_file():
+            self.misses += 1
+            return None
+        try:
+            feats = self._read(path, key, torch.device(device))
+        except FileNotFoundError:  # evicted by another process meanwhile
+            self.misses += 1
+            return None
+        except Exception as exc:  # noqa: BLE001 - a damaged entry is recomputed, never an error
+            log.warning(
+                "embedding cache: ignoring unreadable entry %s (%s: %s)", path, type(exc).__name__, exc
+            )
+            with contextlib.suppress(OSError):
+                path.unlink()
+            self.misses += 1
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # recency for the eviction, seen by every process
+        self.hits += 1
+        return feats
+
+    @staticmethod
+    def _read(path: Path, key: EmbeddingKey, device: torch.device) -> FrameFeatures:
+        import zarr
+        from zarr.storage import ZipStore
+
+        store = ZipStore(path, mode="r")
+        try:
+            group = zarr.open_group(store, mode="r", zarr_format=3)
+            meta = group.attrs[_ATTR]
+            if meta.get("key") != dataclasses.asdict(key):
+                raise ValueError("the entry holds another key")
+            dtypes, strides = meta["dtypes"], meta["strides"]
+            t = {name: _to_tensor(group[name][...], dtypes[name], strides[name], device) for name in _ARRAYS}
+        finally:
+            store.close()
+        return FrameFeatures(t["vision_feat"], t["vision_pos"], [t["high_res_0"], t["high_res_1"]])
+
+    # ---- writing
+    def put(self, key: EmbeddingKey, feats: FrameFeatures, info: dict[str, Any] | None = None) -> bool:
+        """Store ``feats`` under ``key`` (atomically); False when nothing was written."""
+        if self.write_error is not None:
+            return False
+        path = self.entry_path(key)
+        if path.is_file():
+            with contextlib.suppress(OSError):
+                os.utime(path)
+            return True
+        tensors = dict(zip(_ARRAYS, (feats.vision_feat, feats.vision_pos, *feats.high_res)))
+        arrays = {name: _to_numpy(t) for name, t in tensors.items()}
+        size = sum(a.nbytes for a, _ in arrays.values())
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if shutil.disk_usage(path.parent).free - size < self.min_free_bytes:
+                log.info("embedding cache: not writing %s, the disk is nearly full", path.name)
+                return False
+            meta = {
+                "key": dataclasses.asdict(key),
+                "dtypes": {n: d for n, (_, d) in arrays.items()},
+                "strides": {n: list(t.stride()) for n, t in tensors.items()},
+            }
+            meta["info"] = dict(info or {}, written=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+            self._write(tmp, arrays, meta)
+            os.replace(tmp, path)
+        except Exception as exc:  # noqa: BLE001 - tracking goes on without the cache
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            self.write_error = f"{type(exc).__name__}: {exc}"
+            warnings.warn(
+                f"the embedding cache cannot write to {self.folder} ({self.write_error}); "
+                f"going on without storing features (set {ENV_CACHE_DIR} to another folder, "
+                f"or {ENV_CACHE_SWITCH}=0 to turn the cache off)",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return False
+        self.writes += 1
+        self.evict(keep=path)
+        return True
+
+    @staticmethod
+    def _write(tmp: Path, arrays: dict[str, tuple[np.ndarray, str]], meta: dict) -> None:
+        import zarr
+        from zarr.codecs import ZstdCodec
+        from zarr.storage import ZipStore
+
+        store = ZipStore(tmp, mode="w")
+        try:
+            group = zarr.create_group(store, zarr_format=3, attributes={_ATTR: meta})
+            for name, (a, _) in arrays.items():
+                z = group.create_array(
+                    name, shape=a.shape, dtype=a.dtype, chunks=a.shape, compressors=[ZstdCodec(level=3)]
+                )
+                z[...] = a
+        finally:
+            store.close()
+
+    # ---- size
+    def usage(self) -> CacheUsage:
+        entries = total = 0
+        for path, st in self._files():
+            total += st.st_size
+            entries += path.name.endswith(ENTRY_SUFFIX)
+        return CacheUsage(entries, total)
+
+    def evict(self, keep: Path | None = None) -> int:
+        """Remove least recently used entries until the folder is within ``max_bytes``
+        (never ``keep``); temporary files of crashed writers go after an hour. Returns the
+        bytes removed."""
+        now = time.time()
+        entries: list[tuple[float, int, Path]] = []
+        total = freed = 0
+        for path, st in self._files():
+            stale_tmp = path.name.endswith(_TMP_SUFFIX) and now - st.st_mtime > _STALE_TMP_SECONDS
+            if stale_tmp and _unlink(path):
+                freed += st.st_size
+                continue
+            total += st.st_size
+            if path != keep and path.name.endswith(ENTRY_SUFFIX):
+                entries.append((st.st_mtime, st.st_size, path))
+        entries.sort()  # oldest use first
+        for _mtime, size, path in entries:
+            if total <= self.max_bytes:
+                break
+            if _unlink(path):  # else another process removed it first
+                freed += size
+            total -= size
+        return freed
+
+    def clear(self) -> int:
+        """Remove every entry; returns how many."""
+        return sum(_unlink(path) and path.name.endswith(ENTRY_SUFFIX) for path, _ in list(self._files()))
+
+
+def _unlink(path: Path) -> bool:
+    try:
+        path.unlink()
+    except OSError:
+        return False
+    return True

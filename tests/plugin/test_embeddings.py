@@ -1,0 +1,105 @@
+"""The widget's background fill of the embedding cache (plugin/embeddings.py), without Qt:
+a synchronous runner, a real session on the small model."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_sam2.engine.embedding_cache import EmbeddingCache
+from napari_sam2.engine.session import TrackingSession
+from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+from napari_sam2.plugin.embeddings import BackgroundFill, fill_order, start_background_fill
+
+
+def _frames(t=4):
+    rng = np.random.default_rng(1)
+    s = rng.normal(800, 40, size=(t, 40, 48)).astype(np.uint16)
+    s[:, 10:24, 8:24] += 2500
+    return s
+
+
+@pytest.fixture
+def session(small_model, tmp_path, monkeypatch):
+    calls = []
+    original = small_model.forward_image
+    monkeypatch.setattr(small_model, "forward_image", lambda x: calls.append(1) or original(x))
+    s = TrackingSession()
+    s.use_predictor(SAM2VideoPredictor(small_model, embedding_cache=EmbeddingCache(tmp_path)))
+    for _ in s.open(None, "key", _frames):
+        pass
+    s.encoder_calls = calls
+    return s
+
+
+def test_fill_order_goes_forward_from_the_frame_then_back():
+    assert fill_order(6, 2) == [2, 3, 4, 5, 1, 0]
+    assert fill_order(3, 0) == [0, 1, 2]
+    assert fill_order(3, 9) == [2, 1, 0]
+    assert fill_order(0, 0) == []
+
+
+def test_fills_every_frame_then_a_propagation_computes_nothing(session):
+    assert len(session.encoder_calls) == 1  # init_state embedded frame 0
+    progress = []
+    fill = BackgroundFill(
+        session, lambda: False, synchronous=True, on_progress=lambda d, t: progress.append((d, t))
+    )
+    assert fill.start(first_frame=1)
+    assert fill.outcome == "done" and progress == [(1, 4), (2, 4), (3, 4), (4, 4)]
+    assert fill.computed == 3 and len(session.encoder_calls) == 4  # frame 0 was cached already
+    session.predictor.add_new_points_or_box(session.state, 0, 1, points=[[15.0, 16.0]], labels=[1])
+    list(session.predictor.propagate_in_video(session.state))
+    assert len(session.encoder_calls) == 4
+
+
+def test_waits_while_the_users_job_runs(session):
+    answers = iter([True, True, True] + [False] * 20)
+    asked = []
+
+    def busy():
+        asked.append(1)
+        return next(answers)
+
+    fill = BackgroundFill(session, busy, synchronous=True)
+    assert fill.start()
+    assert fill.outcome == "done" and len(asked) >= 4 + 3
+
+
+def test_stops_when_the_sessions_frames_change_or_when_asked(session):
+    fill = BackgroundFill(session, lambda: False, synchronous=True)
+
+    def new_image(done, total):
+        if done == 2:
+            for _ in session.open(None, "other", lambda: _frames(t=2)):
+                pass
+
+    fill.on_progress = new_image
+    assert fill.start()
+    assert fill.outcome == "stale" and fill.done == 2
+    fill.on_progress = lambda done, total: fill.stop()
+    assert fill.start()
+    assert fill.outcome == "cancelled" and fill.done == 1
+
+
+def test_nothing_starts_without_a_session_or_a_cache(small_model):
+    s = TrackingSession()
+    assert not BackgroundFill(s, lambda: False, synchronous=True).start()
+    s.use_predictor(SAM2VideoPredictor(small_model))  # no embedding cache
+    for _ in s.open(None, "key", lambda: _frames(t=2)):
+        pass
+    assert not BackgroundFill(s, lambda: False, synchronous=True).start()
+
+
+def test_start_background_fill_uses_the_annotators_session_and_runner(session):
+    class Runner:
+        busy = False
+        synchronous = True
+
+    class Annotator:
+        pass
+
+    ann = Annotator()
+    ann.session, ann.runner = session, Runner()
+    fill = start_background_fill(ann, first_frame=2)
+    assert fill is not None and fill.outcome == "done" and fill.total == 4
