@@ -17,6 +17,20 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 GOLDEN_DIR = Path(os.environ.get("NAPARI_SAM2_GOLDEN_DIR", REPO_ROOT.parent / "shared" / "golden"))
 WEIGHTS_DIR = Path(os.environ.get("NAPARI_SAM2_TEST_WEIGHTS", REPO_ROOT / ".test-weights"))
 
+
+@pytest.fixture(autouse=True, scope="session")
+def _embedding_cache_in_tmp(tmp_path_factory):
+    """The persistent embedding cache (on by default) writes into a folder of this test session,
+    never into the user's cache folder; subprocesses (the CLI tests) inherit it."""
+    old = os.environ.get("NAPARI_SAM2_EMBEDDING_DIR")
+    os.environ["NAPARI_SAM2_EMBEDDING_DIR"] = str(tmp_path_factory.mktemp("embedding-cache"))
+    yield
+    if old is None:
+        os.environ.pop("NAPARI_SAM2_EMBEDDING_DIR", None)
+    else:
+        os.environ["NAPARI_SAM2_EMBEDDING_DIR"] = old
+
+
 GOLDEN_MISSING = (
     f"golden reference folder {GOLDEN_DIR} is absent (../shared/golden beside the checkout); "
     "it holds the weight generator and Meta's reference outputs"

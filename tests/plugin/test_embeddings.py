@@ -103,3 +103,41 @@ def test_start_background_fill_uses_the_annotators_session_and_runner(session):
     ann.session, ann.runner = session, Runner()
     fill = start_background_fill(ann, first_frame=2)
     assert fill is not None and fill.outcome == "done" and fill.total == 4
+
+
+def test_the_annotator_fills_after_a_preview_and_the_propagation_reads(small_model, tmp_path, monkeypatch):
+    """The plugin's path: a preview opens the session; the annotator's fill (automatic when jobs
+    run in the background, ``fill_features()`` from a script) encodes the other frames into the
+    cache and reports progress; the propagation then encodes nothing."""
+    from napari.components import ViewerModel
+
+    from napari_sam2.plugin.annotator import Annotator
+
+    calls = []
+    original = small_model.forward_image
+    monkeypatch.setattr(small_model, "forward_image", lambda x: calls.append(1) or original(x))
+    viewer = ViewerModel()
+    viewer.add_image(_frames(t=5), name="cells")
+    sam = Annotator(viewer, synchronous=True)
+    sam.use_predictor(SAM2VideoPredictor(small_model, embedding_cache=EmbeddingCache(tmp_path)))
+    progress = []
+    sam.events.features.connect(lambda done, total: progress.append((done, total)))
+    sam.add_point(frame=2, obj_id=1, y=16, x=15)
+    sam.preview(frame=2)
+    assert progress == []  # synchronous (a script): no fill starts by itself
+    assert sam.fill_features(first_frame=2)
+    assert progress[-1] == (5, 5) and sam.feature_fill.outcome == "done"
+    encoded = len(calls)
+    sam.propagate("both")
+    assert len(calls) == encoded
+    assert sam.last_status == "Propagation done: 5 frame(s)."  # masks mean nothing with test weights
+
+    # run asynchronously (the widget), the end of a preview starts the fill itself
+    started = []
+    monkeypatch.setattr(sam, "fill_features", lambda *a, **k: started.append(1) or True)
+    sam.runner.synchronous = False
+    sam.preview(frame=3, synchronous=True)
+    assert started == [1]
+    sam.set_fill_features(False)
+    sam.preview(frame=1, synchronous=True)
+    assert started == [1]

@@ -61,6 +61,7 @@ class AnnotatorEvents(SignalGroup):
     download = Signal(int, int)  # bytes done, total (0: unknown)
     edits = Signal(object)  # list of UserEdit: user changes found (and kept) in the output
     error = Signal(str)  # a job was refused or failed: the message (the widget shows a notification)
+    features = Signal(int, int)  # background encoding into the embedding cache: frames done, total
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,9 @@ class AnnotatorSettings:
     max_frames: int | None = None
     output: str | None = None  # a user Labels layer's name; None: the plugin's own layer
     per_object: bool = False
+    # after a preview, encode the other frames into the embedding cache while the user places
+    # prompts, so that the propagation reads them (plugin/embeddings.py)
+    fill_features: bool = True
     cells: CellSettings = field(default_factory=CellSettings)  # the "Track all cells" workflow
 
 
@@ -98,6 +102,7 @@ class Annotator(PromptingMixin, CellsMixin, RunMixin):
         self._image = None
         self._mask_prompts: dict[tuple, PromptSet] = {}
         self._given_predictor = None
+        self.feature_fill = None  # the BackgroundFill of the open session, if one was started
         self.last_error: str | None = None
         self.last_outcome: str | None = None
         self.last_status = ""
@@ -322,6 +327,37 @@ class Annotator(PromptingMixin, CellsMixin, RunMixin):
     # ================================================================== other settings
     def set_live_preview(self, on: bool) -> None:
         self._update(live_preview=bool(on))
+
+    # ================================================================== features in the background
+    def set_fill_features(self, on: bool) -> None:
+        """Encode the other frames in the background after a preview (on by default; off stops
+        a fill in progress, what it stored stays)."""
+        self._update(fill_features=bool(on))
+        if not on:
+            self.stop_feature_fill()
+
+    def fill_features(self, first_frame: int | None = None, synchronous: bool | None = None) -> bool:
+        """Encode every frame of the open session into the embedding cache, nearest
+        ``first_frame`` (default: the current frame) first, pausing while a job of the user runs.
+        False when nothing was started: no session is open yet (preview first), the predictor
+        has no embedding cache, or a fill is running."""
+        from .embeddings import BackgroundFill
+
+        if self.feature_fill is not None and self.feature_fill.running:
+            return False
+        sync = self.synchronous if synchronous is None else bool(synchronous)
+        fill = BackgroundFill(
+            self.session, lambda: self.runner.busy, synchronous=sync, on_progress=self.events.features.emit
+        )
+        frame = self.current_frame() if first_frame is None else int(first_frame)
+        if not fill.start(frame):
+            return False
+        self.feature_fill = fill
+        return True
+
+    def stop_feature_fill(self) -> None:
+        if self.feature_fill is not None:
+            self.feature_fill.stop()
 
     def set_tracking(
         self, direction: str | None = None, start: str | int | None = None, max_frames: int | None = -1

@@ -203,6 +203,8 @@ class RunMixin:
             self.events.checkpoint.emit(self.checkpoint_status())
         if geom is not None and error is None:
             self._announce_edits(geom)
+        if kind == "preview" and error is None and self.settings.fill_features and not self.synchronous:
+            self.fill_features()  # the session is open now: encode the other frames meanwhile
         self.events.busy.emit(None)
         self.events.job_finished.emit(kind, "done" if outcome in ("done", "nothing") else outcome)
 
@@ -305,6 +307,7 @@ class RunMixin:
         """Forget the engine's state (prompts and outputs stay); the next run starts afresh."""
         if self.busy is not None:
             raise SessionError("cancel the running job first")
+        self.stop_feature_fill()
         self.session.close()
         if self._given_predictor is not None:
             self.session.use_predictor(self._given_predictor)

@@ -45,6 +45,17 @@ class ModelPanel(QGroupBox, Refreshing):
         row.addWidget(self.precision_combo)
         row.addWidget(self.compile_check)
         form.addRow("Device", row)
+        row = QHBoxLayout()
+        self.fill_check = QCheckBox("encode other frames meanwhile")
+        self.fill_check.setToolTip(
+            "After a preview, compute the image features of the other frames in the background while "
+            "you place prompts, into the embedding cache on disk: the propagation, re-runs and later "
+            "sessions on this stack read them instead of encoding again"
+        )
+        self.fill_label = QLabel("")
+        row.addWidget(self.fill_check)
+        row.addWidget(self.fill_label, 1)
+        form.addRow("Features", row)
         self.checkpoint_label = QLabel("")
         self.checkpoint_label.setWordWrap(True)
         # the folder and URL in the message can be selected and copied
@@ -67,6 +78,7 @@ class ModelPanel(QGroupBox, Refreshing):
         self.device_combo.currentIndexChanged.connect(self._on_model)
         self.precision_combo.currentIndexChanged.connect(self._on_model)
         self.compile_check.toggled.connect(self._on_model)
+        self.fill_check.toggled.connect(self._on_fill)
         self.download_btn.clicked.connect(lambda: annotator.download_checkpoint())
         self.download_cancel_btn.clicked.connect(annotator.cancel)
         self.browse_btn.clicked.connect(self._on_browse)
@@ -74,6 +86,7 @@ class ModelPanel(QGroupBox, Refreshing):
         annotator.events.checkpoint.connect(self.refresh)
         annotator.events.busy.connect(self.refresh)
         annotator.events.download.connect(self._on_progress)
+        annotator.events.features.connect(self._on_features)
         self.refresh()
 
     def _on_model(self, *_) -> None:
@@ -88,6 +101,15 @@ class ModelPanel(QGroupBox, Refreshing):
             )
         except SessionError as e:
             notify_error(str(e))
+
+    def _on_fill(self, on: bool) -> None:
+        if not self.refreshing:
+            self.annotator.set_fill_features(on)
+
+    def _on_features(self, done: int, total: int) -> None:
+        self.fill_label.setText(
+            f"{done} / {total} frames cached" if done < total else f"all {total} frames cached"
+        )
 
     def _on_browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -114,6 +136,7 @@ class ModelPanel(QGroupBox, Refreshing):
         self.device_combo.setCurrentIndex(max(0, self.device_combo.findText(spec.device)))
         self.precision_combo.setCurrentIndex(max(0, self.precision_combo.findText(spec.precision)))
         self.compile_check.setChecked(spec.compile)
+        self.fill_check.setChecked(ann.settings.fill_features)
         downloading = ann.busy == "download"
         self.download_bar.setVisible(downloading)
         if downloading:
