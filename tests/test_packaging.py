@@ -82,7 +82,7 @@ def test_manifest_contributions(manifest):
         ("napari-sam2.make_widget", "SAM 2 Segment & Track")
     ]
 
-    assert {s.key for s in c.sample_data} == {"timelapse", "volume"}
+    assert {s.key for s in c.sample_data} == {"timelapse", "volume", "lineage"}
     for s in c.sample_data:
         assert s.command in command_ids
 
