@@ -31,7 +31,7 @@ def stack(tmp_path):
 @pytest.fixture
 def small_build(small_model, monkeypatch):
     """The CLI builds the small model (no checkpoint needed); counts the encoder's runs."""
-    from napari_sam2.engine import checkpoints
+    from napari_sam2.engine import download
 
     calls = []
     original = small_model.forward_image
@@ -39,7 +39,7 @@ def small_build(small_model, monkeypatch):
     monkeypatch.setattr(
         precompute, "_build", lambda spec, cache: SAM2VideoPredictor(small_model, embedding_cache=cache)
     )
-    monkeypatch.setattr(checkpoints, "ensure_checkpoint", lambda *a, **k: None)
+    monkeypatch.setattr(download, "ensure_checkpoint", lambda *a, **k: None)
     return calls
 
 

@@ -29,15 +29,14 @@ from napari_sam2.engine.embedding_cache import (
     resolve_embedding_cache,
 )
 from napari_sam2.engine.frame_embedding import (
-    FrameEmbedded,
     FrameEmbedder,
     frame_digest,
     model_identity,
     normalizer_digest,
-    precompute_frames,
 )
 from napari_sam2.engine.image_predictor import SAM2ImagePredictor
 from napari_sam2.engine.normalization import Normalizer
+from napari_sam2.engine.precompute import FrameEmbedded, precompute_frames
 from napari_sam2.engine.video_predictor import SAM2VideoPredictor
 from napari_sam2.model import FrameFeatures
 

@@ -76,10 +76,10 @@ def _build(spec, cache):
 
 def _run(args: argparse.Namespace) -> int:
     from napari_sam2.engine.build import resolve_device
-    from napari_sam2.engine.checkpoints import ensure_checkpoint
-    from napari_sam2.engine.frame_embedding import precompute_frames
+    from napari_sam2.engine.download import ensure_checkpoint
     from napari_sam2.engine.frames import open_frames
     from napari_sam2.engine.normalization import Normalizer
+    from napari_sam2.engine.precompute import precompute_frames
     from napari_sam2.engine.session import ModelSpec
     from napari_sam2.model.variants import resolve_variant
 

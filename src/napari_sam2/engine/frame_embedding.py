@@ -33,9 +33,7 @@ import hashlib
 import json
 import os
 import threading
-import time
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -46,12 +44,10 @@ from .embedding_cache import EMBEDDING_CODE_VERSION, EmbeddingCache, EmbeddingKe
 from .normalization import Normalizer
 
 __all__ = [
-    "FrameEmbedded",
     "FrameEmbedder",
     "frame_digest",
     "model_identity",
     "normalizer_digest",
-    "precompute_frames",
 ]
 
 # Normaliser fields that say where a mapping came from, not what it does to a pixel
@@ -242,73 +238,3 @@ class FrameEmbedder:
                 k: ident[k] for k in ("variant", "precision", "device", "platform", "torch", "package")
             },
         }
-
-
-@dataclass(frozen=True)
-class FrameEmbedded:
-    """Progress of :func:`precompute_frames`: ``frame`` is in the cache now (``computed``:
-    by this call; else it already was); ``done`` of ``total`` frames."""
-
-    frame: int
-    done: int
-    total: int
-    computed: bool
-
-
-def precompute_frames(
-    predictor: Any,
-    frames: Any,
-    normalizer: Normalizer | None = None,
-    cache: EmbeddingCache | None = None,
-    frame_indices: Iterable[int] | None = None,
-    cancel: threading.Event | None = None,
-    pause: Callable[[], bool] | None = None,
-    *,
-    channels: Any = None,
-    poll_seconds: float = 0.05,
-) -> Iterator[FrameEmbedded]:
-    """Fill the cache with the features of ``frames``, yielding one event per frame.
-
-    ``predictor`` is a :class:`~napari_sam2.engine.video_predictor.SAM2VideoPredictor` (its
-    model, precision and cache; ``cache`` overrides the cache) or a bare ``SAM2Model``
-    (float32). ``frames`` is anything ``init_state`` takes; ``normalizer`` defaults to the fit
-    ``init_state`` makes (``channels`` as there), so a later session finds the entries.
-    Frames already cached are skipped. Stops after the frame in progress when ``cancel`` is
-    set; while ``pause()`` is true it waits between frames (a background fill that gives
-    way to the user's own runs).
-    """
-    from .frames import open_frames
-    from .video_predictor import SAM2VideoPredictor
-
-    if isinstance(predictor, SAM2Model):
-        predictor = SAM2VideoPredictor(predictor, embedding_cache=cache)
-    cache = cache if cache is not None else getattr(predictor, "embedding_cache", None)
-    if cache is None:
-        raise ValueError(
-            "no embedding cache to fill: pass cache=EmbeddingCache(...) or a predictor that has one"
-        )
-    source = open_frames(frames)
-    if normalizer is None:
-        normalizer = Normalizer.fit(source, channels=channels)
-    n = len(source)
-    indices = list(range(n)) if frame_indices is None else [int(i) for i in frame_indices]
-    bad = [i for i in indices if not 0 <= i < n]
-    if bad:
-        raise IndexError(f"frame(s) {bad[:5]} out of range: the stack has {n} frames (0..{n - 1})")
-    if cache is predictor.embedding_cache:
-        embedder = predictor._frame_embedder()  # its model digest is taken once per predictor
-    else:
-        embedder = FrameEmbedder(predictor.model, predictor.autocast_dtype, cache)
-    for done, i in enumerate(indices, 1):
-        while pause is not None and pause():
-            if cancel is not None and cancel.is_set():
-                return
-            time.sleep(poll_seconds)
-        if cancel is not None and cancel.is_set():
-            return
-        with torch.inference_mode():
-            frame = source[i]
-            existed = embedder.ensure(
-                frame, normalizer, lambda f=frame, i=i: predictor._compute_features(f, normalizer, i), i
-            )
-        yield FrameEmbedded(i, done, len(indices), not existed)

@@ -287,7 +287,7 @@ def _is_image(out: Path) -> bool:
     """An existing OME-Zarr image (labels go inside it), not a label image of our own."""
     if not out.name.lower().endswith(".zarr") or not out.is_dir():
         return False
-    from .io.labels_out import _is_ome_image
+    from .io.labels_zarr import _is_ome_image
 
     is_image, is_label_image = _is_ome_image(out)
     return bool(is_image and not is_label_image)

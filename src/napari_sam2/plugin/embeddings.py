@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..engine.frame_embedding import FrameEmbedded, precompute_frames
+from ..engine.precompute import FrameEmbedded, precompute_frames
 from .jobs import JobRunner
 
 __all__ = ["BackgroundFill", "fill_order", "start_background_fill"]
