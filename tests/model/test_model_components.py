@@ -21,6 +21,7 @@ from napari_sam2.model import MemoryEntry, SAM2Model, load_config
 from napari_sam2.model.config import MemoryAttentionConfig, MemoryEncoderConfig, NeckConfig, TrunkConfig
 from napari_sam2.model.hiera import Hiera, MultiScaleBlock, from_windows, to_windows
 from napari_sam2.model.mask_decoder import DecoderOutput, MaskDecoder
+from napari_sam2.model.memory_selection import select_closest_cond_frames
 from napari_sam2.model.position_encoding import (
     PositionEmbeddingRandom,
     PositionEmbeddingSine,
@@ -29,7 +30,7 @@ from napari_sam2.model.position_encoding import (
     sine_encoding_1d,
 )
 from napari_sam2.model.prompt_encoder import PromptEncoder
-from napari_sam2.model.sam2 import NO_OBJ_SCORE, apply_non_overlapping_constraints, select_closest_cond_frames
+from napari_sam2.model.sam2 import NO_OBJ_SCORE, apply_non_overlapping_constraints
 from napari_sam2.model.transformer import Attention, RoPEAttention, TwoWayTransformer
 
 ATOL = 1e-5
