@@ -18,6 +18,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from ._common import add_cache_arguments, cache_from_args, cache_summary
+
 FORMATS = ("ctc", "geff", "csv", "labels")
 OUTPUT_NAMES = {"ctc": "ctc", "geff": "tracks.geff", "csv": "tracks.csv", "labels": "labels.tif"}
 RUN_FILE = "track_all.json"
@@ -115,9 +117,9 @@ def build_engine(args: argparse.Namespace):
     from napari_sam2.engine.video_predictor import build_sam2_video_predictor
 
     generator_class = automatic_mask_generator_class()  # fails before any weights are loaded
-    # the persistent feature cache, as `track` has it (NAPARI_SAM2_EMBEDDING_CACHE=0 turns it off)
+    # the persistent feature cache, as `track` has it (--no-cache or NAPARI_SAM2_EMBEDDING_CACHE=0: off)
     predictor = build_sam2_video_predictor(
-        args.model, args.checkpoint, device=args.device, embedding_cache="auto"
+        args.model, args.checkpoint, device=args.device, embedding_cache=cache_from_args(args)
     )
     return predictor, generator_class(predictor.model)
 
@@ -169,7 +171,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         predictor, generator = build_engine(args)
-    except (CheckpointError, ImportError, RuntimeError) as exc:
+    except (CheckpointError, ImportError, RuntimeError, ValueError, OSError) as exc:
         frames.close()
         print(f"napari-sam2 track-all: {exc}", file=sys.stderr)
         return 2
@@ -213,6 +215,7 @@ def _run(args: argparse.Namespace) -> int:
     say(
         f"{summary['tracks']} tracks, {summary['divisions']} divisions, {summary['records']} objects x frames"
     )
+    say(cache_summary(getattr(predictor, "embedding_cache", None)))
     if stopped:
         print(
             f"napari-sam2 track-all: {stopped}; frames {result.first_frame}..{result.last_frame} "
@@ -277,6 +280,7 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the cached official one)")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
+    add_cache_arguments(p)
     p.add_argument(
         "--formats",
         default=",".join(FORMATS),

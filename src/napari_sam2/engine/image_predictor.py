@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model import FrameFeatures, SAM2Model
+from .build import resolve_autocast_dtype
 from .embedding_cache import resolve_embedding_cache
 from .frame_embedding import FrameEmbedder
 from .normalization import Normalizer, preprocess
@@ -77,7 +78,7 @@ class SAM2ImagePredictor:
         self.max_hole_area = max_hole_area
         self.max_sprinkle_area = max_sprinkle_area
         # e.g. torch.bfloat16 for mixed precision; None (the parity reference) is float32.
-        self.autocast_dtype = autocast_dtype
+        self.autocast_dtype = resolve_autocast_dtype(autocast_dtype)  # 'bf16' etc. mapped once
         self.reset_predictor()
 
     def _autocast(self):

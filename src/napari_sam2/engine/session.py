@@ -64,11 +64,19 @@ class ModelSpec:
     checkpoint: str | None = None
     device: str = "auto"
     precision: str = "fp32"
-    compile: bool = False
+    compile: bool | str = False
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise SessionError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        # parsing only: each rule's home is engine/validation.py (aliases such as "bfloat16" map to "bf16")
+        from .validation import ParameterError, check_compile_mode, check_device_name, check_precision_name
+
+        try:
+            name = check_precision_name(self.precision, allowed=("float32", "bfloat16"))
+            object.__setattr__(self, "precision", {"float32": "fp32", "bfloat16": "bf16"}[name])
+            check_device_name(self.device)
+            check_compile_mode(self.compile)
+        except ParameterError as exc:
+            raise SessionError(str(exc)) from None
 
 
 # --------------------------------------------------------------------------- events

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..model import SAM2Model
-from .build import build_sam2_model, resolve_device
+from .build import build_sam2_model, resolve_autocast_dtype, resolve_device
 from .embedding_cache import resolve_embedding_cache
 from .frames import open_frames
 from .heap import trim_heap
@@ -98,7 +98,7 @@ class SAM2VideoPredictor(VideoInference):
         self.hot_frames = hot_frames
         self.spill_to_disk = spill_to_disk
         self.spill_dir = spill_dir
-        self.autocast_dtype = autocast_dtype
+        self.autocast_dtype = resolve_autocast_dtype(autocast_dtype)  # 'bf16' etc. mapped once
 
     # ================================================================== session
     @torch.inference_mode()
