@@ -108,7 +108,7 @@ def preflight(outdir: Path, formats: list[str], *, overwrite: bool = False) -> N
         raise UsageError(f"--formats geff: {exc}") from exc
     except OutputError as exc:
         raise UsageError(
-            f"OUTDIR: {str(exc).replace('overwrite=True (--overwrite on the command line)', '--overwrite')}"
+            f"OUTDIR: {str(exc).replace('overwrite=True (--overwrite)', '--overwrite')}"
         ) from exc
 
 

@@ -36,7 +36,7 @@ class OutputExistsError(OutputError, FileExistsError):
 
     def __init__(self, path: str | Path, what: str = "exists", instead: str = "choose another path") -> None:
         super().__init__(
-            f"{path} {what}; pass overwrite=True (--overwrite on the command line) to replace it, or {instead}",
+            f"{path} {what}; pass overwrite=True (--overwrite) to replace it, or {instead}",
             path,
         )
 
