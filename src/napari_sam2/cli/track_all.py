@@ -1,10 +1,11 @@
 """``napari-sam2 track-all``: segment everything, track every cell, write the lineage.
 
-Every argument is checked before the model is built or a frame is computed, and OUTDIR is
-refused when it holds files unless ``--overwrite`` (which replaces only the files this
-command writes). Outputs, by ``--formats``:
+Every argument is checked before the model is built or a frame is computed, OUTDIR included
+(:func:`preflight`: a folder you can write to, none of this command's outputs in it unless
+``--overwrite``, which replaces only the files this command writes). Outputs, by ``--formats``,
+written by :func:`napari_sam2.engine.track_exports.export_tracking`:
 
-- ``ctc/``: ``man_track.txt`` + ``maskTTT.tif`` (Cell Tracking Challenge);
+- ``ctc/``: ``res_track.txt`` + ``maskTTT.tif`` (a Cell Tracking Challenge result folder);
 - ``tracks.geff``: the graph as GEFF (zarr);
 - ``tracks.csv``: one row per object and frame;
 - ``labels.tif``: the label stack (T, Y, X), label = track id;
@@ -20,8 +21,7 @@ from pathlib import Path
 
 from ._common import add_cache_arguments, cache_from_args, cache_summary
 
-FORMATS = ("ctc", "geff", "csv", "labels")
-OUTPUT_NAMES = {"ctc": "ctc", "geff": "tracks.geff", "csv": "tracks.csv", "labels": "labels.tif"}
+FORMATS = ("ctc", "geff", "csv", "labels")  # = track_exports.EXPORT_FORMATS (kept here: no engine import)
 RUN_FILE = "track_all.json"
 
 
@@ -72,19 +72,7 @@ def validate(args: argparse.Namespace):
         raise UsageError(f"--checkpoint {args.checkpoint}: no such file")
     if args.device not in ("auto", "cpu", "mps") and not args.device.startswith("cuda"):
         raise UsageError(f"--device {args.device!r}: use auto, cpu, cuda, cuda:N or mps")
-    if "geff" in formats:
-        try:
-            import geff  # noqa: F401
-        except ImportError as exc:
-            raise UsageError(f"--formats geff needs the geff package (pip install geff): {exc}") from exc
-    outdir = Path(args.outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise UsageError(f"OUTDIR {outdir} exists and is not a folder")
-    if outdir.is_dir() and any(outdir.iterdir()) and not args.overwrite:
-        raise UsageError(
-            f"OUTDIR {outdir} is not empty; choose an empty or new folder, or pass --overwrite "
-            f"(which replaces only {', '.join(OUTPUT_NAMES.values())} and {RUN_FILE})"
-        )
+    preflight(Path(args.outdir), formats, overwrite=args.overwrite)
     try:
         frames = open_frames(args.stack)
     except (FrameSourceError, FileNotFoundError) as exc:
@@ -111,6 +99,21 @@ def validate(args: argparse.Namespace):
     return formats, config, frames
 
 
+def preflight(outdir: Path, formats: list[str], *, overwrite: bool = False) -> None:
+    """Fail now, before the model loads, if the outputs could not be written at the end: OUTDIR
+    under a file or read-only, an earlier output there without ``--overwrite``, GEFF without geff."""
+    from napari_sam2.engine.track_exports import OutputError, check_export
+
+    try:
+        check_export(outdir, formats, overwrite=overwrite, extra=[RUN_FILE])
+    except ImportError as exc:
+        raise UsageError(f"--formats geff: {exc}") from exc
+    except OutputError as exc:
+        raise UsageError(
+            f"OUTDIR: {str(exc).replace('overwrite=True (--overwrite)', '--overwrite')}"
+        ) from exc
+
+
 def build_engine(args: argparse.Namespace):
     """The video predictor and the mask generator (one model shared by both)."""
     from napari_sam2.engine.seeding import automatic_mask_generator_class
@@ -124,31 +127,20 @@ def build_engine(args: argparse.Namespace):
     return predictor, generator_class(predictor.model)
 
 
-def write_outputs(result, formats: list[str], outdir: Path, run_info: dict) -> list[Path]:
+def write_outputs(
+    result, formats: list[str], outdir: Path, run_info: dict, *, overwrite: bool = False
+) -> list[Path]:
+    """The run's outputs (one export function for the CLI, the widget and scripts) and its record."""
     import json
 
-    import numpy as np
-    import tifffile
+    from napari_sam2.engine.io._files import write_text
+    from napari_sam2.engine.track_exports import export_tracking
 
-    from napari_sam2.engine import track_exports
-
-    outdir.mkdir(parents=True, exist_ok=True)
-    written = []
-    if "ctc" in formats:
-        written.append(track_exports.write_ctc(result.labels, result.graph, outdir / "ctc", overwrite=True))
-    if "geff" in formats:
-        written.append(track_exports.write_geff(result.graph, outdir / "tracks.geff", overwrite=True))
-    if "csv" in formats:
-        written.append(track_exports.write_csv(result.graph, outdir / "tracks.csv"))
-    if "labels" in formats:
-        labels = result.labels
-        if labels.size and int(labels.max()) <= np.iinfo(np.uint16).max:
-            labels = labels.astype(np.uint16)
-        tmp = outdir / "labels.tif.part"
-        tifffile.imwrite(tmp, labels, compression="zlib", photometric="minisblack", metadata={"axes": "TYX"})
-        written.append(tmp.replace(outdir / "labels.tif"))
-    (outdir / RUN_FILE).write_text(json.dumps(run_info, indent=2, default=str) + "\n")
-    written.append(outdir / RUN_FILE)
+    written = list(
+        export_tracking(result.labels, result.graph, outdir, formats, overwrite=overwrite).values()
+    )
+    text = json.dumps(run_info, indent=2, default=str) + "\n"
+    written.append(write_text(outdir / RUN_FILE, text, overwrite=overwrite))
     return written
 
 
@@ -209,7 +201,14 @@ def _run(args: argparse.Namespace) -> int:
         "stopped": stopped,
         "summary": result.graph.summary(),
     }
-    for path in write_outputs(result, formats, Path(args.outdir), info):
+    from napari_sam2.engine.track_exports import OutputError
+
+    try:
+        written = write_outputs(result, formats, Path(args.outdir), info, overwrite=args.overwrite)
+    except OutputError as exc:  # checked before the run; something changed in OUTDIR meanwhile
+        print(f"napari-sam2 track-all: the results could not be written: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
         say(f"wrote {path}")
     summary = result.graph.summary()
     say(
@@ -235,7 +234,10 @@ def add_parser(subparsers) -> None:
         "and detect divisions; write the lineage as Cell Tracking Challenge files, GEFF, CSV and a label stack.",
     )
     p.add_argument("stack", help="TIFF/OME-TIFF stack (T, Y, X[, C]) or a folder of images")
-    p.add_argument("outdir", help="folder for the results (new or empty, unless --overwrite)")
+    p.add_argument(
+        "outdir",
+        help="folder for the results (other files in it are left alone; earlier results need --overwrite)",
+    )
     p.add_argument(
         "--every",
         type=int,
@@ -287,7 +289,10 @@ def add_parser(subparsers) -> None:
         help=f"comma-separated outputs among {','.join(FORMATS)} (default: all)",
     )
     p.add_argument(
-        "--overwrite", action="store_true", help="write into a non-empty OUTDIR, replacing earlier results"
+        "--overwrite",
+        action="store_true",
+        help="replace earlier results in OUTDIR (only the files this command writes: ctc/'s CTC files, "
+        "tracks.geff, tracks.csv, labels.tif, track_all.json)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     p.set_defaults(func=_run)
