@@ -52,7 +52,7 @@ def test_end_to_end_with_the_standin(stack, tmp_path, standin, capsys, movie):
     from traccuracy.loaders import load_ctc_data
 
     out = tmp_path / "out"
-    rc = main(["track-all", str(stack), str(out), "--every", "1", "--keep-border", "--quiet"])
+    rc = main(["track-all", str(stack), str(out), "--every", "1", "--quiet"])
     assert rc == 0, capsys.readouterr().err
     assert len(standin) == 1
     assert sorted(p.name for p in out.iterdir()) == [
@@ -197,9 +197,7 @@ def test_a_failing_run_still_writes_the_frames_tracked(stack, tmp_path, monkeypa
         cli, "build_engine", lambda args: (Failing(labels), GroundTruthMaskGenerator(image, labels))
     )
     out = tmp_path / "out"
-    rc = main(
-        ["track-all", str(stack), str(out), "--every", "0", "--keep-border", "--quiet", "--formats", "labels"]
-    )
+    rc = main(["track-all", str(stack), str(out), "--every", "0", "--quiet", "--formats", "labels"])
     err = capsys.readouterr().err
     assert (
         rc == 1
@@ -209,6 +207,78 @@ def test_a_failing_run_still_writes_the_frames_tracked(stack, tmp_path, monkeypa
     assert info["frames_tracked"] == [0, 5] and info["stopped"].startswith("failed")
     written = tifffile.imread(out / "labels.tif")
     assert written[5].max() > 0 and written[6:].max() == 0
+
+
+def test_border_cells_are_kept_by_default_and_keep_border_is_a_noted_no_op(stack, tmp_path, standin, capsys):
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "track-all",
+                str(stack),
+                str(out),
+                "--every",
+                "0",
+                "--keep-border",
+                "--quiet",
+                "--formats",
+                "csv",
+            ]
+        )
+        == 0
+    )
+    assert "--keep-border is the default now and does nothing" in capsys.readouterr().err
+    assert (
+        json.loads((out / "track_all.json").read_text())["config"]["seed_filter"]["drop_border_touching"]
+        is False
+    )
+    out = tmp_path / "dropped"
+    assert (
+        main(
+            [
+                "track-all",
+                str(stack),
+                str(out),
+                "--every",
+                "0",
+                "--drop-border",
+                "--quiet",
+                "--formats",
+                "csv",
+            ]
+        )
+        == 0
+    )
+    assert (
+        json.loads((out / "track_all.json").read_text())["config"]["seed_filter"]["drop_border_touching"]
+        is True
+    )
+
+
+def test_seeding_that_keeps_nothing_stops_before_tracking(stack, tmp_path, monkeypatch, movie, capsys):
+    image, labels, _ = movie
+    predictor = GroundTruthPredictor(labels)
+    monkeypatch.setattr(
+        cli, "build_engine", lambda args: (predictor, GroundTruthMaskGenerator(image, labels))
+    )
+    out = tmp_path / "out"
+    rc = main(["track-all", str(stack), str(out), "--min-area", "100000", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "seeding kept no object on frame 0" in err and "lower min_area (--min-area)" in err
+    import re
+
+    produced = re.search(r"produced (\d+) mask\(s\)", err)
+    assert produced and int(produced[1]) > 0 and f"min area {produced[1]}," in err  # all by --min-area
+    assert not any(c[0] == "propagate" for c in predictor.calls)  # no frame was tracked
+    assert not out.exists() or not any(out.iterdir())  # no outputs that cannot be opened
+
+
+def test_progress_says_frames_done_of_total_and_cells(stack, tmp_path, standin, capsys):
+    rc = main(["track-all", str(stack), str(tmp_path / "out"), "--every", "0", "--formats", "csv"])
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert "24/24" in err and "cells=" in err and "tracks=" in err
 
 
 def test_help_lists_the_subcommand(capsys):

@@ -16,6 +16,7 @@ from napari_sam2.engine.track_all import (
     Finished,
     FrameTracked,
     Status,
+    Total,
     TrackAllConfig,
     TrackAllRun,
     TrackEnded,
@@ -70,7 +71,7 @@ def run_scenario(config=CONFIG, **scenario_kwargs):
 
 
 def _lineage_events(events):
-    return [e for e in events if not isinstance(e, (FrameTracked, Status))]
+    return [e for e in events if not isinstance(e, (FrameTracked, Status, Total))]
 
 
 def test_seeding_new_cells_divisions_and_lost_tracks_exactly():

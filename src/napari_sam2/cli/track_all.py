@@ -92,7 +92,7 @@ def validate(args: argparse.Namespace):
             min_area=args.min_area,
             max_area=args.max_area,
             min_score=args.min_score,
-            drop_border_touching=not args.keep_border,
+            drop_border_touching=args.drop_border,
         ),
         division=DivisionRule(enabled=not args.no_divisions, persist_frames=args.division_frames),
     )
@@ -150,12 +150,18 @@ def _run(args: argparse.Namespace) -> int:
 
     from napari_sam2 import __version__
     from napari_sam2.engine.checkpoints import CheckpointError
-    from napari_sam2.engine.track_all import FrameTracked, Status, TrackAllRun
+    from napari_sam2.engine.track_all import FrameTracked, NoSeedsError, Status, Total, TrackAllRun
 
     def say(message: str) -> None:
         if not args.quiet:
             print(message, file=sys.stderr)
 
+    if args.keep_border:
+        print(
+            "napari-sam2 track-all: --keep-border is the default now and does nothing (cells touching "
+            "the border are kept); use --drop-border to drop them",
+            file=sys.stderr,
+        )
     try:
         formats, config, frames = validate(args)
     except UsageError as exc:
@@ -177,11 +183,23 @@ def _run(args: argparse.Namespace) -> int:
     events = run.events()
     try:
         for event in events:
-            if isinstance(event, FrameTracked) and bar is not None:
-                bar.total = event.total
+            if bar is None:
+                continue
+            if isinstance(event, Total):
+                bar.total = event.frames
+                bar.refresh()
+            elif isinstance(event, FrameTracked):  # frames done/total, cells on the frame, tracks so far
+                bar.set_postfix(cells=event.cells, tracks=event.tracks, refresh=False)
                 bar.update(event.done - bar.n)
-            elif isinstance(event, Status) and bar is not None:
-                bar.write(event.message, file=sys.stderr)
+            elif isinstance(event, Status):
+                bar.write(event.text, file=sys.stderr)
+    except NoSeedsError as exc:  # seeding kept nothing: stop before tracking, write nothing
+        events.close()
+        if bar is not None:
+            bar.close()
+        frames.close()
+        print(f"napari-sam2 track-all: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         stopped = "interrupted"
     except Exception as exc:  # noqa: BLE001 - the frames tracked so far are still worth writing
@@ -258,9 +276,15 @@ def add_parser(subparsers) -> None:
         "--min-score", type=float, default=0.0, help="lowest mask score (predicted IoU) kept (default 0)"
     )
     p.add_argument(
+        "--drop-border",
+        action="store_true",
+        help="drop objects touching the frame border (default: keep them, as the Cell Tracking "
+        "Challenge's ground truth tracks cells entering the field)",
+    )
+    p.add_argument(
         "--keep-border",
         action="store_true",
-        help="keep objects touching the frame border (default: drop them)",
+        help="deprecated: keeping cells on the border is the default; does nothing",
     )
     p.add_argument(
         "--match-iou",
