@@ -26,6 +26,11 @@ The run, frame by frame from ``start_frame`` forward (see :class:`TrackAllConfig
    with a tracked object is at least ``match_iou`` is that object; any other mask, once
    filtered, becomes a new track with the pixels no object holds, unless more than
    ``seed_filter.max_overlap`` of it is held (then it is a part of tracked objects).
+6. **Discover** (``discover_every_frame``, on by default when a generator is given). On
+   every other frame after the start, the generator is prompted only where the frame's
+   foreground is not covered by tracked objects (:mod:`napari_sam2.engine.discovery`), so a
+   cell that enters or appears becomes a track on its first frame (reason "discovery"),
+   at a cost that scales with the uncovered foreground; the full re-seed is the safety net.
 
 Because a division is only known ``persist_frames - 1`` frames after it began, frames are
 final that much later: :class:`FrameTracked` events come when a frame can no longer change.
@@ -46,6 +51,7 @@ from typing import Any
 
 import numpy as np
 
+from .discovery import DiscoveryConfig, discover_objects
 from .frames import FrameSource, open_frames
 from .lineage import TrackGraph, measure_frame
 from .seeding import SeedFilter, claim_unclaimed, seed_objects, with_stack_contrast
@@ -79,6 +85,10 @@ class TrackAllConfig:
         match_iou: a re-seeded mask with at least this IoU with an object is that object.
         seed_filter: which generator masks become objects (start and re-seeding).
         division: the division rule.
+        discover_every_frame: look for new objects on every frame that is not re-seeded,
+            only where no tracked object is (see :mod:`napari_sam2.engine.discovery`);
+            None: on when a mask generator is given.
+        discovery: discovery's parameters.
     """
 
     start_frame: int = 0
@@ -88,6 +98,8 @@ class TrackAllConfig:
     match_iou: float = 0.5
     seed_filter: SeedFilter = field(default_factory=SeedFilter)
     division: DivisionRule = field(default_factory=DivisionRule)
+    discover_every_frame: bool | None = None
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
 
     def __post_init__(self) -> None:
         if self.start_frame < 0:
@@ -237,6 +249,11 @@ class TrackAllRun:
             raise ValueError(
                 "re-seeding every N frames needs a mask generator; pass one or set reseed_every=0"
             )
+        if generator is None and cfg.discover_every_frame:
+            raise ValueError(
+                "discover_every_frame needs a mask generator; pass one or set discover_every_frame=False"
+            )
+        self._discovery_generator = generator if cfg.discover_every_frame is not False else None
         if start_labels is not None:
             start_labels = np.asarray(start_labels)
             if start_labels.shape != (H, W):
@@ -271,6 +288,7 @@ class TrackAllRun:
         self._done = 0
         self._last_frame: int | None = None
         self._cancelled = False
+        self.discovery_points = 0  # prompts discovery sent to the generator (its cost)
 
     # ------------------------------------------------------------------ public
     def cancel(self) -> None:
@@ -327,6 +345,10 @@ class TrackAllRun:
                 if cfg.reseed_every and t > t0 and (t - t0) % cfg.reseed_every == 0:
                     for event in self._reseed(state, t):
                         changed = changed or isinstance(event, TrackStarted)
+                        yield event
+                elif self._discovery_generator is not None and t > t0:
+                    for event in self._discover(state, t):
+                        changed = True
                         yield event
                 if changed and stream is not None:
                     stream.close()  # objects changed: propagation restarts on the next frame
@@ -473,6 +495,31 @@ class TrackAllRun:
             self._live[tid].see(t, cfg.division.persist_frames + cfg.lost_after + 1)
             self.predictor.add_new_mask(state, t, tid, mask)
             yield TrackStarted(tid, t, None, "reseed")
+
+    def _discover(self, state: Any, t: int) -> Iterator[TrackAllEvent]:
+        """New objects where the frame has uncovered foreground (the module doc, step 6)."""
+        cfg = self.config
+        current = self._pending[-1]
+        found = discover_objects(
+            self.source[t],
+            current.labels,
+            self._discovery_generator,
+            cfg.seed_filter,
+            cfg.discovery,
+            cfg.match_iou,
+            call=self.generator,  # the stack's contrast mapping, as seeding sees the frames
+        )
+        self.discovery_points += len(found.points)
+        if not found:
+            return
+        yield Status(t, f"frame {t}: {len(found)} new objects found in uncovered foreground")
+        for mask, score in zip(found.masks, found.scores):
+            tid = self._new_track(None)
+            current.labels[mask] = tid
+            current.scores[tid] = score
+            self._live[tid].see(t, cfg.division.persist_frames + cfg.lost_after + 1)
+            self.predictor.add_new_mask(state, t, tid, mask)
+            yield TrackStarted(tid, t, None, "discovery")
 
     def _commit(self, p: _Pending) -> FrameTracked:
         info = np.iinfo(np.dtype(self.labels.dtype))
