@@ -136,7 +136,11 @@ def test_background_masks_are_not_new_objects():
     assert len(found.points) == 1 and found.generated == 1
     assert len(found) == 0  # mostly off the uncovered foreground: not a new object
     found = discover_objects(
-        image, tracked, background, SeedFilter(min_area=8), DiscoveryConfig(min_foreground=0)
+        image,
+        tracked,
+        background,
+        SeedFilter(min_area=8, drop_border_touching=False),
+        DiscoveryConfig(min_foreground=0),
     )
     assert len(found) == 1  # the check is what rejected it
 
