@@ -59,6 +59,7 @@ CONFIG = TrackAllConfig(
     lost_after=3,
     seed_filter=SeedFilter(min_area=10, drop_border_touching=False),
     division=DivisionRule(persist_frames=2),
+    discover_every_frame=False,  # these tests pin re-seeding; discovery: tests/engine/test_discovery.py
 )
 
 

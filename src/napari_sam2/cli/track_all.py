@@ -95,6 +95,7 @@ def validate(args: argparse.Namespace):
             drop_border_touching=args.drop_border,
         ),
         division=DivisionRule(enabled=not args.no_divisions, persist_frames=args.division_frames),
+        discover_every_frame=not args.no_discover,
     )
     return formats, config, frames
 
@@ -299,6 +300,12 @@ def add_parser(subparsers) -> None:
         help="frames a split must persist to be a division (default 3)",
     )
     p.add_argument("--no-divisions", action="store_true", help="do not detect divisions")
+    p.add_argument(
+        "--no-discover",
+        action="store_true",
+        help="do not look for new cells on every frame where no tracked cell is "
+        "(default: look; then new cells are found on their first frame and --every is a safety net)",
+    )
     p.add_argument("--start-frame", type=int, default=0, help="frame to seed and start from (default 0)")
     p.add_argument("--end-frame", type=int, default=None, help="last frame to track (default: the last)")
     p.add_argument(

@@ -26,6 +26,11 @@ The run, frame by frame from ``start_frame`` forward (see :class:`TrackAllConfig
    with a tracked object is at least ``match_iou`` is that object; any other mask, once
    filtered, becomes a new track with the pixels no object holds, unless more than
    ``seed_filter.max_overlap`` of it is held (then it is a part of tracked objects).
+6. **Discover** (``discover_every_frame``, on by default when a generator is given). On
+   every other frame after the start, the generator is prompted only where the frame's
+   foreground is not covered by tracked objects (:mod:`napari_sam2.engine.discovery`), so a
+   cell that enters or appears becomes a track on its first frame (reason "discovery"),
+   at a cost that scales with the uncovered foreground; the full re-seed is the safety net.
 
 Because a division is only known ``persist_frames - 1`` frames after it began, frames are
 final that much later: :class:`FrameTracked` events come when a frame can no longer change.
@@ -53,6 +58,7 @@ from typing import Any
 
 import numpy as np
 
+from .discovery import discover_objects
 from .events import (
     Division,
     Finished,
@@ -169,6 +175,11 @@ class TrackAllRun:
             raise ValueError(
                 "re-seeding every N frames needs a mask generator; pass one or set reseed_every=0"
             )
+        if generator is None and cfg.discover_every_frame:
+            raise ValueError(
+                "discover_every_frame needs a mask generator; pass one or set discover_every_frame=False"
+            )
+        self._discovery_generator = generator if cfg.discover_every_frame is not False else None
         if start_labels is not None:
             start_labels = np.asarray(start_labels)
             if start_labels.shape != (H, W):
@@ -195,6 +206,7 @@ class TrackAllRun:
         self._total = 0
         self._last_frame: int | None = None
         self._cancelled = False
+        self.discovery_points = 0  # prompts discovery sent to the generator (its cost)
 
     # ------------------------------------------------------------------ public
     def cancel(self) -> None:
@@ -397,12 +409,6 @@ class TrackAllRun:
         if parent is not None:
             yield Division(parent, daughters, first)
 
-    def _discover(self, t: int, current: _Pending) -> Iterator[TrackAllEvent]:
-        """Every frame, after lost tracks and divisions: find new cells where no track is
-        (the hook of every-frame discovery). Start each with :meth:`_start_tracks`, which
-        adds it to ``current`` and to the session; yields its events. None here yet."""
-        return iter(())
-
     def _reseed(self, t: int, current: _Pending) -> Iterator[TrackAllEvent]:
         cfg = self.config
         seeds = self._segment(t)
@@ -439,6 +445,32 @@ class TrackAllRun:
             self._live[tid].see(t, keep)
             self.session.add_mask(t, tid, mask)
             yield TrackStarted(tid, t, None, reason)
+
+    def _discover(self, t: int, current: _Pending) -> Iterator[TrackAllEvent]:
+        """Every frame after the start that is not re-seeded, after lost tracks and divisions:
+        new objects where the frame has uncovered foreground (the module doc, step 6), read
+        from the tracker's image features of frame ``t`` (no second encoder pass)."""
+        cfg = self.config
+        t0 = cfg.start_frame
+        if self._discovery_generator is None or t <= t0:
+            return
+        if cfg.reseed_every and (t - t0) % cfg.reseed_every == 0:
+            return  # the full re-seed of this frame finds them
+        with tracker_features(self._raw_generator, self.session.predictor, self.session.state, t):
+            found = discover_objects(
+                self.source[t],
+                current.labels,
+                self._discovery_generator,
+                cfg.seed_filter,
+                cfg.discovery,
+                cfg.match_iou,
+                call=self.generator,  # the stack's contrast mapping, as seeding sees the frames
+            )
+        self.discovery_points += len(found.points)
+        if not found:
+            return
+        yield Status(f"frame {t}: {len(found)} new objects found in uncovered foreground", t)
+        yield from self._start_tracks(t, current, list(found.masks), list(found.scores), "discovery")
 
     def _commit(self, p: _Pending) -> FrameTracked:
         info = np.iinfo(np.dtype(self.labels.dtype))

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .discovery import DiscoveryConfig
 from .seeding import SeedFilter
 
 __all__ = ["DivisionRule", "Live", "Pending", "TrackAllConfig", "resolve_logits", "split_candidates"]
@@ -52,6 +53,10 @@ class TrackAllConfig:
         match_iou: a re-seeded mask with at least this IoU with an object is that object.
         seed_filter: which generator masks become objects (start and re-seeding).
         division: the division rule.
+        discover_every_frame: look for new objects on every frame that is not re-seeded,
+            only where no tracked object is (see :mod:`napari_sam2.engine.discovery`);
+            None: on when a mask generator is given.
+        discovery: discovery's parameters.
     """
 
     start_frame: int = 0
@@ -61,6 +66,8 @@ class TrackAllConfig:
     match_iou: float = 0.5
     seed_filter: SeedFilter = field(default_factory=SeedFilter)
     division: DivisionRule = field(default_factory=DivisionRule)
+    discover_every_frame: bool | None = None
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
 
     def __post_init__(self) -> None:
         if self.start_frame < 0:
