@@ -101,6 +101,10 @@ def env_max_bytes() -> int | None:
         raise EmbeddingCacheError(
             f"{ENV_CACHE_GB}={text!r}: give the cache's size bound in GiB, e.g. 20"
         ) from None
+    if gb == float("inf"):  # int(inf) would raise OverflowError, naming nothing
+        raise EmbeddingCacheError(
+            f"{ENV_CACHE_GB}={text!r}: give a finite size bound in GiB, e.g. 20 (unset it for the default)"
+        )
     if not gb > 0:
         raise EmbeddingCacheError(
             f"{ENV_CACHE_GB}={text!r}: the bound must be > 0 GiB (to turn the cache off set {ENV_CACHE_SWITCH}=0)"
