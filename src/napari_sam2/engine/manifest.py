@@ -386,13 +386,14 @@ def write_done_record(
 
 def duplicate_outputs(jobs: Iterable[Job]) -> dict[int, str]:
     """``{index: message}`` of the jobs that would write an output an earlier job writes."""
-    seen: dict[tuple[str, str], int] = {}
+    seen: dict[tuple[str, str], tuple[int, Job]] = {}
     problems = {}
     for i, job in enumerate(jobs):
         out = Path(job.output).expanduser().resolve()
         key = (str(out), job.labels_name if out.name.lower().endswith(".zarr") else "")
         if key in seen:
-            problems[i] = f"writes the same output {job.output} as job {seen[key]} ({Path(job.stack).name})"
+            first, earlier = seen[key]  # name the earlier job's stack: this job is named by its result
+            problems[i] = f"writes the same output {job.output} as job {first} ({Path(earlier.stack).name})"
         else:
-            seen[key] = i
+            seen[key] = (i, job)
     return problems
