@@ -188,5 +188,7 @@ def read_ctc(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if not masks:
         raise FileNotFoundError(f"no maskTTT.tif (or man_trackTTT.tif) in {folder}")
     labels = np.stack([tifffile.imread(p) for p in masks])
+    if tracks[0].stat().st_size == 0:  # no track at all (a blank result): loadtxt would warn
+        return labels, np.zeros((0, 4), dtype=np.int64)
     rows = np.loadtxt(tracks[0], dtype=np.int64, ndmin=2).reshape(-1, 4)
     return labels, rows
