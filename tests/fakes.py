@@ -20,6 +20,8 @@ class FakePredictor:
     logits of shape ``(num_objs, 1, H, W)`` (+5 inside, -5 outside).
     """
 
+    api_extensions = frozenset({"refine", "need_output"})  # keywords beyond Meta's API, as ours declares
+
     def __init__(self, radius: int = 4) -> None:
         self.radius = radius
         self.calls: list[tuple] = []
@@ -325,6 +327,8 @@ class GroundTruthPredictor:
     several frames too). Logits are +10 / -10. It has the methods of ``SAM2VideoPredictor`` that ``track_all`` uses,
     with Meta's signatures, and records its calls in ``calls``.
     """
+
+    api_extensions = frozenset({"need_output"})  # keywords beyond Meta's API, as ours declares
 
     def __init__(self, truth: np.ndarray, coverage: float = 0.5) -> None:
         self.truth = np.asarray(truth)

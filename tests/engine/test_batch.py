@@ -248,6 +248,8 @@ class BrightPredictor:
         ]
         return np.where(np.asarray(masks), 5.0, -5.0).astype(np.float32)[:, None]
 
+    api_extensions = frozenset({"need_output"})
+
     def add_new_points_or_box(
         self, state, frame_idx, obj_id, points=None, labels=None, clear_old_points=True, box=None
     ):

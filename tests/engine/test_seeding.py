@@ -192,6 +192,8 @@ def test_stack_contrast_is_given_to_generators_that_take_one():
     got = []
 
     class Ours:
+        api_extensions = frozenset({"normalizer"})  # declares generate(image, normalizer=...)
+
         def generate(self, image, normalizer=None):
             got.append(normalizer)
             return []

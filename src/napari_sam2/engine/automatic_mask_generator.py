@@ -13,7 +13,7 @@ every crop is mapped alike.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -40,6 +40,7 @@ from .mask_utils import (
     uncrop_points,
 )
 from .normalization import Normalizer
+from .predictor_protocols import EXTENSION_NORMALIZER
 from .validation import check_generator_settings, check_image_not_path
 
 __all__ = ["SAM2AutomaticMaskGenerator", "OUTPUT_MODES"]
@@ -74,6 +75,9 @@ class SAM2AutomaticMaskGenerator:
         use_m2m: refine every mask once by re-running its point with its own low-res logits.
         multimask_output: three masks per point (True) or one.
     """
+
+    #: generate(image, normalizer=...): the frame's contrast mapped as the tracker maps it
+    api_extensions: ClassVar[frozenset[str]] = frozenset({EXTENSION_NORMALIZER})
 
     def __init__(
         self,

@@ -41,6 +41,8 @@ from typing import Any
 
 import numpy as np
 
+from .predictor_protocols import EXTENSION_NORMALIZER, extensions_of
+
 __all__ = [
     "MaskGenerator",
     "NoSeedsError",
@@ -312,16 +314,8 @@ def with_stack_contrast(generator: Any, frames: Any, normalizer: Any = None, cha
     frames as tracking does. ``normalizer`` is used if given, else one is fitted on
     ``frames`` (with ``channels``). Other generators are returned unchanged.
     """
-    import inspect
-
     generate = getattr(generator, "generate", None)
-    if generate is None:
-        return generator
-    try:
-        takes_normalizer = "normalizer" in inspect.signature(generate).parameters
-    except (TypeError, ValueError):
-        return generator
-    if not takes_normalizer:
+    if generate is None or EXTENSION_NORMALIZER not in extensions_of(generator):
         return generator
     if normalizer is None:
         from .normalization import Normalizer

@@ -28,7 +28,6 @@ of the clicks' prompts starts the engine over (the frames and their features sta
 from __future__ import annotations
 
 import contextlib
-import inspect
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from .events import Event, FrameDone, ObjectRemoved, Status, Total
+from .predictor_protocols import EXTENSION_NEED_OUTPUT, EXTENSION_REFINE, VideoPredictor, extensions_of
 from .prompts import ObjectPrompt, PromptSet
 
 __all__ = [
@@ -157,7 +157,7 @@ class TrackingSession:
     """A predictor plus the inference state of one sequence of frames (see the module doc)."""
 
     builder: Callable[[ModelSpec], Any] = build_predictor
-    predictor: Any = None
+    predictor: VideoPredictor | None = None
     model: ModelSpec | None = None
     state: Any = None
     frames_key: Any = None
@@ -173,11 +173,11 @@ class TrackingSession:
     _external: set[int] = field(default_factory=set)
 
     # ---- lifecycle
-    def use_predictor(self, predictor: Any) -> None:
+    def use_predictor(self, predictor: VideoPredictor) -> None:
         """Use this predictor (anything with the video predictor's methods) instead of building one."""
         self._drop_state()
         self.predictor, self.model, self._given = predictor, None, True
-        self._refine_kw = _accepts(predictor.add_new_points_or_box, "refine")
+        self._refine_kw = EXTENSION_REFINE in extensions_of(predictor)
 
     def open(
         self, model: ModelSpec | None, frames_key: Any, frames_fn: Callable[[], Any], **init: Any
@@ -192,7 +192,7 @@ class TrackingSession:
             self.predictor = None
             self.predictor = self.builder(model)
             self.model = model
-            self._refine_kw = _accepts(self.predictor.add_new_points_or_box, "refine")
+            self._refine_kw = EXTENSION_REFINE in extensions_of(self.predictor)
         if self.state is None or frames_key != self.frames_key:
             yield Status("Reading the frames…")
             self._drop_state()
@@ -495,15 +495,8 @@ class TrackingSession:
         yield from self.run(prompts, num_frames, direction, "auto", max_frames, cancel)
 
 
-def _accepts(func: Callable, name: str) -> bool:
-    try:
-        return name in inspect.signature(func).parameters
-    except (TypeError, ValueError):
-        return False
-
-
 def _clear(predictor: Any, state: Any, frame: int, obj_id: int, need_output: bool = False):
     """``clear_all_prompts_in_frame``, asking for no output where the predictor allows it."""
-    if need_output or not _accepts(predictor.clear_all_prompts_in_frame, "need_output"):
+    if need_output or EXTENSION_NEED_OUTPUT not in extensions_of(predictor):
         return predictor.clear_all_prompts_in_frame(state, frame, obj_id)
     return predictor.clear_all_prompts_in_frame(state, frame, obj_id, need_output=False)

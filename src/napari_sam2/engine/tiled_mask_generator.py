@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
 from .mask_utils import rle_from_box_mask, rle_to_mask
 from .normalization import Normalizer
+from .predictor_protocols import EXTENSION_NORMALIZER
 from .validation import check_generator_settings, check_image_not_path
 
 __all__ = ["Tile", "TiledMaskGenerator", "plan_tiles", "tile_starts", "label_image"]
@@ -122,6 +123,9 @@ class TiledMaskGenerator:
             normalizer=...)`` (then no ``generator_kwargs``).
         **generator_kwargs: passed to :class:`SAM2AutomaticMaskGenerator` (points_per_side, ...).
     """
+
+    #: generate(image, normalizer=...): the frame's contrast mapped as the tracker maps it
+    api_extensions: ClassVar[frozenset[str]] = frozenset({EXTENSION_NORMALIZER})
 
     def __init__(
         self,

@@ -22,7 +22,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from .embedding_cache import resolve_embedding_cache
 from .frames import open_frames
 from .heap import trim_heap
 from .normalization import Normalizer
+from .predictor_protocols import EXTENSION_NEED_OUTPUT, EXTENSION_REFINE
 from .store import FrameOutput
 from .validation import PromptError, check_box, check_frame_index, check_mask, check_obj_id, check_points
 from .video_inference import VideoInference
@@ -71,6 +72,9 @@ class SAM2VideoPredictor(VideoInference):
             ``NAPARI_SAM2_EMBEDDING_CACHE=0``). None (the default, as Meta's predictor):
             features are only kept in RAM. Masks are the same with and without it.
     """
+
+    #: keywords beyond Meta's API this predictor takes (see predictor_protocols)
+    api_extensions: ClassVar[frozenset[str]] = frozenset({EXTENSION_REFINE, EXTENSION_NEED_OUTPUT})
 
     def __init__(
         self,
