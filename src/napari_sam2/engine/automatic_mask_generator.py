@@ -17,8 +17,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ..model import SAM2Model
+from ..model.transformer import ImageSide
 from .image_predictor import SAM2ImagePredictor
 from .mask_utils import (
     MaskRecords,
@@ -173,6 +175,8 @@ class SAM2AutomaticMaskGenerator:
         self.output_mode = output_mode
         self.use_m2m = use_m2m
         self.multimask_output = multimask_output
+        # Points whose masks were drawn at crop resolution (a cost counter, see _predict_passing_masks).
+        self.upscaled_points = 0
 
     # ------------------------------------------------------------------ public
     @torch.inference_mode()
@@ -276,7 +280,6 @@ class SAM2AutomaticMaskGenerator:
                 stability_score=np.zeros(0, np.float32),
                 crop_boxes=np.zeros((0, 4), np.float32),
             )
-        del data["low_res_masks"]
         data.to_numpy()
         return data
 
@@ -292,10 +295,12 @@ class SAM2AutomaticMaskGenerator:
         crop = image[y0:y1, x0:x1]
         crop_size = crop.shape[:2]
         self.predictor.set_image(crop, normalizer=normalizer)
+        # The decoder's per-image part, once per crop for all its batches (two-stage path only).
+        prepared = self._prepare_decoder() if self._decodes_in_two_stages() else None
         points_for_crop = self.point_grids[layer_idx] * np.array(crop_size)[None, ::-1]
         data = MaskRecords()
         for (points,) in batch_iterator(self.points_per_batch, points_for_crop):
-            data.cat(self._process_batch(points, crop_size, crop_box, orig_size))
+            data.cat(self._process_batch(points, crop_size, crop_box, orig_size, prepared))
         self.predictor.reset_predictor()
         if len(data) == 0:
             return data
@@ -318,35 +323,20 @@ class SAM2AutomaticMaskGenerator:
         crop_size: tuple[int, int],
         crop_box: list[int],
         orig_size: tuple[int, int],
+        prepared: ImageSide | None = None,
     ) -> MaskRecords:
         orig_h, orig_w = orig_size
         device = self.predictor.device
         points = torch.as_tensor(points, dtype=torch.float32, device=device)
         in_points = self.predictor.transform_coords(points, normalize=True, orig_hw=crop_size)
         in_labels = torch.ones(in_points.shape[0], dtype=torch.int32, device=device)
-        masks, iou_preds, low_res = self.predictor.predict_torch(
-            in_points[:, None, :],
-            in_labels[:, None],
-            multimask_output=self.multimask_output,
-            return_logits=True,
-        )
-        per_point = masks.shape[1]
-        data = MaskRecords(
-            masks=masks.flatten(0, 1),
-            iou_preds=iou_preds.flatten(0, 1),
-            points=points.repeat_interleave(per_point, dim=0),
-            low_res_masks=low_res.flatten(0, 1),
-        )
-        del masks
-        if self.use_m2m:
-            # One refinement step: each mask's own low-res logits as the mask prompt.
-            in_points = self.predictor.transform_coords(data["points"], normalize=True, orig_hw=crop_size)
-            labels = torch.ones(in_points.shape[0], dtype=torch.int32, device=device)
-            refined, refined_iou = self._refine_with_m2m(in_points, labels, data["low_res_masks"])
-            data["masks"] = refined.squeeze(1)
-            data["iou_preds"] = refined_iou.squeeze(1)
-        if self.pred_iou_thresh > 0.0:
-            data.filter(data["iou_preds"] > self.pred_iou_thresh)
+        if prepared is not None:
+            masks, iou_preds, source = self._predict_passing_masks(in_points, in_labels, crop_size, prepared)
+            data = MaskRecords(masks=masks, iou_preds=iou_preds, points=points[source])
+        else:
+            data = self._predict_all_masks(points, in_points, in_labels, crop_size)
+            if self.pred_iou_thresh > 0.0:
+                data.filter(data["iou_preds"] > self.pred_iou_thresh)
         data["stability_score"] = calculate_stability_score(
             data["masks"], self.mask_threshold, self.stability_score_offset
         )
@@ -361,6 +351,94 @@ class SAM2AutomaticMaskGenerator:
         data["rles"] = mask_to_rle_pytorch(uncrop_masks(data["masks"], crop_box, orig_h, orig_w))
         del data["masks"]
         return data
+
+    def _decodes_in_two_stages(self) -> bool:
+        """Whether the decoder runs in two stages: tokens for every point, then masks only for
+        outputs that pass the predicted-IoU filter (all outputs when it is off).
+
+        Possible when the IoU filtered on is the decoder's first answer for each of the three
+        outputs: not with m2m (the refined IoU decides) nor with a single output (the choice
+        among outputs needs every output's mask). Only our own predictor exposes the stages.
+        """
+        return self.multimask_output and not self.use_m2m and isinstance(self.predictor, SAM2ImagePredictor)
+
+    def _prepare_decoder(self) -> ImageSide:
+        """The decoder's per-image part for the image set on the predictor (see MaskDecoder.prepare_image)."""
+        pred = self.predictor
+        model = pred.model
+        pe = model.sam_prompt_encoder
+        _, dense = pe(None, None, batch_size=1)  # no mask prompt: every point's dense prompt
+        with pred._autocast():
+            return model.sam_mask_decoder.prepare_image(
+                pred._features["image_embed"][:1], pe.get_dense_pe(), dense
+            )
+
+    def _predict_all_masks(
+        self,
+        points: torch.Tensor,
+        in_points: torch.Tensor,
+        in_labels: torch.Tensor,
+        crop_size: tuple[int, int],
+    ) -> MaskRecords:
+        """Every output of every point at crop resolution, refined by m2m if asked (Meta's order)."""
+        masks, iou_preds, low_res = self.predictor.predict_torch(
+            in_points[:, None, :],
+            in_labels[:, None],
+            multimask_output=self.multimask_output,
+            return_logits=True,
+        )
+        per_point = masks.shape[1]
+        data = MaskRecords(
+            masks=masks.flatten(0, 1),
+            iou_preds=iou_preds.flatten(0, 1),
+            points=points.repeat_interleave(per_point, dim=0),
+        )
+        del masks
+        if self.use_m2m:
+            # One refinement step: each mask's own low-res logits as the mask prompt.
+            in_points = self.predictor.transform_coords(data["points"], normalize=True, orig_hw=crop_size)
+            labels = torch.ones(in_points.shape[0], dtype=torch.int32, device=in_points.device)
+            refined, refined_iou = self._refine_with_m2m(in_points, labels, low_res.flatten(0, 1))
+            data["masks"] = refined.squeeze(1)
+            data["iou_preds"] = refined_iou.squeeze(1)
+        return data
+
+    @torch.inference_mode()
+    def _predict_passing_masks(
+        self,
+        in_points: torch.Tensor,
+        in_labels: torch.Tensor,
+        crop_size: tuple[int, int],
+        prepared: ImageSide,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The masks whose predicted IoU passes, drawn at crop resolution; the others never are.
+
+        Returns the masks' logits (k, h, w), their predicted IoUs (k) and the index of each
+        mask's point (k), in Meta's order (point by point, outputs in order). The numbers are
+        those of ``predict_torch`` followed by the filter: the token heads see the same batch,
+        and everything after them is per mask (tests/engine/test_amg_speed.py compares them).
+        """
+        pred = self.predictor
+        model = pred.model
+        decoder = model.sam_mask_decoder
+        with pred._autocast():
+            sparse, _ = model.sam_prompt_encoder((in_points[:, None, :], in_labels[:, None]), None)
+            tokens = decoder.decode_tokens(None, None, sparse, None, repeat_image=True, prepared=prepared)
+            iou = tokens.iou_pred[:, 1:].float()  # multimask: outputs 1-3, as the decoder's forward
+            if self.pred_iou_thresh > 0.0:
+                keep = iou > self.pred_iou_thresh  # (n, 3)
+            else:
+                keep = torch.ones_like(iou, dtype=torch.bool)
+            rows = keep.any(dim=1).nonzero().squeeze(1)
+            self.upscaled_points += int(rows.numel())
+            if rows.numel() == 0:
+                return iou.new_zeros((0, *crop_size)), iou.new_zeros(0), rows
+            low = decoder.upscale_masks(tokens, [f[:1] for f in pred._features["high_res_feats"]], rows)
+        low = low[:, 1:].float()[keep[rows]]  # (k, 4h, 4w)
+        masks = F.interpolate(
+            pred._clean_low_res(low[:, None]), crop_size, mode="bilinear", align_corners=False
+        )
+        return masks[:, 0], iou[keep], keep.flatten().nonzero().squeeze(1) // iou.shape[1]
 
     def _refine_with_m2m(
         self, points: torch.Tensor, labels: torch.Tensor, low_res_masks: torch.Tensor

@@ -222,13 +222,16 @@ def mask_to_rle_pytorch(masks: torch.Tensor) -> list[Rle]:
     """(N, H, W) bool masks -> uncompressed RLEs (column-major, first count = leading zeros)."""
     n, h, w = masks.shape
     flat = masks.permute(0, 2, 1).flatten(1)
-    changes = (flat[:, 1:] ^ flat[:, :-1]).nonzero()
+    changes = (flat[:, 1:] ^ flat[:, :-1]).nonzero().cpu().numpy()
+    # nonzero() lists the changes mask by mask, so one split gives each mask's own: one pass
+    # over all changes instead of one search of all of them per mask.
+    per_mask = np.split(changes[:, 1] + 1, np.cumsum(np.bincount(changes[:, 0], minlength=n))[:-1])
+    starts_on = flat[:, 0].cpu().tolist()
     out = []
     for i in range(n):
-        idx = changes[changes[:, 0] == i, 1] + 1
-        bounds = torch.cat([idx.new_zeros(1), idx, idx.new_full((1,), h * w)])
-        counts = [] if not bool(flat[i, 0]) else [0]
-        counts.extend((bounds[1:] - bounds[:-1]).tolist())
+        bounds = np.concatenate(([0], per_mask[i], [h * w]))
+        counts = [0] if starts_on[i] else []
+        counts.extend(np.diff(bounds).tolist())
         out.append({"size": [h, w], "counts": counts})
     return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -37,7 +38,28 @@ class Attention(nn.Module):
         return x.transpose(1, 2).reshape(b, n, h * d)
 
     def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        q, k, v = self._heads(self.q_proj(q)), self._heads(self.k_proj(k)), self._heads(self.v_proj(v))
+        """Queries (B, Nq, C) attend to keys and values (B, Nk, C); a side of batch 1 is shared."""
+        return self.attend(self.project_q(q), self.project_k(k), self.project_v(v))
+
+    def project_q(self, x: torch.Tensor) -> torch.Tensor:
+        return self._heads(self.q_proj(x))
+
+    def project_k(self, x: torch.Tensor) -> torch.Tensor:
+        return self._heads(self.k_proj(x))
+
+    def project_v(self, x: torch.Tensor) -> torch.Tensor:
+        return self._heads(self.v_proj(x))
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Attention of projected heads (B, heads, N, d) and the output projection.
+
+        A side of batch 1 (the image, shared by every point prompt of segment everything) is
+        broadcast over the other side's batch: the same numbers as projecting a copy per
+        prompt, without the copies (each row of a projection is its own dot products).
+        """
+        b = max(q.shape[0], k.shape[0])
+        if q.shape[0] != b or k.shape[0] != b or v.shape[0] != b:
+            q, k, v = (t.expand(b, *t.shape[1:]) for t in (q, k, v))
         return self.out_proj(self._merge(attention(q, k, v)))
 
 
@@ -110,8 +132,15 @@ class TwoWayAttentionBlock(nn.Module):
         self.skip_first_layer_pe = skip_first_layer_pe
 
     def forward(
-        self, queries: torch.Tensor, keys: torch.Tensor, query_pe: torch.Tensor, key_pe: torch.Tensor
+        self,
+        queries: torch.Tensor,
+        keys: torch.Tensor,
+        query_pe: torch.Tensor,
+        key_pe: torch.Tensor,
+        image: ImageSide | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """``image``: this block's image-side projections made once by
+        :meth:`TwoWayTransformer.prepare_image` (first block only: later ones see per-prompt keys)."""
         if self.skip_first_layer_pe:
             queries = self.self_attn(queries, queries, queries)
         else:
@@ -119,13 +148,39 @@ class TwoWayAttentionBlock(nn.Module):
             queries = queries + self.self_attn(q, q, queries)
         queries = self.norm1(queries)
 
-        k = keys + key_pe
-        queries = self.norm2(queries + self.cross_attn_token_to_image(queries + query_pe, k, keys))
+        if image is None:
+            k = keys + key_pe
+            image = ImageSide(
+                keys=keys,
+                key_pe=key_pe,
+                k=self.cross_attn_token_to_image.project_k(k),
+                v=self.cross_attn_token_to_image.project_v(keys),
+                q=self.cross_attn_image_to_token.project_q(k),
+            )
+        t2i = self.cross_attn_token_to_image
+        queries = self.norm2(queries + t2i.attend(t2i.project_q(queries + query_pe), image.k, image.v))
         queries = self.norm3(queries + self.mlp(queries))
 
         q = queries + query_pe
-        keys = self.norm4(keys + self.cross_attn_image_to_token(k, q, queries))
+        i2t = self.cross_attn_image_to_token
+        keys = self.norm4(keys + i2t.attend(image.q, i2t.project_k(q), i2t.project_v(queries)))
         return queries, keys
+
+
+@dataclass
+class ImageSide:
+    """The first two-way block's image-side inputs, computed once per image.
+
+    Before the first block's last step the image tokens do not depend on the prompts, so
+    their projections serve every prompt batch on that image (segment everything).
+    """
+
+    keys: torch.Tensor  # (1, h*w, C) image tokens
+    key_pe: torch.Tensor  # (1, h*w, C) their positional encoding
+    k: torch.Tensor  # token-to-image keys, heads (1, heads, h*w, d)
+    v: torch.Tensor  # token-to-image values
+    q: torch.Tensor  # image-to-token queries
+    hw: tuple[int, int] = (0, 0)  # the image's (H, W)
 
 
 class TwoWayTransformer(nn.Module):
@@ -147,14 +202,42 @@ class TwoWayTransformer(nn.Module):
         self.final_attn_token_to_image = Attention(embedding_dim, num_heads, attention_downsample_rate)
         self.norm_final_attn = nn.LayerNorm(embedding_dim)
 
-    def forward(
-        self, image: torch.Tensor, image_pe: torch.Tensor, tokens: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """image, image_pe: (B, C, H, W); tokens: (B, N, C). Returns (tokens, image tokens (B, HW, C))."""
+    def prepare_image(self, image: torch.Tensor, image_pe: torch.Tensor) -> ImageSide:
+        """The first block's image-side projections of one image (1, C, H, W), for :meth:`forward`."""
         keys = image.flatten(2).permute(0, 2, 1)
         key_pe = image_pe.flatten(2).permute(0, 2, 1)
+        first = self.layers[0]
+        k = keys + key_pe
+        return ImageSide(
+            keys=keys,
+            key_pe=key_pe,
+            k=first.cross_attn_token_to_image.project_k(k),
+            v=first.cross_attn_token_to_image.project_v(keys),
+            q=first.cross_attn_image_to_token.project_q(k),
+            hw=(image.shape[2], image.shape[3]),
+        )
+
+    def forward(
+        self,
+        image: torch.Tensor | None,
+        image_pe: torch.Tensor | None,
+        tokens: torch.Tensor,
+        prepared: ImageSide | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """image, image_pe: (B, C, H, W); tokens: (B, N, C). Returns (tokens, image tokens (B, HW, C)).
+
+        ``image`` may have batch 1 for B token sets (one image, many prompts): the first block's
+        image side is then computed once and broadcast; its image update makes it per prompt.
+        ``prepared`` (from :meth:`prepare_image`) replaces ``image`` and ``image_pe`` and skips
+        even that once-per-call work (one image, many prompt batches). Same numbers either way.
+        """
+        if prepared is None:
+            keys = image.flatten(2).permute(0, 2, 1)
+            key_pe = image_pe.flatten(2).permute(0, 2, 1)
+        else:
+            keys, key_pe = prepared.keys, prepared.key_pe
         queries = tokens
-        for layer in self.layers:
-            queries, keys = layer(queries, keys, tokens, key_pe)
+        for i, layer in enumerate(self.layers):
+            queries, keys = layer(queries, keys, tokens, key_pe, prepared if i == 0 else None)
         attn = self.final_attn_token_to_image(queries + tokens, keys + key_pe, keys)
         return self.norm_final_attn(queries + attn), keys
