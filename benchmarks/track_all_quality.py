@@ -10,7 +10,9 @@ and larger movies of the same generator (``--data large``: 100 frames of 512 x 5
 
 Configurations: ``discover+reseed10`` (every-frame discovery, a full re-seed every 10
 frames), ``discover`` (discovery, never a re-seed), and, for comparison, ``reseed10`` (no
-discovery, a full re-seed every 10 frames: how new cells were found before discovery).
+discovery, a full re-seed every 10 frames: how new cells were found before discovery) and
+``discover(otsu)`` (discovery with Otsu's threshold alone, its first version: dim entering
+cells found late).
 
 Scores: TRA (both scorers), division F1 (traccuracy's DivisionMetrics, IoU matcher one to
 one, no frame tolerance; py-ctcmetrics' BC(0), the same quantity on the CTC matching), and
@@ -37,7 +39,13 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 
-CONFIGS = {"reseed10": (10, False), "discover+reseed10": (10, True), "discover": (0, True)}
+# name -> (reseed_every, discovery on, discovery's threshold)
+CONFIGS = {
+    "reseed10": (10, False, "background"),
+    "discover+reseed10": (10, True, "background"),
+    "discover": (0, True, "background"),
+    "discover(otsu)": (0, True, "otsu"),
+}
 DATA = {
     "sample": dict(n_frames=60, shape=(256, 256)),  # synthetic_lineage_timelapse's defaults
     "large": dict(n_frames=100, shape=(512, 512), n_cells=40, n_divisions=12, n_entering=10, n_leaving=6),
@@ -123,6 +131,7 @@ def run_one(data: str, seed: int, name: str, work: Path, min_area: int, cache: d
     sys.path.insert(0, str(ROOT / "tests"))
     from fakes import GroundTruthMaskGenerator, GroundTruthPredictor
 
+    from napari_sam2.engine.discovery import DiscoveryConfig
     from napari_sam2.engine.lineage import TrackGraph
     from napari_sam2.engine.seeding import SeedFilter
     from napari_sam2.engine.track_all import TrackAllConfig, TrackAllRun
@@ -138,10 +147,11 @@ def run_one(data: str, seed: int, name: str, work: Path, min_area: int, cache: d
         cache.clear()  # one movie in memory at a time
         cache[key] = (image, gt, truth, gt_dir)
     image, gt, truth, gt_dir = cache[key]
-    every, discover = CONFIGS[name]
+    every, discover, threshold = CONFIGS[name]
     config = TrackAllConfig(
         reseed_every=every,
         discover_every_frame=discover,
+        discovery=DiscoveryConfig(threshold=threshold),
         seed_filter=SeedFilter(min_area=min_area, drop_border_touching=False),
     )
     run = TrackAllRun(GroundTruthPredictor(gt), image, GroundTruthMaskGenerator(image, gt), config)
@@ -159,6 +169,7 @@ def run_one(data: str, seed: int, name: str, work: Path, min_area: int, cache: d
         "config": name,
         "reseed_every": every,
         "discovery": discover,
+        "threshold": threshold if discover else None,
         "frames": int(gt.shape[0]),
         "size": list(gt.shape[1:]),
         "gt_tracks": len(truth),

@@ -5,11 +5,17 @@ so track-all can afford it only every N frames, and a cell that enters the field
 is found up to N frames late. Discovery runs on every frame instead, at a cost that scales
 with what is *not* tracked:
 
-1. **Uncovered foreground** (:func:`uncovered_foreground`): the frame's foreground by Otsu's
-   threshold (scikit-image) on the lightly smoothed frame, minus the tracked objects dilated
-   by ``margin`` pixels (their rims are not new objects), minus pieces under ``min_area``
-   pixels. Whether objects are brighter or darker than the background is read from the
-   tracked objects themselves (bright when nothing is tracked yet).
+1. **Uncovered foreground** (:func:`uncovered_foreground`): the frame's foreground on the
+   lightly smoothed frame, minus the tracked objects dilated by ``margin`` pixels (their rims
+   are not new objects), minus pieces under ``min_area`` pixels. The threshold
+   (``DiscoveryConfig.threshold``): "background" (default) is the background's level plus
+   ``noise_sigmas`` times its noise (median and MAD of the pixels on the background side of
+   Otsu's threshold), never further from the background than Otsu's threshold and never
+   nearer than halfway to it (so that a noise-free frame's blurred rims stay out); "otsu" is Otsu's threshold
+   alone, which, when cells differ in brightness, can fall between dim and bright cells and
+   leave most of a dim cell that enters the field under ``min_area`` (found frames late).
+   Whether objects are brighter or darker than the background is read from the tracked
+   objects themselves (bright when nothing is tracked yet).
 2. **Prompt points** (:func:`prompt_points`): one point per uncovered piece, on its innermost
    pixel (the maximum of its distance transform), plus, in pieces much larger than a tracked
    object, points of a grid whose spacing is the tracked objects' median diameter, so that a
@@ -64,6 +70,9 @@ class DiscoveryConfig:
         smooth: Gaussian sigma (pixels) applied before thresholding (noise makes specks).
         polarity: "auto" (from the tracked objects), "bright" or "dark" objects.
         min_foreground: a new object needs at least this fraction on uncovered foreground.
+        threshold: "background" (noise-based, the default) or "otsu" (see the module doc, step 1).
+        noise_sigmas: with "background", how many noise standard deviations above (below,
+            for dark objects) the background's level a pixel must be to be foreground.
     """
 
     margin: int = 2
@@ -73,6 +82,8 @@ class DiscoveryConfig:
     smooth: float = 1.0
     polarity: str = "auto"
     min_foreground: float = 0.5
+    threshold: str = "background"
+    noise_sigmas: float = 4.0
 
     def __post_init__(self) -> None:
         if self.margin < 0:
@@ -89,6 +100,10 @@ class DiscoveryConfig:
             raise ValueError(f"discovery polarity must be 'auto', 'bright' or 'dark', got {self.polarity!r}")
         if not 0.0 <= self.min_foreground <= 1.0:
             raise ValueError(f"discovery min_foreground must be in [0, 1], got {self.min_foreground}")
+        if self.threshold not in ("background", "otsu"):
+            raise ValueError(f"discovery threshold must be 'background' or 'otsu', got {self.threshold!r}")
+        if self.noise_sigmas <= 0:
+            raise ValueError(f"discovery noise_sigmas must be > 0, got {self.noise_sigmas}")
 
 
 @dataclass(frozen=True)
@@ -139,6 +154,8 @@ def uncovered_foreground(
     elif config.polarity == "auto" and covered.any() and (~covered).any():
         # the tracked objects say which side of the background objects lie on
         bright = float(np.median(gray[covered])) >= float(np.median(gray[~covered]))
+    if config.threshold == "background":
+        threshold = _background_threshold(gray, threshold, bright, config.noise_sigmas)
     fg = gray > threshold if bright else gray < threshold
     if covered.any():
         fg &= ~(dilation(covered, disk(config.margin)) if config.margin else covered)
@@ -148,6 +165,17 @@ def uncovered_foreground(
     sizes = np.bincount(pieces.ravel())
     sizes[0] = 0
     return (sizes >= min_area)[pieces]
+
+
+def _background_threshold(gray: np.ndarray, otsu: float, bright: bool, sigmas: float) -> float:
+    """The background's level +- ``sigmas`` noise SDs, between halfway to Otsu's threshold
+    and Otsu's threshold (module doc, step 1)."""
+    background = gray[gray <= otsu] if bright else gray[gray >= otsu]
+    level = float(np.median(background))
+    noise = 1.4826 * float(np.median(np.abs(background - level)))  # MAD: robust to cells' rims
+    distance = abs(otsu - level)
+    step = min(max(sigmas * noise, 0.5 * distance), distance)
+    return level + step if bright else level - step
 
 
 def _auto_spacing(tracked: np.ndarray) -> int:
