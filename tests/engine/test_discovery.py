@@ -242,3 +242,23 @@ def test_a_dim_cell_beside_bright_ones_is_foreground_from_its_first_frame():
     assert len(found) == 1 and (found.masks[0] == dim).all()
     with pytest.raises(ValueError, match="threshold"):
         DiscoveryConfig(threshold="triangle")
+
+
+def test_a_sliver_entering_at_the_border_is_prompted_on_the_cell_not_its_rim():
+    """A cell entering the field shows as a strip along the border, every pixel one deep:
+    the innermost pixels tie, and the first in raster order is the smoothing's rim above
+    the cell. The brightest of them is on the cell."""
+    cell = np.zeros((64, 64), bool)
+    cell[20:36, 63] = True  # 16 px on the right border
+    uncovered = np.zeros((64, 64), bool)
+    uncovered[17:39, 62:64] = True  # the cell and its blurred rim, 2 px wide
+    likeness = np.where(cell, 1000.0, np.where(uncovered, 300.0, 0.0))
+    ((x, y),) = prompt_points(uncovered, None, DiscoveryConfig())
+    assert not cell[int(y), int(x)]  # without intensities: the rim (what discovery missed)
+    ((x, y),) = prompt_points(uncovered, None, DiscoveryConfig(), likeness)
+    assert cell[int(y), int(x)]
+    # dark objects: discovery passes the negated frame, the same rule
+    ((x, y),) = prompt_points(
+        uncovered, None, DiscoveryConfig(), -np.where(cell, 10.0, np.where(uncovered, 700.0, 1000.0))
+    )
+    assert cell[int(y), int(x)]

@@ -17,7 +17,8 @@ with what is *not* tracked:
    Whether objects are brighter or darker than the background is read from the tracked
    objects themselves (bright when nothing is tracked yet).
 2. **Prompt points** (:func:`prompt_points`): one point per uncovered piece, on its innermost
-   pixel (the maximum of its distance transform), plus, in pieces much larger than a tracked
+   pixel (the maximum of its distance transform; of several, the brightest, or darkest for
+   dark objects: a sliver entering at the border is one pixel deep throughout), plus, in pieces much larger than a tracked
    object, points of a grid whose spacing is the tracked objects' median diameter, so that a
    clump of new cells gets one point per cell. At most ``max_points``, largest pieces first.
    No uncovered foreground: no point, and the generator is not called at all.
@@ -133,6 +134,13 @@ def uncovered_foreground(
     ``frame`` is (H, W) or (H, W, C) (channels averaged); ``tracked`` is the (H, W) label
     image of the tracked objects (0: none).
     """
+    return _uncovered(frame, tracked, config, min_area)[0]
+
+
+def _uncovered(
+    frame: np.ndarray, tracked: np.ndarray, config: DiscoveryConfig | None, min_area: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(uncovered foreground, object-likeness): the smoothed frame, negated for dark objects."""
     from skimage.filters import gaussian, threshold_otsu
     from skimage.measure import label
     from skimage.morphology import dilation, disk
@@ -145,7 +153,7 @@ def uncovered_foreground(
     if config.smooth > 0:
         gray = gaussian(gray, sigma=config.smooth, preserve_range=True)
     if float(gray.max()) == float(gray.min()):  # a flat frame has no foreground
-        return np.zeros(gray.shape, dtype=bool)
+        return np.zeros(gray.shape, dtype=bool), gray
     threshold = threshold_otsu(gray)
     covered = tracked > 0
     bright = True
@@ -159,12 +167,13 @@ def uncovered_foreground(
     fg = gray > threshold if bright else gray < threshold
     if covered.any():
         fg &= ~(dilation(covered, disk(config.margin)) if config.margin else covered)
+    likeness = gray if bright else -gray
     if min_area <= 1:
-        return fg
+        return fg, likeness
     pieces = label(fg, connectivity=2)
     sizes = np.bincount(pieces.ravel())
     sizes[0] = 0
-    return (sizes >= min_area)[pieces]
+    return (sizes >= min_area)[pieces], likeness
 
 
 def _background_threshold(gray: np.ndarray, otsu: float, bright: bool, sigmas: float) -> float:
@@ -186,12 +195,19 @@ def _auto_spacing(tracked: np.ndarray) -> int:
 
 
 def prompt_points(
-    uncovered: np.ndarray, tracked: np.ndarray | None = None, config: DiscoveryConfig | None = None
+    uncovered: np.ndarray,
+    tracked: np.ndarray | None = None,
+    config: DiscoveryConfig | None = None,
+    likeness: np.ndarray | None = None,
 ) -> np.ndarray:
     """Prompt points (K, 2) float (x, y) on the uncovered foreground: see the module doc, step 2.
 
     The number of points grows with the uncovered area (one per piece, one per grid cell
-    of ``spacing`` squared in large pieces), never with the frame's size.
+    of ``spacing`` squared in large pieces), never with the frame's size. ``likeness``
+    ((H, W), higher: more like an object, e.g. the smoothed frame for bright objects) breaks
+    ties between a piece's innermost pixels: a cell entering the field is a sliver along
+    the border whose pixels are all one pixel deep, and the first of them in raster order
+    can be the smoothing's rim beside the cell, not the cell.
     """
     from scipy.ndimage import distance_transform_edt
     from skimage.measure import label, regionprops
@@ -210,7 +226,12 @@ def prompt_points(
         r0, c0, _, _ = region.bbox
         local = region.image
         d = np.where(local, depth[region.slice], 0.0)
-        iy, ix = np.unravel_index(int(np.argmax(d)), d.shape)
+        if likeness is None:
+            iy, ix = np.unravel_index(int(np.argmax(d)), d.shape)
+        else:  # the most object-like of the innermost pixels
+            inner = d >= d.max() - 0.5
+            like = np.where(inner, likeness[region.slice], -np.inf)
+            iy, ix = np.unravel_index(int(np.argmax(like)), d.shape)
         mine = [(float(c0 + ix), float(r0 + iy))]
         if region.area > 2 * spacing * spacing:  # a clump: a grid point per object-sized cell
             gy, gx = np.mgrid[
@@ -277,8 +298,8 @@ def discover_objects(
     config = config or DiscoveryConfig()
     tracked = np.asarray(tracked)
     min_area = config.min_area if config.min_area is not None else seed_filter.min_area
-    uncovered = uncovered_foreground(frame, tracked, config, min_area)
-    points = prompt_points(uncovered, tracked, config)
+    uncovered, likeness = _uncovered(frame, tracked, config, min_area)
+    points = prompt_points(uncovered, tracked, config, likeness)
     if len(points) == 0:
         return Discovered(points, [], [], 0, 0)
     masks, scores = prompted_masks(generator, frame, points, call)
