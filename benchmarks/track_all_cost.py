@@ -106,6 +106,7 @@ class Meter:
         self.generator = dict.fromkeys(PHASES, 0)
         self.generator_s = dict.fromkeys(PHASES, 0.0)
         self.points = dict.fromkeys(PHASES, 0)
+        self.shadow_seeds: list[int] = []  # objects each shadow re-seed kept
         self.seconds = dict.fromkeys(PHASES, 0.0)
         self._enc_t0 = 0.0
         self._t = time.perf_counter()
@@ -223,7 +224,6 @@ def measure(
     from napari_sam2.engine.track_all import TrackAllConfig
 
     meter = Meter()
-    meter.shadow_seeds = []
     hooks = meter.hook_encoder(model) if model is not None else []
     if not hasattr(generator, "_meter_inner"):
         generator._meter_inner = generator.generate
