@@ -218,3 +218,47 @@ def test_discovery_needs_a_generator():
     )
     run.run()
     assert run.discovery_points == 0 and not (run.result().labels == 3).any()
+
+
+def test_a_dim_cell_beside_bright_ones_is_foreground_from_its_first_frame():
+    """Otsu's threshold falls between dim and bright cells: most of a dim cell, e.g. one
+    just entering the field, would be under it (and under min_area: found frames late).
+    The background threshold (level + 4 noise SDs, at least halfway to Otsu's) keeps it."""
+    shape = (128, 128)
+    bright = [(20, 20), (20, 60), (20, 100), (60, 20), (60, 60), (100, 20), (100, 100)]
+    labels = np.zeros(shape, np.int32)
+    for i, c in enumerate(bright, start=1):
+        labels[disc(shape, c, 7)] = i
+    dim = disc(shape, (100, 60), 5)
+    rng = np.random.default_rng(0)
+    image = rng.normal(900, 100, shape) + 3000.0 * (labels > 0) + 1100.0 * dim
+    tracked = labels  # every bright cell is tracked; the dim one is new
+    fg = uncovered_foreground(image, tracked, DiscoveryConfig(), min_area=16)
+    assert (fg & dim).sum() >= 0.75 * dim.sum()  # all but its blurred rim
+    assert not (fg & ~dim).any()  # neither the background's noise nor the tracked cells' rims
+    otsu = uncovered_foreground(image, tracked, DiscoveryConfig(threshold="otsu"), min_area=16)
+    assert (otsu & dim).sum() < 0.5 * dim.sum()  # what the first version saw
+    found = discover_objects(image, tracked, CountingGenerator(labels + 8 * dim), SeedFilter(min_area=16))
+    assert len(found) == 1 and (found.masks[0] == dim).all()
+    with pytest.raises(ValueError, match="threshold"):
+        DiscoveryConfig(threshold="triangle")
+
+
+def test_a_sliver_entering_at_the_border_is_prompted_on_the_cell_not_its_rim():
+    """A cell entering the field shows as a strip along the border, every pixel one deep:
+    the innermost pixels tie, and the first in raster order is the smoothing's rim above
+    the cell. The brightest of them is on the cell."""
+    cell = np.zeros((64, 64), bool)
+    cell[20:36, 63] = True  # 16 px on the right border
+    uncovered = np.zeros((64, 64), bool)
+    uncovered[17:39, 62:64] = True  # the cell and its blurred rim, 2 px wide
+    likeness = np.where(cell, 1000.0, np.where(uncovered, 300.0, 0.0))
+    ((x, y),) = prompt_points(uncovered, None, DiscoveryConfig())
+    assert not cell[int(y), int(x)]  # without intensities: the rim (what discovery missed)
+    ((x, y),) = prompt_points(uncovered, None, DiscoveryConfig(), likeness)
+    assert cell[int(y), int(x)]
+    # dark objects: discovery passes the negated frame, the same rule
+    ((x, y),) = prompt_points(
+        uncovered, None, DiscoveryConfig(), -np.where(cell, 10.0, np.where(uncovered, 700.0, 1000.0))
+    )
+    assert cell[int(y), int(x)]

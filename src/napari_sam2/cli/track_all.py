@@ -151,7 +151,14 @@ def _run(args: argparse.Namespace) -> int:
 
     from napari_sam2 import __version__
     from napari_sam2.engine.checkpoints import CheckpointError
-    from napari_sam2.engine.track_all import FrameTracked, NoSeedsError, Status, Total, TrackAllRun
+    from napari_sam2.engine.track_all import (
+        FrameTracked,
+        NoSeedsError,
+        Status,
+        Total,
+        TrackAllRun,
+        TrackStarted,
+    )
 
     def say(message: str) -> None:
         if not args.quiet:
@@ -181,6 +188,7 @@ def _run(args: argparse.Namespace) -> int:
 
         bar = tqdm(desc="tracking", unit="frame", file=sys.stderr)
     stopped = ""  # why the run stopped early, if it did
+    found = 0  # cells found so far (progress)
     events = run.events()
     try:
         for event in events:
@@ -189,8 +197,11 @@ def _run(args: argparse.Namespace) -> int:
             if isinstance(event, Total):
                 bar.total = event.frames
                 bar.refresh()
-            elif isinstance(event, FrameTracked):  # frames done/total, cells on the frame, tracks so far
-                bar.set_postfix(cells=event.cells, tracks=event.tracks, refresh=False)
+            elif isinstance(event, TrackStarted) and event.reason != "division":
+                found += 1  # a cell found: seeded, discovered or re-seeded (daughters are not "found")
+            elif isinstance(event, FrameTracked):
+                # frames done/total (the bar), cells on the frame, cells found so far, tracks so far
+                bar.set_postfix(cells=event.cells, found=found, tracks=event.tracks, refresh=False)
                 bar.update(event.done - bar.n)
             elif isinstance(event, Status):
                 bar.write(event.text, file=sys.stderr)

@@ -5,13 +5,20 @@ so track-all can afford it only every N frames, and a cell that enters the field
 is found up to N frames late. Discovery runs on every frame instead, at a cost that scales
 with what is *not* tracked:
 
-1. **Uncovered foreground** (:func:`uncovered_foreground`): the frame's foreground by Otsu's
-   threshold (scikit-image) on the lightly smoothed frame, minus the tracked objects dilated
-   by ``margin`` pixels (their rims are not new objects), minus pieces under ``min_area``
-   pixels. Whether objects are brighter or darker than the background is read from the
-   tracked objects themselves (bright when nothing is tracked yet).
+1. **Uncovered foreground** (:func:`uncovered_foreground`): the frame's foreground on the
+   lightly smoothed frame, minus the tracked objects dilated by ``margin`` pixels (their rims
+   are not new objects), minus pieces under ``min_area`` pixels. The threshold
+   (``DiscoveryConfig.threshold``): "background" (default) is the background's level plus
+   ``noise_sigmas`` times its noise (median and MAD of the pixels on the background side of
+   Otsu's threshold), never further from the background than Otsu's threshold and never
+   nearer than halfway to it (so that a noise-free frame's blurred rims stay out); "otsu" is Otsu's threshold
+   alone, which, when cells differ in brightness, can fall between dim and bright cells and
+   leave most of a dim cell that enters the field under ``min_area`` (found frames late).
+   Whether objects are brighter or darker than the background is read from the tracked
+   objects themselves (bright when nothing is tracked yet).
 2. **Prompt points** (:func:`prompt_points`): one point per uncovered piece, on its innermost
-   pixel (the maximum of its distance transform), plus, in pieces much larger than a tracked
+   pixel (the maximum of its distance transform; of several, the brightest, or darkest for
+   dark objects: a sliver entering at the border is one pixel deep throughout), plus, in pieces much larger than a tracked
    object, points of a grid whose spacing is the tracked objects' median diameter, so that a
    clump of new cells gets one point per cell. At most ``max_points``, largest pieces first.
    No uncovered foreground: no point, and the generator is not called at all.
@@ -64,6 +71,9 @@ class DiscoveryConfig:
         smooth: Gaussian sigma (pixels) applied before thresholding (noise makes specks).
         polarity: "auto" (from the tracked objects), "bright" or "dark" objects.
         min_foreground: a new object needs at least this fraction on uncovered foreground.
+        threshold: "background" (noise-based, the default) or "otsu" (see the module doc, step 1).
+        noise_sigmas: with "background", how many noise standard deviations above (below,
+            for dark objects) the background's level a pixel must be to be foreground.
     """
 
     margin: int = 2
@@ -73,6 +83,8 @@ class DiscoveryConfig:
     smooth: float = 1.0
     polarity: str = "auto"
     min_foreground: float = 0.5
+    threshold: str = "background"
+    noise_sigmas: float = 4.0
 
     def __post_init__(self) -> None:
         if self.margin < 0:
@@ -89,6 +101,10 @@ class DiscoveryConfig:
             raise ValueError(f"discovery polarity must be 'auto', 'bright' or 'dark', got {self.polarity!r}")
         if not 0.0 <= self.min_foreground <= 1.0:
             raise ValueError(f"discovery min_foreground must be in [0, 1], got {self.min_foreground}")
+        if self.threshold not in ("background", "otsu"):
+            raise ValueError(f"discovery threshold must be 'background' or 'otsu', got {self.threshold!r}")
+        if self.noise_sigmas <= 0:
+            raise ValueError(f"discovery noise_sigmas must be > 0, got {self.noise_sigmas}")
 
 
 @dataclass(frozen=True)
@@ -118,6 +134,13 @@ def uncovered_foreground(
     ``frame`` is (H, W) or (H, W, C) (channels averaged); ``tracked`` is the (H, W) label
     image of the tracked objects (0: none).
     """
+    return _uncovered(frame, tracked, config, min_area)[0]
+
+
+def _uncovered(
+    frame: np.ndarray, tracked: np.ndarray, config: DiscoveryConfig | None, min_area: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(uncovered foreground, object-likeness): the smoothed frame, negated for dark objects."""
     from skimage.filters import gaussian, threshold_otsu
     from skimage.measure import label
     from skimage.morphology import dilation, disk
@@ -130,7 +153,7 @@ def uncovered_foreground(
     if config.smooth > 0:
         gray = gaussian(gray, sigma=config.smooth, preserve_range=True)
     if float(gray.max()) == float(gray.min()):  # a flat frame has no foreground
-        return np.zeros(gray.shape, dtype=bool)
+        return np.zeros(gray.shape, dtype=bool), gray
     threshold = threshold_otsu(gray)
     covered = tracked > 0
     bright = True
@@ -139,15 +162,29 @@ def uncovered_foreground(
     elif config.polarity == "auto" and covered.any() and (~covered).any():
         # the tracked objects say which side of the background objects lie on
         bright = float(np.median(gray[covered])) >= float(np.median(gray[~covered]))
+    if config.threshold == "background":
+        threshold = _background_threshold(gray, threshold, bright, config.noise_sigmas)
     fg = gray > threshold if bright else gray < threshold
     if covered.any():
         fg &= ~(dilation(covered, disk(config.margin)) if config.margin else covered)
+    likeness = gray if bright else -gray
     if min_area <= 1:
-        return fg
+        return fg, likeness
     pieces = label(fg, connectivity=2)
     sizes = np.bincount(pieces.ravel())
     sizes[0] = 0
-    return (sizes >= min_area)[pieces]
+    return (sizes >= min_area)[pieces], likeness
+
+
+def _background_threshold(gray: np.ndarray, otsu: float, bright: bool, sigmas: float) -> float:
+    """The background's level +- ``sigmas`` noise SDs, between halfway to Otsu's threshold
+    and Otsu's threshold (module doc, step 1)."""
+    background = gray[gray <= otsu] if bright else gray[gray >= otsu]
+    level = float(np.median(background))
+    noise = 1.4826 * float(np.median(np.abs(background - level)))  # MAD: robust to cells' rims
+    distance = abs(otsu - level)
+    step = min(max(sigmas * noise, 0.5 * distance), distance)
+    return level + step if bright else level - step
 
 
 def _auto_spacing(tracked: np.ndarray) -> int:
@@ -158,12 +195,19 @@ def _auto_spacing(tracked: np.ndarray) -> int:
 
 
 def prompt_points(
-    uncovered: np.ndarray, tracked: np.ndarray | None = None, config: DiscoveryConfig | None = None
+    uncovered: np.ndarray,
+    tracked: np.ndarray | None = None,
+    config: DiscoveryConfig | None = None,
+    likeness: np.ndarray | None = None,
 ) -> np.ndarray:
     """Prompt points (K, 2) float (x, y) on the uncovered foreground: see the module doc, step 2.
 
     The number of points grows with the uncovered area (one per piece, one per grid cell
-    of ``spacing`` squared in large pieces), never with the frame's size.
+    of ``spacing`` squared in large pieces), never with the frame's size. ``likeness``
+    ((H, W), higher: more like an object, e.g. the smoothed frame for bright objects) breaks
+    ties between a piece's innermost pixels: a cell entering the field is a sliver along
+    the border whose pixels are all one pixel deep, and the first of them in raster order
+    can be the smoothing's rim beside the cell, not the cell.
     """
     from scipy.ndimage import distance_transform_edt
     from skimage.measure import label, regionprops
@@ -182,7 +226,12 @@ def prompt_points(
         r0, c0, _, _ = region.bbox
         local = region.image
         d = np.where(local, depth[region.slice], 0.0)
-        iy, ix = np.unravel_index(int(np.argmax(d)), d.shape)
+        if likeness is None:
+            iy, ix = np.unravel_index(int(np.argmax(d)), d.shape)
+        else:  # the most object-like of the innermost pixels
+            inner = d >= d.max() - 0.5
+            like = np.where(inner, likeness[region.slice], -np.inf)
+            iy, ix = np.unravel_index(int(np.argmax(like)), d.shape)
         mine = [(float(c0 + ix), float(r0 + iy))]
         if region.area > 2 * spacing * spacing:  # a clump: a grid point per object-sized cell
             gy, gx = np.mgrid[
@@ -249,8 +298,8 @@ def discover_objects(
     config = config or DiscoveryConfig()
     tracked = np.asarray(tracked)
     min_area = config.min_area if config.min_area is not None else seed_filter.min_area
-    uncovered = uncovered_foreground(frame, tracked, config, min_area)
-    points = prompt_points(uncovered, tracked, config)
+    uncovered, likeness = _uncovered(frame, tracked, config, min_area)
+    points = prompt_points(uncovered, tracked, config, likeness)
     if len(points) == 0:
         return Discovered(points, [], [], 0, 0)
     masks, scores = prompted_masks(generator, frame, points, call)
