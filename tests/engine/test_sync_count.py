@@ -1,0 +1,265 @@
+"""Operations that would stall a GPU's queue, counted on the CPU (issue 22).
+
+On CUDA, every operation whose result the host must read (``.item()``, ``bool(tensor)``, an output
+whose size depends on the data: ``nonzero``, ``unique``, boolean-mask indexing), every copy to the
+host (``.cpu()``, ``.numpy()``, ``.tolist()``) and every tensor made from host data (``torch.tensor``,
+``torch.as_tensor``, ``torch.from_numpy``: the copy to the device waits) makes the host wait for the
+device. ``SyncOpCounter`` sees them on any device: the data-dependent ones as aten operations through a
+``TorchDispatchMode``, the copies through patches of the Python methods (a CPU tensor's ``.cpu()``
+reaches no operator), and names the source line in napari_sam2 that asked for each.
+
+The bounds are per tracked frame: the frame's pixels going to the device (1 host-to-device copy) and
+the masks handed to the caller (1 device-to-host copy, made by the caller), nothing else, and nothing
+inside ``model/``. ``test_gpu.py::test_cuda_syncs_per_tracked_frame`` checks the same on a real GPU
+with ``torch.cuda.set_sync_debug_mode``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import traceback
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+
+SRC = Path(__file__).resolve().parents[2] / "src" / "napari_sam2"
+PKG = "napari_sam2"
+
+# aten operations that read device data on the host, by kind
+_READ_BACK = {"_local_scalar_dense": "item/bool"}
+_DATA_DEPENDENT = ("nonzero", "unique", "_unique", "unique_dim", "unique_consecutive", "masked_select")
+_FROM_HOST = {"lift_fresh": "from-host", "lift_fresh_copy": "from-host"}
+
+
+def _site() -> str:
+    """The innermost napari_sam2 source line on the stack ("caller" when none)."""
+    for frame in reversed(traceback.extract_stack()):
+        path = frame.filename.replace("\\", "/")
+        if f"/{PKG}/" in path and "/tests/" not in path:
+            rel = path.split(f"/{PKG}/", 1)[1]
+            return f"{rel}:{frame.lineno}"
+    return "caller"
+
+
+class SyncOpCounter(TorchDispatchMode):
+    """Counts would-be host<->device synchronisations by (kind, source line)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sites: Counter[tuple[str, str]] = Counter()
+
+    # ------------------------------------------------------------------ aten operations
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func.overloadpacket.__name__
+        kind = _READ_BACK.get(name) or _FROM_HOST.get(name)
+        if kind is None and name.startswith(_DATA_DEPENDENT):
+            kind = "data-dependent"
+        if kind is None and name in ("index", "index_put", "index_put_", "_index_put_impl_"):
+            indices = args[1] if len(args) > 1 else kwargs.get("indices", ())
+            if any(i is not None and i.dtype == torch.bool for i in indices):
+                kind = "bool-index"
+        repeats = args[1] if len(args) > 1 else kwargs.get("repeats")
+        # repeat_interleave by a tensor of repeats reads its output size from the device
+        if (
+            kind is None
+            and name == "repeat_interleave"
+            and isinstance(repeats, torch.Tensor)
+            and "output_size" not in kwargs
+        ):
+            kind = "data-dependent"
+        if kind is not None:
+            self.sites[(kind, _site())] += 1
+        return func(*args, **kwargs)
+
+    # ------------------------------------------------------------------ Python-level copies
+    @contextlib.contextmanager
+    def counting(self):
+        patched = {}
+
+        def wrap(owner, attr, kind):
+            original = getattr(owner, attr)
+            patched[(owner, attr)] = original
+
+            def counted(tensor, *a, **k):
+                # x.cpu().numpy() is one copy on a GPU: the host tensor .cpu() made is not counted again
+                if not getattr(tensor, "_on_host_already", False):
+                    self.sites[(kind, _site())] += 1
+                out = original(tensor, *a, **k)
+                if isinstance(out, torch.Tensor):
+                    out = out.view_as(out)  # a CPU tensor's .cpu() is itself: mark a new alias
+                    out._on_host_already = True
+                return out
+
+            setattr(owner, attr, counted)
+
+        for attr in ("cpu", "numpy", "tolist"):
+            wrap(torch.Tensor, attr, "to-host")
+        try:
+            with self:
+                yield self
+        finally:
+            for (owner, attr), original in patched.items():
+                setattr(owner, attr, original)
+
+    # ------------------------------------------------------------------ reading
+    def total(self, where: str | None = None, kind: str | None = None) -> int:
+        return sum(
+            n
+            for (k, site), n in self.sites.items()
+            if (kind is None or k == kind) and (where is None or site.startswith(where))
+        )
+
+    def report(self, frames: int = 1) -> str:
+        if not self.sites:
+            return "none"
+        return ", ".join(
+            f"{k} at {s} x{n} ({n / frames:.3g}/frame)" for (k, s), n in self.sites.most_common()
+        )
+
+
+def count_propagation(predictor, image, clicks, skip: int) -> tuple[SyncOpCounter, int]:
+    """Counts inside ``propagate_in_video`` and the caller's copy of each frame's masks to the host,
+    after ``skip`` frames (the prompted frame and the filling of the memory bank)."""
+    state = predictor.init_state(image)
+    for obj_id, xy in clicks:
+        predictor.add_new_points_or_box(state, 0, obj_id, points=[xy], labels=[1])
+    frames = iter(predictor.propagate_in_video(state))
+    for _ in range(skip):
+        next(frames)
+    counter, n = SyncOpCounter(), 0
+    with torch.inference_mode():
+        while True:
+            with counter.counting():
+                item = next(frames, None)
+                if item is None:
+                    break
+                (item[2] > 0).cpu().numpy()  # what a caller does with each frame's masks
+            n += 1
+    state.close()
+    return counter, n
+
+
+# ====================================================================== the counter itself
+
+
+def test_counter_sees_every_kind_of_sync_and_names_the_line():
+    x = torch.randn(8)
+    counter = SyncOpCounter()
+    with counter.counting():
+        x.sum().item()
+        bool(x[0] > 0)
+        x.nonzero()
+        torch.unique(x)
+        x[x > 0]
+        torch.tensor([1.0, 2.0])
+        torch.from_numpy(np.ones(3))
+        torch.as_tensor(np.ones(3))
+        x.cpu()
+        x.numpy()
+        x.tolist()
+        (x > 0).cpu().numpy()  # one copy
+        torch.where(x > 0, 0.1, x)  # a Python scalar is a kernel argument: no sync
+        x[1:3] * 2  # views and kernels: no sync
+    assert counter.total(kind="item/bool") == 2
+    assert counter.total(kind="data-dependent") == 2
+    assert counter.total(kind="bool-index") == 1
+    assert counter.total(kind="from-host") == 3
+    assert counter.total(kind="to-host") == 4
+    assert counter.total() == 12
+    assert counter.total(where="caller") == 12  # none of it ran in napari_sam2
+
+
+def test_counter_attributes_to_the_package_line():
+    from napari_sam2.engine import video_inference
+
+    counter = SyncOpCounter()
+    with counter.counting():
+        video_inference.fill_holes_in_mask_scores(torch.randn(1, 1, 16, 16), 4)
+    assert counter.total(where="model/") == 0
+    assert all(site != "caller" or k == "to-host" for (k, site) in counter.sites)
+
+
+# ====================================================================== propagation
+
+
+def _timelapse(n_frames: int, shape=(64, 80)):
+    rng = np.random.default_rng(0)
+    stack = rng.normal(1000, 50, size=(n_frames, *shape)).astype(np.uint16)
+    stack[:, 10:30, 10:30] += 3000
+    stack[:, 35:55, 45:70] += 2500
+    return stack, [(1, [20.0, 20.0]), (2, [57.0, 45.0])]
+
+
+# Per tracked frame: the frame's pixels to the device, and the masks to the caller.
+MAX_SYNCS_PER_FRAME = 2
+MAX_TO_HOST_PER_FRAME = 1
+
+
+def _check_propagation_counts(predictor, n_frames: int, skip: int):
+    image, clicks = _timelapse(n_frames)
+    counter, frames = count_propagation(predictor, image, clicks, skip=skip)
+    assert frames == n_frames - skip
+    where = counter.report(frames)
+    print(f"\nper tracked frame, {frames} frames, 2 objects: {counter.total() / frames:.3g}: {where}")
+    assert counter.total(where="model/") == 0, f"syncs inside model/: {where}"
+    assert counter.total(kind="to-host") <= MAX_TO_HOST_PER_FRAME * frames, where
+    assert counter.total(kind="to-host", where="caller") == frames, where
+    assert counter.total() <= MAX_SYNCS_PER_FRAME * frames, where
+    return counter, frames
+
+
+@pytest.mark.parametrize("fill_hole_area", [0, 8], ids=["no-hole-filling", "hole-filling"])
+@pytest.mark.parametrize("batch_objects", [False, True], ids=["one-by-one", "batched"])
+def test_propagation_syncs_per_tracked_frame(small_model, tmp_path, fill_hole_area, batch_objects):
+    predictor = SAM2VideoPredictor(
+        small_model,
+        fill_hole_area=fill_hole_area,
+        batch_objects=batch_objects,
+        spill_to_disk=False,
+        spill_dir=str(tmp_path),
+    )
+    _check_propagation_counts(predictor, n_frames=6, skip=2)
+
+
+# ====================================================================== hole filling on the device
+
+
+def _fill_holes_by_labelling(mask: torch.Tensor, max_area: int) -> torch.Tensor:
+    """The rule as scikit-image states it (the host implementation this replaced)."""
+    from skimage.measure import label
+
+    bg = (mask <= 0).numpy()
+    fill = np.zeros_like(bg)
+    for idx in np.ndindex(bg.shape[:-2]):
+        lab = label(bg[idx], connectivity=2)
+        areas = np.bincount(lab.ravel())
+        small = areas <= max_area
+        small[0] = False
+        fill[idx] = small[lab]
+    return torch.where(torch.from_numpy(fill), 0.1, mask)
+
+
+@pytest.mark.parametrize("max_area", [1, 2, 3, 8, 30, 100])
+def test_device_hole_filling_equals_connected_component_labelling(max_area):
+    from napari_sam2.engine.video_inference import _fill_holes_on_device, fill_holes_in_mask_scores
+
+    rng = np.random.default_rng(max_area)
+    for density in (0.2, 0.45, 0.6, 0.8):
+        # blobs and speckle: long thin components, diagonal-only contacts, borders, many sizes
+        logits = torch.from_numpy(rng.normal(size=(3, 1, 40, 52)).astype(np.float32))
+        logits += torch.from_numpy((rng.random((3, 1, 40, 52)) < density).astype(np.float32)) * 2 - 1
+        expected = _fill_holes_by_labelling(logits, max_area)
+        got = _fill_holes_on_device(logits, max_area)
+        assert torch.equal(got, expected), (max_area, density, (got != expected).sum())
+        # what the predictor calls (on the CPU, large areas go to the labelling: same result)
+        assert torch.equal(fill_holes_in_mask_scores(logits, max_area), expected)
+    spiral = torch.full((1, 1, 9, 9), 5.0)  # a 1-pixel-wide background path longer than the steps
+    spiral[0, 0, 1, 1:8] = spiral[0, 0, 1:8, 7] = spiral[0, 0, 7, 1:8] = spiral[0, 0, 3:8, 1] = -1.0
+    assert torch.equal(_fill_holes_on_device(spiral, max_area), _fill_holes_by_labelling(spiral, max_area))
