@@ -53,60 +53,77 @@ class SyncOpCounter(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.sites: Counter[tuple[str, str]] = Counter()
+        self._reading = 0  # inside a counted Python-level read: its aten read is the same sync
 
     # ------------------------------------------------------------------ aten operations
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         name = func.overloadpacket.__name__
         kind = _READ_BACK.get(name) or _FROM_HOST.get(name)
+        if kind == "item/bool" and self._reading:
+            kind = None  # counted once, by the Python-level patch
         if kind is None and name.startswith(_DATA_DEPENDENT):
             kind = "data-dependent"
         if kind is None and name in ("index", "index_put", "index_put_", "_index_put_impl_"):
             indices = args[1] if len(args) > 1 else kwargs.get("indices", ())
             if any(i is not None and i.dtype == torch.bool for i in indices):
                 kind = "bool-index"
-        repeats = args[1] if len(args) > 1 else kwargs.get("repeats")
-        # repeat_interleave by a tensor of repeats reads its output size from the device
-        if (
-            kind is None
-            and name == "repeat_interleave"
-            and isinstance(repeats, torch.Tensor)
-            and "output_size" not in kwargs
-        ):
-            kind = "data-dependent"
+        if kind is None and name == "repeat_interleave" and "output_size" not in kwargs:
+            # by a tensor of repeats, the output size is read from the device: overload
+            # repeat_interleave.Tensor(repeats) or repeat_interleave.self_Tensor(self, repeats)
+            repeats = args[0] if func._overloadname == "Tensor" else (args[1:2] or [kwargs.get("repeats")])[0]
+            if isinstance(repeats, torch.Tensor):
+                kind = "data-dependent"
         if kind is not None:
             self.sites[(kind, _site())] += 1
         return func(*args, **kwargs)
 
-    # ------------------------------------------------------------------ Python-level copies
+    # ------------------------------------------------------------------ Python-level reads and copies
     @contextlib.contextmanager
     def counting(self):
+        """Count inside this block. Besides the aten operations: copies to the host (``.cpu()``,
+        ``.numpy()``, ``.tolist()``, ``.to("cpu")``) and scalar reads (``.item()``, ``bool()``,
+        ``int()``, ``float()``), patched at the Python level: under ``torch.inference_mode`` the
+        scalar reads of inference tensors never reach a dispatch mode."""
         patched = {}
 
-        def wrap(owner, attr, kind):
-            original = getattr(owner, attr)
-            patched[(owner, attr)] = original
+        def wrap(attr, kind, applies=lambda a, k: True):
+            original = getattr(torch.Tensor, attr)
+            patched[attr] = original
 
             def counted(tensor, *a, **k):
                 # x.cpu().numpy() is one copy on a GPU: the host tensor .cpu() made is not counted again
-                if not getattr(tensor, "_on_host_already", False):
+                count = applies(a, k) and not getattr(tensor, "_on_host_already", False)
+                if count:
                     self.sites[(kind, _site())] += 1
-                out = original(tensor, *a, **k)
-                if isinstance(out, torch.Tensor):
+                self._reading += 1
+                try:
+                    out = original(tensor, *a, **k)
+                finally:
+                    self._reading -= 1
+                if count and kind == "to-host" and isinstance(out, torch.Tensor):
                     out = out.view_as(out)  # a CPU tensor's .cpu() is itself: mark a new alias
                     out._on_host_already = True
                 return out
 
-            setattr(owner, attr, counted)
+            setattr(torch.Tensor, attr, counted)
+
+        def to_cpu(a, k):
+            # only an explicit "cpu": on the CPU .to(self.device) cannot be told from a copy to the host
+            target = k.get("device", a[0] if a else None)
+            return isinstance(target, str) and target.split(":")[0] == "cpu"
 
         for attr in ("cpu", "numpy", "tolist"):
-            wrap(torch.Tensor, attr, "to-host")
+            wrap(attr, "to-host")
+        wrap("to", "to-host", to_cpu)
+        for attr in ("item", "__bool__", "__int__", "__float__"):
+            wrap(attr, "item/bool")
         try:
             with self:
                 yield self
         finally:
-            for (owner, attr), original in patched.items():
-                setattr(owner, attr, original)
+            for attr, original in patched.items():
+                setattr(torch.Tensor, attr, original)
 
     # ------------------------------------------------------------------ reading
     def total(self, where: str | None = None, kind: str | None = None) -> int:
@@ -164,16 +181,37 @@ def test_counter_sees_every_kind_of_sync_and_names_the_line():
         x.cpu()
         x.numpy()
         x.tolist()
+        x.to("cpu")
         (x > 0).cpu().numpy()  # one copy
+        int(x[0])
+        float(x[0])
+        torch.repeat_interleave(torch.ones(3, dtype=torch.long))
+        x.repeat_interleave(torch.ones(8, dtype=torch.long))
+        x.repeat_interleave(torch.ones(8, dtype=torch.long), output_size=8)  # size given: no sync
         torch.where(x > 0, 0.1, x)  # a Python scalar is a kernel argument: no sync
         x[1:3] * 2  # views and kernels: no sync
-    assert counter.total(kind="item/bool") == 2
-    assert counter.total(kind="data-dependent") == 2
+    assert counter.total(kind="item/bool") == 4, counter.report()
+    assert counter.total(kind="data-dependent") == 4, counter.report()
     assert counter.total(kind="bool-index") == 1
     assert counter.total(kind="from-host") == 3
-    assert counter.total(kind="to-host") == 4
-    assert counter.total() == 12
-    assert counter.total(where="caller") == 12  # none of it ran in napari_sam2
+    assert counter.total(kind="to-host") == 5
+    assert counter.total() == 17
+    assert counter.total(where="caller") == 17  # none of it ran in napari_sam2
+
+
+def test_counter_sees_scalar_reads_in_inference_mode():
+    """Under torch.inference_mode ``.item()`` and ``bool()`` of inference tensors bypass the
+    dispatch mode: the Python-level patch must still see them, once each."""
+    counter = SyncOpCounter()
+    with torch.inference_mode():
+        y = torch.randn(8) > 0
+        with counter.counting():
+            bool(y[0])
+            bool(torch.all(y))
+            y[0].item()
+            y.nonzero()
+    assert counter.total(kind="item/bool") == 3, counter.report()
+    assert counter.total(kind="data-dependent") == 1, counter.report()
 
 
 def test_counter_attributes_to_the_package_line():
