@@ -140,13 +140,23 @@ def generate_crop_boxes(
     return boxes, layers
 
 
+def _shift_xy(xy: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """``xy`` (..., 2k) in (x, y) pairs shifted by (dx, dy). Python numbers, not a tensor of the
+    offsets: a tensor made from host data is a copy the host waits for on a GPU."""
+    if dx == 0 and dy == 0:
+        return xy.clone()
+    out = xy.clone()
+    out[..., 0::2] += dx
+    out[..., 1::2] += dy
+    return out
+
+
 def uncrop_boxes_xyxy(boxes: torch.Tensor, crop_box: Sequence[int]) -> torch.Tensor:
-    x0, y0 = crop_box[0], crop_box[1]
-    return boxes + torch.tensor([x0, y0, x0, y0], device=boxes.device)
+    return _shift_xy(boxes, crop_box[0], crop_box[1])
 
 
 def uncrop_points(points: torch.Tensor, crop_box: Sequence[int]) -> torch.Tensor:
-    return points + torch.tensor([crop_box[0], crop_box[1]], device=points.device)
+    return _shift_xy(points, crop_box[0], crop_box[1])
 
 
 def uncrop_masks(masks: torch.Tensor, crop_box: Sequence[int], orig_h: int, orig_w: int) -> torch.Tensor:
@@ -163,12 +173,14 @@ def is_box_near_crop_edge(
 ) -> torch.Tensor:
     """(N,) True for boxes (crop coordinates) within ``atol`` px of an edge of the crop that is
     not also an edge of the image: such masks are probably cut by the crop."""
-    crop = torch.as_tensor(crop_box, dtype=torch.float, device=boxes.device)
-    orig = torch.as_tensor(orig_box, dtype=torch.float, device=boxes.device)
     boxes = uncrop_boxes_xyxy(boxes, crop_box).float()
-    near_crop = torch.isclose(boxes, crop[None, :], atol=atol, rtol=0)
-    near_image = torch.isclose(boxes, orig[None, :], atol=atol, rtol=0)
-    return torch.any(near_crop & ~near_image, dim=1)
+
+    def near(edges: Sequence[int]) -> torch.Tensor:
+        # torch.isclose(boxes, edges, atol, rtol=0) for finite boxes, with the edges as Python
+        # numbers (a tensor of them would be a copy from the host each batch)
+        return torch.stack([(boxes[:, k] - float(e)).abs() <= atol for k, e in enumerate(edges)], dim=1)
+
+    return torch.any(near(crop_box) & ~near(orig_box), dim=1)
 
 
 def box_xyxy_to_xywh(box: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
@@ -219,17 +231,22 @@ def calculate_stability_score(masks: torch.Tensor, mask_threshold: float, offset
 
 
 def mask_to_rle_pytorch(masks: torch.Tensor) -> list[Rle]:
-    """(N, H, W) bool masks -> uncompressed RLEs (column-major, first count = leading zeros)."""
+    """(N, H, W) bool masks -> uncompressed RLEs (column-major, first count = leading zeros).
+
+    Meta's version reads each mask's changes and first pixel back from the device on its own
+    (three waits of the host per mask on a GPU); here the whole batch comes back in one copy.
+    """
     n, h, w = masks.shape
     flat = masks.permute(0, 2, 1).flatten(1)
-    changes = (flat[:, 1:] ^ flat[:, :-1]).nonzero()
+    # A virtual background pixel before each mask: a mask starting with foreground changes at 0,
+    # which gives its leading count of 0 zeros, so the first pixel needs no read of its own.
+    padded = torch.cat([flat.new_zeros(n, 1), flat], dim=1)
+    changes = (padded[:, 1:] ^ padded[:, :-1]).nonzero().cpu().numpy()  # (K, 2), rows in order
+    starts = np.searchsorted(changes[:, 0], np.arange(n + 1))
     out = []
     for i in range(n):
-        idx = changes[changes[:, 0] == i, 1] + 1
-        bounds = torch.cat([idx.new_zeros(1), idx, idx.new_full((1,), h * w)])
-        counts = [] if not bool(flat[i, 0]) else [0]
-        counts.extend((bounds[1:] - bounds[:-1]).tolist())
-        out.append({"size": [h, w], "counts": counts})
+        bounds = np.concatenate([[0], changes[starts[i] : starts[i + 1], 1], [h * w]])
+        out.append({"size": [h, w], "counts": np.diff(bounds).tolist()})
     return out
 
 
