@@ -301,3 +301,55 @@ def test_device_hole_filling_equals_connected_component_labelling(max_area):
     spiral = torch.full((1, 1, 9, 9), 5.0)  # a 1-pixel-wide background path longer than the steps
     spiral[0, 0, 1, 1:8] = spiral[0, 0, 1:8, 7] = spiral[0, 0, 7, 1:8] = spiral[0, 0, 3:8, 1] = -1.0
     assert torch.equal(_fill_holes_on_device(spiral, max_area), _fill_holes_by_labelling(spiral, max_area))
+
+
+# ====================================================================== image predictor and AMG
+# Not yet at the tracking loop's bound: these pin today's numbers (docs/benchmarks.md) so that
+# they can only go down. The remaining sites are in files other work owns: image_predictor.py
+# (prompts made from host data, 3 copies of the outputs to the host) and automatic_mask_generator.py.
+
+
+def _test_image():
+    rng = np.random.default_rng(0)
+    img = rng.normal(1000, 50, size=(64, 80)).astype(np.uint16)
+    img[10:30, 10:30] += 3000
+    return img
+
+
+def test_image_predictor_syncs(small_model):
+    from napari_sam2.engine.image_predictor import SAM2ImagePredictor
+
+    predictor, image = SAM2ImagePredictor(small_model), _test_image()
+    predictor.set_image(image)  # first call: one-time constants
+    counter = SyncOpCounter()
+    with counter.counting():
+        predictor.set_image(image)
+    print(f"\nset_image: {counter.total()}: {counter.report()}")
+    assert counter.total() <= 1, counter.report()  # the pixels to the device
+    for prompt in ({"point_coords": [[20, 20]], "point_labels": [1]}, {"box": [5, 5, 35, 35]}):
+        counter = SyncOpCounter()
+        with counter.counting():
+            predictor.predict(**prompt)
+        print(f"predict({', '.join(prompt)}): {counter.total()}: {counter.report()}")
+        assert counter.total(where="model/") == 0, counter.report()
+        assert counter.total(kind="to-host") <= 3, counter.report()  # masks, IoUs, low-res logits
+        assert counter.total(kind="from-host") <= 3, counter.report()  # the prompts
+        assert counter.total() <= 6, counter.report()
+
+
+def test_automatic_mask_generation_syncs_per_batch(small_model):
+    from napari_sam2.engine.automatic_mask_generator import SAM2AutomaticMaskGenerator
+
+    image, totals = _test_image(), {}
+    for per_side in (4, 8):  # 16 and 64 points: 1 and 4 batches of 16
+        amg = SAM2AutomaticMaskGenerator(small_model, points_per_side=per_side, points_per_batch=16)
+        amg.generate(image)
+        counter = SyncOpCounter()
+        with counter.counting():
+            amg.generate(image)
+        totals[per_side] = counter
+        assert counter.total(where="model/") == 0, counter.report()
+    per_batch = (totals[8].total() - totals[4].total()) / 3
+    print(f"\nAMG per batch of 16 points: {per_batch:.3g}: {totals[8].report(4)}")
+    # points in, their scaling, 2 filters, the crop-edge check, the batch's RLEs (found, copied)
+    assert per_batch <= 7, totals[8].report(4)

@@ -57,15 +57,24 @@ class MaskRecords:
     def filter(self, keep: torch.Tensor) -> None:
         """Keep the rows selected by a boolean mask or an index tensor, in that order."""
         keep = torch.as_tensor(keep)
+        if keep.dtype == torch.bool:
+            # The selected rows found once: indexing each field by the boolean mask would make a
+            # GPU's host wait for the row count once per field.
+            keep = keep.nonzero().squeeze(1)
+        on_device: dict[torch.device, torch.Tensor] = {keep.device: keep}
+        host = None
         for key, value in self._fields.items():
             if isinstance(value, torch.Tensor):
-                self._fields[key] = value[keep.to(value.device)]
-            elif isinstance(value, np.ndarray):
-                self._fields[key] = value[keep.cpu().numpy()]
-            elif keep.dtype == torch.bool:
-                self._fields[key] = [v for v, k in zip(value, keep.tolist()) if k]
+                if value.device not in on_device:
+                    on_device[value.device] = keep.to(value.device)
+                self._fields[key] = value[on_device[value.device]]
+                continue
+            if host is None:
+                host = keep.cpu().numpy()
+            if isinstance(value, np.ndarray):
+                self._fields[key] = value[host]
             else:
-                self._fields[key] = [value[i] for i in keep.tolist()]
+                self._fields[key] = [value[i] for i in host.tolist()]
 
     def cat(self, other: MaskRecords) -> None:
         """Append another record set's rows (fields absent here are taken over)."""
