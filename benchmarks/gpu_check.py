@@ -484,7 +484,9 @@ def _bench_specs_of(
     if compiled:
         common += ["--compile", "--compile-mode", a.compile_mode]
     meta_dir = None
-    if a.meta_repo:
+    if a.image_size:  # a quick dry run: the model at another size, which Meta's side has no option for
+        common += ["--image-size", str(a.image_size)]
+    elif a.meta_repo:
         try:
             meta_dir = mr.meta_package_dir(a.meta_repo)
         except FileNotFoundError as e:
@@ -503,6 +505,8 @@ def _bench_specs_of(
         script = HERE / "bench_speed.py"
         specs = [{**s, "run_id": run_id} for s in bs.plan(args, [a.device])]
         note = "Meta's copy absent (.gpu-carry/meta; gpu_prepare.sh --meta-repo): ours only"
+        if a.image_size:
+            note = f"--image-size {a.image_size}: ours only, at that input size (not the variant's numbers)"
     return script, specs, note
 
 
@@ -600,6 +604,13 @@ def part_bench(run: Run, summary: gs.Summary, name: str, have_weights: bool) -> 
 # ====================================================================== driver
 
 
+def _image_size(text: str) -> int:
+    size = int(text)
+    if size < 64 or size % 64:
+        raise argparse.ArgumentTypeError(f"--image-size must be a positive multiple of 64; got {size}")
+    return size
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
@@ -677,6 +688,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.compile mode of ours in the compiled side by side: 'default' (inductor's default, the "
         "default here: 112 s to compile tiny on an H200) or e.g. 'max-autotune-no-cudagraphs' (compile_model's "
         "own; over 245 s there)",
+    )
+    ap.add_argument(
+        "--image-size",
+        type=_image_size,
+        help="benchmark ours alone with the model at this input size (a multiple of 64), not the variant's "
+        "1024: for a quick dry run on a CPU (tests/test_gpu_check_dryrun.py uses 128); never for real numbers",
     )
     ap.add_argument("--carry", type=Path, default=ROOT / ".gpu-carry", help="what gpu_prepare.sh filled")
     ap.add_argument("--meta-repo", help="Meta's sam2 checkout or package (default: <carry>/meta when there)")

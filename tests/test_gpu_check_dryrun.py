@@ -66,6 +66,7 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     env["NAPARI_SAM2_PYTHON"] = sys.executable
     env.pop("OUT", None)
     cmd = ["bash", "benchmarks/gpu_check.sh", "--device", "cpu", "--frames", "2", "--out", str(out)]
+    cmd += ["--image-size", "128"]  # the benchmark item in seconds, not minutes, on a CPU
     cmd += ["--carry", str(tmp_path / "nothing-carried")]  # a developer's own .gpu-carry must not matter
     cmd += ["--extra-tests", str(injected)]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200)
@@ -121,7 +122,7 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     assert parts["weights"]["status"] == "ok"
     bench = parts["bench_eager"]
     assert bench["status"] == "ok" and bench["meta"] == "absent", log
-    assert "Meta's copy absent" in bench["note"]
+    assert "--image-size 128: ours only" in bench["note"]
     (item,) = bench["items"]  # on CPU the eager side by side is fp32 only (--dtypes)
     assert (item["config"], item["dtype"], item["objects"], item["status"]) == (
         "sam2.1_hiera_t",
@@ -138,6 +139,7 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     assert targets and all(t["status"] == "not judged" and "CPU" in t["note"] for t in targets)
     records = [json.loads(line) for line in (out / "bench.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in records] == ["track"] and records[0]["s_per_frame"] == ours["s_per_frame"]
+    assert records[0]["image_size"] == 128  # the record says the model was not at the variant's size
     assert (
         "| bench_eager | ok |" in md
         and "| sam2.1_hiera_t | fp32 | 1 | ok |" in md
