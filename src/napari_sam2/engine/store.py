@@ -84,6 +84,10 @@ class FrameOutputStore:
         self._mems: _RecordFile | None = None
         self._shapes: tuple | None = None
         self._has_mem: dict[int, bool] = {}
+        # Spilled records on their way to the host: (t, masks, memory bits, event). On a GPU the
+        # copies run behind the device's queue and are written to the file once done, so the
+        # host never waits for them while tracking.
+        self._pending: list[tuple[int, torch.Tensor, torch.Tensor | None, object]] = []
 
     # -- mapping interface used by the tracker
     def __contains__(self, t: object) -> bool:
@@ -138,6 +142,7 @@ class FrameOutputStore:
         self._hot.clear()
         self._small.clear()
         self._has_mem.clear()
+        self._pending.clear()
 
     def close(self) -> None:
         self.clear()
@@ -157,6 +162,21 @@ class FrameOutputStore:
         while len(self._hot) > self._hot_frames:
             t, out = self._hot.popitem(last=False)
             self._spill(t, out)
+        self._write_pending(wait=False)
+
+    def _write_pending(self, wait: bool) -> None:
+        """Write the spilled records whose copies to the host are done (all of them: ``wait``),
+        oldest first, so that a frame spilled twice ends with its newest record."""
+        while self._pending:
+            t, masks, mem, event = self._pending[0]
+            if event is not None and not event.query():
+                if not wait:
+                    return
+                event.synchronize()
+            self._pending.pop(0)
+            self._masks.write(t, masks.numpy().tobytes())
+            if mem is not None:
+                self._mems.write(t, mem.numpy().tobytes())
 
     def _files(self, out: FrameOutput) -> None:
         if self._masks is not None:
@@ -174,17 +194,29 @@ class FrameOutputStore:
         mask_shape, mem_shape = self._shapes
         if tuple(out.pred_masks.shape) != mask_shape:
             raise ValueError("frame outputs of one object must share their shapes")
-        self._masks.write(t, out.pred_masks.detach().float().cpu().numpy().tobytes())
         has_mem = out.maskmem_features is not None
+        if has_mem and (self._mems is None or tuple(out.maskmem_features.shape) != mem_shape):
+            raise ValueError("memory features of one object must share their shapes")
+        # Copies to the host that do not block: on CUDA into pinned memory, behind the queued work
+        # (a blocking copy would make the host wait for the device each frame), written to the
+        # file once an event says they are done; on the CPU no copy at all. Other devices block.
+        device = out.pred_masks.device
+        non_blocking = device.type in ("cuda", "cpu")
+        masks = out.pred_masks.detach().float().to("cpu", non_blocking=non_blocking)
+        mem = None
         if has_mem:
-            if self._mems is None or tuple(out.maskmem_features.shape) != mem_shape:
-                raise ValueError("memory features of one object must share their shapes")
-            bits = out.maskmem_features.detach().to(torch.bfloat16).cpu().view(torch.int16).numpy()
-            self._mems.write(t, bits.tobytes())
+            bits = out.maskmem_features.detach().to(torch.bfloat16).view(torch.int16)
+            mem = bits.to("cpu", non_blocking=non_blocking)
+        event = None
+        if device.type == "cuda":
+            event = torch.cuda.Event()
+            event.record(torch.cuda.current_stream(device))
+        self._pending.append((t, masks, mem, event))
         self._has_mem[t] = has_mem
         self._small[t] = (out.obj_ptr, out.object_score_logits)
 
     def _load(self, t: int, keep: bool = True) -> FrameOutput:
+        self._write_pending(wait=True)
         mask_shape, mem_shape = self._shapes
         ptr, score = self._small[t]
         masks = torch.from_numpy(
@@ -195,10 +227,17 @@ class FrameOutputStore:
             raw = np.frombuffer(self._mems.read(t), dtype=np.int16).reshape(mem_shape).copy()
             mem = torch.from_numpy(raw).view(torch.bfloat16)
         dev = ptr.device
+
+        def to_device(x: torch.Tensor) -> torch.Tensor:
+            # through pinned memory without blocking on CUDA: the host does not wait for the GPU
+            if dev.type == "cuda":
+                return x.pin_memory().to(dev, non_blocking=True)
+            return x.to(dev)
+
         out = FrameOutput(
-            maskmem_features=None if mem is None else mem.to(dev),
+            maskmem_features=None if mem is None else to_device(mem),
             obj_ptr=ptr,
-            pred_masks=masks.to(dev),
+            pred_masks=to_device(masks),
             object_score_logits=score,
         )
         if keep:
