@@ -47,8 +47,11 @@ BF16_TRACK_BOUNDS = {"iou_min": 0.85, "rel_l2_max": 0.15}
 # tolerance on the logits (3e-2); masks within 0.97 IoU (docs/benchmarks.md measured 0.988 on CPU,
 # 5 objects, 8 frames, where near-zero logits of the random weights make IoU touchy).
 BATCHED_BOUNDS = {"iou_min": 0.97, "rel_l2_max": 0.03}
-# Host<->device syncs a tracked frame needs: the frame's pixels going to the device. The masks the
-# caller takes to the host are its own copy, outside the count.
+# Host<->device syncs allowed inside propagation per tracked frame (the masks the caller takes to
+# the host are its own copy, outside the count). The frame's pixels go to the device through pinned
+# memory without blocking and the spill store's copies do not wait either
+# (tests/engine/test_sync_count.py counts every site on the CPU), so 0 are expected; 1 leaves room
+# for the frame's copy should a torch version make it wait.
 SYNCS_PER_FRAME_NEEDED = 1
 # Resident GPU memory growth per tracked frame and object, once the per-object hot frames and the
 # feature cache are full (by frame 16 with the defaults). What has to stay per frame is the object
@@ -380,8 +383,8 @@ def test_cuda_syncs_per_tracked_frame(cuda_tiny, spill, fill_hole_area, tmp_path
     counter, frames = count_syncs(predictor, image, clicks, skip=4)
     assert frames == 12 + 1 - 4
     assert counter.total <= SYNCS_PER_FRAME_NEEDED * frames, (
-        f"{counter.total} host<->device syncs in {frames} tracked frames (needed: {SYNCS_PER_FRAME_NEEDED} a frame, "
-        f"its pixels); where: {counter.report(frames)}"
+        f"{counter.total} host<->device syncs in {frames} tracked frames (allowed: {SYNCS_PER_FRAME_NEEDED} a "
+        f"frame, expected 0); where: {counter.report(frames)}"
     )
 
 
