@@ -401,11 +401,35 @@ def timed_model_load(spec: dict, ckpt: Path):
     device = spec["device"]
     sync(device)
     t0 = time.perf_counter()
-    model = build_sam2_model(spec["config"], ckpt, device)
+    if spec.get("image_size"):
+        model = _model_at_size(spec["config"], ckpt, device, spec["image_size"])
+    else:
+        model = build_sam2_model(spec["config"], ckpt, device)
     if spec.get("compile", False):
         compile_model(model, **compile_options(spec))
     sync(device)
     return model, time.perf_counter() - t0
+
+
+def _model_at_size(config: str, ckpt: Path, device: str, image_size: int):
+    """The variant's architecture and weights at another input size (``--image-size``, for quick
+    dry runs on a CPU: its numbers are not the variant's)."""
+    import dataclasses
+
+    from napari_sam2.engine.build import load_model_weights
+    from napari_sam2.engine.checkpoints import load_state_dict_file
+    from napari_sam2.model import SAM2Model, load_config
+
+    cfg = load_config(config)
+    side = image_size // 16  # the memory attention's map: the image encoder's stride-16 level
+    cfg = dataclasses.replace(
+        cfg,
+        image_size=image_size,
+        memory_attention=dataclasses.replace(cfg.memory_attention, feat_sizes=(side, side)),
+    )
+    model = SAM2Model(cfg)
+    load_model_weights(model, load_state_dict_file(ckpt), source=f"checkpoint {ckpt}")
+    return model.to(device).eval()
 
 
 def compile_options(spec: dict) -> dict:
@@ -750,6 +774,13 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--threads", type=int, default=None, help="torch.set_num_threads in each child (default: torch's)"
     )
+    ap.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="build the model at this input size instead of the variant's (a multiple of 64; for quick "
+        "dry runs on a CPU: the numbers are then not the variant's)",
+    )
     ap.add_argument("--out", type=Path, default=HERE / "results" / "speed.jsonl")
     ap.add_argument(
         "--dry-run", action="store_true", help="parse the options and print the plan; run nothing"
@@ -767,6 +798,8 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
         ap.error("--warmup and --warmup-frames must be >= 0")
     if any(k < 1 for k in args.objects):
         ap.error("--objects must be >= 1")
+    if args.image_size is not None and (args.image_size < 64 or args.image_size % 64):
+        ap.error(f"--image-size must be a positive multiple of 64; got {args.image_size}")
     if args.checkpoint and len(args.configs) != 1:
         ap.error("--checkpoint needs exactly one --configs entry")
     for d in args.device:
@@ -805,6 +838,7 @@ def plan(args: argparse.Namespace, devices: list[str]) -> list[dict]:
         "checkpoint": args.checkpoint,
         "fill_hole_area": args.fill_hole_area,
         "threads": args.threads,
+        "image_size": args.image_size,
     }
     for config in args.configs:
         for device in devices:

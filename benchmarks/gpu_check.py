@@ -447,14 +447,35 @@ def part_tests(run: Run, summary: gs.Summary, name: str) -> None:
 def bench_specs(run: Run, name: str) -> tuple[Path, list[dict], str]:
     """(script, child specs in priority order, the Meta note) of a benchmark part: side by side
     with Meta when its copy is there. Order: every variant with 1 object, then with 5 (the FPS
-    targets are for 1 object; the 5-object cost needs both)."""
+    targets are for 1 object; the 5-object cost needs both); within a count the variants in the
+    order asked for (tiny first), each in every precision of ``--dtypes`` (fp32, then bf16)."""
     a = run.args
     on_gpu = a.device == "cuda"
     compiled = name == "bench_compiled"
-    dtype = "bf16" if on_gpu else "fp32"  # bf16 on CPUs without AVX-512 BF16 is emulated, minutes a frame
+    # the compiled side by side is bf16 (Meta's fastest mode is); the eager one each of --dtypes
+    dtypes = ["bf16" if on_gpu else "fp32"] if compiled else a.dtypes
     run_id = datetime.datetime.now().strftime("%Y%m%dT%H%M%S")
     configs = a.compiled_configs if compiled else a.configs
     objects = a.compiled_objects if compiled else a.objects
+    specs: list[dict] = []
+    script, note = HERE / "bench_speed.py", ""
+    for dtype in dtypes:
+        script, more, note = _bench_specs_of(run, compiled, dtype, configs, objects, run_id)
+        specs += more
+    # Priority: every variant with 1 object before 5 (the FPS targets are for 1 object), the variants
+    # in the order asked for (tiny first: its numbers come within seconds), each in every precision.
+    rank = {k: i for i, k in enumerate(objects)}
+    crank = {c: i for i, c in enumerate(configs)}
+    drank = {d: i for i, d in enumerate(dtypes)}
+    specs.sort(key=lambda s: (rank[s["objects"]], crank[s["config"]], drank[s["dtype"]]))
+    return script, specs, note
+
+
+def _bench_specs_of(
+    run: Run, compiled: bool, dtype: str, configs: list[str], objects: list[int], run_id: str
+) -> tuple[Path, list[dict], str]:
+    a = run.args
+    on_gpu = a.device == "cuda"
     common = ["--configs", *configs, "--dtype", dtype, "--frames", str(a.frames)]
     common += ["--objects", *map(str, objects), "--track-repeats", str(a.track_repeats)]
     # the untimed warm-up tracks every frame: every shape is seen (and, compiled, every graph
@@ -463,7 +484,9 @@ def bench_specs(run: Run, name: str) -> tuple[Path, list[dict], str]:
     if compiled:
         common += ["--compile", "--compile-mode", a.compile_mode]
     meta_dir = None
-    if a.meta_repo:
+    if a.image_size:  # a quick dry run: the model at another size, which Meta's side has no option for
+        common += ["--image-size", str(a.image_size)]
+    elif a.meta_repo:
         try:
             meta_dir = mr.meta_package_dir(a.meta_repo)
         except FileNotFoundError as e:
@@ -482,8 +505,8 @@ def bench_specs(run: Run, name: str) -> tuple[Path, list[dict], str]:
         script = HERE / "bench_speed.py"
         specs = [{**s, "run_id": run_id} for s in bs.plan(args, [a.device])]
         note = "Meta's copy absent (.gpu-carry/meta; gpu_prepare.sh --meta-repo): ours only"
-    order = {k: i for i, k in enumerate(objects)}
-    specs.sort(key=lambda s: order[s["objects"]])  # stable: the variants' order within a count
+        if a.image_size:
+            note = f"--image-size {a.image_size}: ours only, at that input size (not the variant's numbers)"
     return script, specs, note
 
 
@@ -534,16 +557,16 @@ def part_bench(run: Run, summary: gs.Summary, name: str, have_weights: bool) -> 
             items.append(gs.bench_item(spec, None, "not run", 0.0, f"no time left in the {name} budget"))
             summary.write()
             continue
-        child_log = run.scratch / f"child-{name}-{spec['config']}-{spec['objects']}.log"
-        child_log.unlink(missing_ok=True)
         cmd = [sys.executable, str(script), "--child", json.dumps(spec), "--out", str(jsonl)]
-        print(
-            f"[gpu_check] {name} {spec['config']} {spec['objects']} obj (at most {timeout:.0f} s)", flush=True
-        )
-        code, seconds, stopped = run_process(cmd, run.env, child_log, timeout)
-        text = child_log.read_text(errors="replace")
-        with log.open("a") as f:
-            f.write(text)
+        what = f"{spec['config']} {spec['dtype']} {spec['objects']} obj"
+        print(f"[gpu_check] {name} {what} (at most {timeout:.0f} s)", flush=True)
+        # The child writes straight into bench.log in --out: every number it measures (ours' run
+        # before Meta's starts) is there the moment it is measured, even if the call is cut short.
+        start_at = log.stat().st_size if log.exists() else 0
+        code, seconds, stopped = run_process(cmd, run.env, log, timeout)
+        with log.open("rb") as f:
+            f.seek(start_at)
+            text = f.read().decode(errors="replace")
         result, partial = gs.read_child(text)
         if result is not None:
             item = gs.bench_item(spec, result, "ok", seconds)
@@ -555,7 +578,7 @@ def part_bench(run: Run, summary: gs.Summary, name: str, have_weights: bool) -> 
         else:
             last = [ln for ln in text.splitlines() if ln.strip()][-1:] or ["?"]
             item = gs.bench_item(spec, partial, "error", seconds, f"exit {code}: {last[0][:300]}")
-        print(f"[gpu_check] {name} {spec['config']} {spec['objects']} obj: {item['status']}", flush=True)
+        print(f"[gpu_check] {name} {what}: {item['status']}", flush=True)
         items.append(item)
         summary.write()
     statuses = {i["status"] for i in items}
@@ -581,6 +604,13 @@ def part_bench(run: Run, summary: gs.Summary, name: str, have_weights: bool) -> 
 # ====================================================================== driver
 
 
+def _image_size(text: str) -> int:
+    size = int(text)
+    if size < 64 or size % 64:
+        raise argparse.ArgumentTypeError(f"--image-size must be a positive multiple of 64; got {size}")
+    return size
+
+
 def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
@@ -599,7 +629,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--tests-budget-s",
         type=float,
-        help="at most this much for the eager tests (default 150 / 300); the compile tests get what is left",
+        help="at most this much for the eager tests (default 120 / 300; the first benchmark numbers then come "
+        "within 5 minutes of a fresh machine); the compile tests get what is left",
     )
     ap.add_argument(
         "--bench-budget-s",
@@ -633,6 +664,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--objects", type=int, nargs="+", help="eager object counts (default 1 5 on cuda, 1 on cpu)"
     )
     ap.add_argument(
+        "--dtypes",
+        nargs="+",
+        choices=["fp32", "bf16"],
+        help="precisions of the eager side by side, each variant in each (default fp32 bf16 on cuda, fp32 on cpu: "
+        "bf16 on a CPU without AVX-512 BF16 is emulated, minutes a frame)",
+    )
+    ap.add_argument(
         "--compiled-configs", nargs="+", help="variants of the compiled side by side (default sam2.1_hiera_t)"
     )
     ap.add_argument(
@@ -650,6 +688,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.compile mode of ours in the compiled side by side: 'default' (inductor's default, the "
         "default here: 112 s to compile tiny on an H200) or e.g. 'max-autotune-no-cudagraphs' (compile_model's "
         "own; over 245 s there)",
+    )
+    ap.add_argument(
+        "--image-size",
+        type=_image_size,
+        help="benchmark ours alone with the model at this input size (a multiple of 64), not the variant's "
+        "1024: for a quick dry run on a CPU (tests/test_gpu_check_dryrun.py uses 128); never for real numbers",
     )
     ap.add_argument("--carry", type=Path, default=ROOT / ".gpu-carry", help="what gpu_prepare.sh filled")
     ap.add_argument("--meta-repo", help="Meta's sam2 checkout or package (default: <carry>/meta when there)")
@@ -677,7 +721,7 @@ def defaults(args: argparse.Namespace) -> argparse.Namespace:
     for name, on_gpu, on_cpu in (
         ("frames", 60, 2),
         ("budget_s", 470.0, 900.0),
-        ("tests_budget_s", 150.0, 300.0),
+        ("tests_budget_s", 120.0, 300.0),
         ("bench_budget_s", 240.0, None),
         ("item_budget_s", 120.0, None),
         ("min_item_s", 30.0, 0.0),
@@ -685,6 +729,7 @@ def defaults(args: argparse.Namespace) -> argparse.Namespace:
         ("min_compile_tests_s", 120.0, 20.0),
         ("configs", ["sam2.1_hiera_t", "sam2.1_hiera_l"], ["sam2.1_hiera_t"]),
         ("objects", [1, 5], [1]),
+        ("dtypes", ["fp32", "bf16"], ["fp32"]),
         ("compiled_configs", ["sam2.1_hiera_t"], ["sam2.1_hiera_t"]),
         ("compiled_objects", [1], [1]),
         ("track_repeats", 3, 1),
@@ -719,6 +764,7 @@ def main(argv: list[str] | None = None) -> int:
         "frames": args.frames,
         "configs": args.configs if "bench_eager" in wanted else [],
         "objects": args.objects,
+        "dtypes": args.dtypes,
         "compiled_configs": args.compiled_configs if "bench_compiled" in wanted else [],
         "compiled_objects": args.compiled_objects,
         "compile_mode": args.compile_mode,

@@ -124,6 +124,7 @@ def bench_item(spec: dict, record: dict | None, status: str, seconds: float, not
     item: dict[str, Any] = {
         "config": spec["config"],
         "objects": spec["objects"],
+        "dtype": spec.get("dtype", "?"),
         "status": status,
         "seconds": round(seconds, 1),
         "mode": describe_mode(spec),
@@ -339,100 +340,120 @@ def judge_targets(data: dict) -> list[dict]:
     def add(name: str, status: str, value: Any = None, note: str = "") -> None:
         targets.append({"target": name, "status": status, "value": value, "note": note})
 
+    compiled_dtype = "bf16" if on_gpu else "fp32"
     plans = (
-        ("bench_eager", data.get("configs") or [], data.get("objects") or []),
-        ("bench_compiled", data.get("compiled_configs") or [], data.get("compiled_objects") or []),
+        ("bench_eager", data.get("configs") or [], data.get("objects") or [], data.get("dtypes") or ["bf16"]),
+        (
+            "bench_compiled",
+            data.get("compiled_configs") or [],
+            data.get("compiled_objects") or [],
+            [compiled_dtype],
+        ),
     )
-    for part_name, configs, objects in plans:
-        part = data["parts"].get(part_name, {})
-        mode = MODES[part_name]
-        items = part.get("items", [])
+    for part_name, configs, objects, dtypes in plans:
+        for dtype in dtypes:  # one pass per precision
+            part = data["parts"].get(part_name, {})
+            mode = MODES[part_name]
+            items = part.get("items", [])
 
-        def find(config: str, k: int, items=items) -> dict | None:
-            return next((i for i in items if i["config"] == config and i["objects"] == k), None)
-
-        def missing(config: str, k: int, part=part, part_name=part_name) -> str | None:
-            """Why the (config, k) run gives no complete numbers; None when it does."""
-            if not on_gpu:
-                return "dry run on CPU: the targets are for a GPU"
-            item = find(config, k)
-            if item is None:
-                return f"{part_name} {part.get('status', 'not run')}: {part.get('note', 'not reached')}"
-            if item["status"] != "ok":
-                return f"the {config} {k}-object run: {item['status']}" + (
-                    f" ({item['note']})" if item.get("note") else ""
+            def find(config: str, k: int, items=items, dtype=dtype) -> dict | None:
+                return next(
+                    (
+                        i
+                        for i in items
+                        if i["config"] == config and i["objects"] == k and i.get("dtype", dtype) == dtype
+                    ),
+                    None,
                 )
-            return None
 
-        for config in configs:
-            if 1 in objects:
-                if mode == "eager":
-                    name = f"{config}: FPS at least Meta's, both eager (1 object; aim 2x)"
-                else:
-                    name = f"{config}: FPS at least Meta's fastest, ours compiled vs vos_optimized (1 object; aim 2x)"
-                why = missing(config, 1)
-                one = find(config, 1)
-                ratio = one.get("fps_ratio_ours_over_meta") if one else None
-                if why:
-                    alone = (one or {}).get("ours", {}).get("fps") if on_gpu else None
-                    add(name, "not judged", note=why + (f"; ours alone: {_f(alone)} FPS" if alone else ""))
-                elif not _finite(ratio):
-                    add(name, "not judged", note="ours alone: Meta's copy absent (.gpu-carry/meta)")
-                else:
-                    status = (
-                        "met (aim 2x met)"
-                        if ratio >= FPS_RATIO_AIM
-                        else "met"
-                        if ratio >= FPS_RATIO_MIN
-                        else "missed"
+            def missing(
+                config: str, k: int, part=part, part_name=part_name, find=find, dtype=dtype
+            ) -> str | None:
+                """Why the (config, k, dtype) run gives no complete numbers; None when it does."""
+                if not on_gpu:
+                    return "dry run on CPU: the targets are for a GPU"
+                item = find(config, k)
+                if item is None:
+                    return f"{part_name} {part.get('status', 'not run')}: {part.get('note', 'not reached')}"
+                if item["status"] != "ok":
+                    return f"the {config} {dtype} {k}-object run: {item['status']}" + (
+                        f" ({item['note']})" if item.get("note") else ""
                     )
-                    published = META_PUBLISHED_A100_FPS.get(config) if mode == "compiled" else None
-                    add(
-                        name,
-                        status,
-                        ratio,
-                        f"ours {_f(one['ours'].get('fps'))} FPS, Meta {_f(one['meta'].get('fps'))} FPS here"
-                        + (f"; Meta publishes {published} FPS on an A100" if published else ""),
+                return None
+
+            for config in configs:
+                if 1 in objects:
+                    if mode == "eager":
+                        name = f"{config} {dtype}: FPS at least Meta's, both eager (1 object; aim 2x)"
+                    else:
+                        name = f"{config} {dtype}: FPS at least Meta's fastest, ours compiled vs vos_optimized (1 object; aim 2x)"
+                    why = missing(config, 1)
+                    one = find(config, 1)
+                    ratio = one.get("fps_ratio_ours_over_meta") if one else None
+                    if why:
+                        alone = (one or {}).get("ours", {}).get("fps") if on_gpu else None
+                        add(
+                            name, "not judged", note=why + (f"; ours alone: {_f(alone)} FPS" if alone else "")
+                        )
+                    elif not _finite(ratio):
+                        add(name, "not judged", note="ours alone: Meta's copy absent (.gpu-carry/meta)")
+                    else:
+                        status = (
+                            "met (aim 2x met)"
+                            if ratio >= FPS_RATIO_AIM
+                            else "met"
+                            if ratio >= FPS_RATIO_MIN
+                            else "missed"
+                        )
+                        published = META_PUBLISHED_A100_FPS.get(config) if mode == "compiled" else None
+                        add(
+                            name,
+                            status,
+                            ratio,
+                            f"ours {_f(one['ours'].get('fps'))} FPS, Meta {_f(one['meta'].get('fps'))} FPS here"
+                            + (f"; Meta publishes {published} FPS on an A100" if published else ""),
+                        )
+                if 1 in objects and 5 in objects:
+                    name = f"{config} {dtype}: 5 objects cost under {FIVE_OBJECT_COST_MAX:g}x one object (ours, {mode})"
+                    why = missing(config, 1) or missing(config, 5)
+                    s1 = (find(config, 1) or {}).get("ours", {}).get("s_per_frame")
+                    s5 = (find(config, 5) or {}).get("ours", {}).get("s_per_frame")
+                    if why:
+                        add(name, "not judged", note=why)
+                    elif _finite(s1) and _finite(s5) and s1 > 0:
+                        cost = round(s5 / s1, 2)
+                        add(
+                            name,
+                            "met" if cost < FIVE_OBJECT_COST_MAX else "missed",
+                            cost,
+                            f"{s5} vs {s1} s/frame",
+                        )
+                    else:
+                        add(name, "not judged", note="no seconds per frame in the records")
+                for k in objects:
+                    name = (
+                        f"{config} {dtype}, {k} obj: GPU memory flat in the number of frames (ours, {mode})"
                     )
-            if 1 in objects and 5 in objects:
-                name = f"{config}: 5 objects cost under {FIVE_OBJECT_COST_MAX:g}x one object (ours, {mode})"
-                why = missing(config, 1) or missing(config, 5)
-                s1 = (find(config, 1) or {}).get("ours", {}).get("s_per_frame")
-                s5 = (find(config, 5) or {}).get("ours", {}).get("s_per_frame")
-                if why:
-                    add(name, "not judged", note=why)
-                elif _finite(s1) and _finite(s5) and s1 > 0:
-                    cost = round(s5 / s1, 2)
-                    add(
-                        name,
-                        "met" if cost < FIVE_OBJECT_COST_MAX else "missed",
-                        cost,
-                        f"{s5} vs {s1} s/frame",
-                    )
-                else:
-                    add(name, "not judged", note="no seconds per frame in the records")
-            for k in objects:
-                name = f"{config}, {k} obj: GPU memory flat in the number of frames (ours, {mode})"
-                why = missing(config, k)
-                item = find(config, k) or {}
-                growth = item.get("ours", {}).get("growth_kb_per_frame_per_object")
-                meta = item.get("meta", {}).get("growth_kb_per_frame_per_object")
-                if why:
-                    add(name, "not judged", note=why)
-                elif not _finite(growth):
-                    add(
-                        name,
-                        "not judged",
-                        note=f"too few tracked frames to judge (needs >= {FLAT_MIN_FRAMES}; --frames {data.get('frames')})",
-                    )
-                else:
-                    add(
-                        name,
-                        "met" if growth <= FLAT_KB_PER_FRAME_PER_OBJECT else "missed",
-                        growth,
-                        f"KB per frame and object from frame 20 on (bound {FLAT_KB_PER_FRAME_PER_OBJECT:g})"
-                        + (f"; Meta {meta}" if _finite(meta) else ""),
-                    )
+                    why = missing(config, k)
+                    item = find(config, k) or {}
+                    growth = item.get("ours", {}).get("growth_kb_per_frame_per_object")
+                    meta = item.get("meta", {}).get("growth_kb_per_frame_per_object")
+                    if why:
+                        add(name, "not judged", note=why)
+                    elif not _finite(growth):
+                        add(
+                            name,
+                            "not judged",
+                            note=f"too few tracked frames to judge (needs >= {FLAT_MIN_FRAMES}; --frames {data.get('frames')})",
+                        )
+                    else:
+                        add(
+                            name,
+                            "met" if growth <= FLAT_KB_PER_FRAME_PER_OBJECT else "missed",
+                            growth,
+                            f"KB per frame and object from frame 20 on (bound {FLAT_KB_PER_FRAME_PER_OBJECT:g})"
+                            + (f"; Meta {meta}" if _finite(meta) else ""),
+                        )
     return targets
 
 
@@ -495,11 +516,11 @@ def _bench_lines(name: str, part: dict) -> list[str]:
         "Mode: " + "; ".join(modes) + ".",
         "",
         (
-            "| variant | obj | status | FPS ours (steady) | FPS Meta (steady) | ours/Meta | GPU peak MB "
+            "| variant | dtype | obj | status | FPS ours (steady) | FPS Meta (steady) | ours/Meta | GPU peak MB "
             "ours / Meta | growth KB ours / Meta | load s ours / Meta | first run s ours / Meta | mask IoU min "
             "| logit rel-L2 max |"
         ),
-        "|" + "---|" * 12,
+        "|" + "---|" * 13,
     ]
     for i in items:
         o, m, a = i.get("ours", {}), i.get("meta", {}), i.get("agreement", {})
@@ -508,6 +529,7 @@ def _bench_lines(name: str, part: dict) -> list[str]:
             + " | ".join(
                 [
                     i["config"],
+                    i.get("dtype", "?"),
                     str(i["objects"]),
                     i["status"] + (f" ({i['note']})" if i.get("note") else ""),
                     f"{_f(o.get('fps'))} ({_f(o.get('fps_steady'))})",

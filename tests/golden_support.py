@@ -1,5 +1,11 @@
 """Run our predictors on the golden cases and write outputs in the golden file format,
-so that ``../shared/golden/compare.py`` (the reference's own judge) decides pass/fail."""
+so that ``../shared/golden/compare.py`` (the reference's own judge) decides pass/fail.
+
+Parity runs in full float32: TF32 (10-bit mantissa matmuls and convolutions on NVIDIA GPUs since
+Ampere; torch enables it for cuDNN convolutions by default) is switched off while a case is written,
+because the goldens were made in full float32 and their tolerances are float32's. TF32 is judged
+separately and loosely (tests/engine/test_gpu.py::test_cuda_tf32_smoke, docs/gpu-check.md).
+"""
 
 from __future__ import annotations
 
@@ -34,8 +40,41 @@ def run_compare(golden_dir: Path, case: str, candidate_dir: Path) -> tuple[int, 
     return code, out.getvalue(), worst
 
 
+@contextlib.contextmanager
+def full_fp32():
+    """No TF32 in cuBLAS matmuls nor cuDNN convolutions, and "highest" float32 matmul precision,
+    restored afterwards. Only torch's legacy switches are used: newer torch refuses to read the
+    flags back once the legacy and the new (``fp32_precision``) switches were mixed."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # newer torch prefers fp32_precision; the flags still work
+        saved = (
+            torch.backends.cuda.matmul.allow_tf32,
+            torch.backends.cudnn.allow_tf32,
+            torch.get_float32_matmul_precision(),
+        )
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved[:2]
+            torch.set_float32_matmul_precision(saved[2])
+
+
 def write_image_case(golden_dir: Path, case: str, predictor, out_dir: Path) -> None:
-    """Replay an image case's calls on ``predictor`` and write features + per-call npz files."""
+    """Replay an image case's calls on ``predictor`` (in full float32) and write the npz files."""
+    with full_fp32():
+        _write_image_case(golden_dir, case, predictor, out_dir)
+
+
+def _write_image_case(golden_dir: Path, case: str, predictor, out_dir: Path) -> None:
     gio = golden_module(golden_dir, "goldenio")
     cdir = golden_dir / case
     meta = json.loads((cdir / "case.json").read_text())
@@ -101,7 +140,12 @@ def video_case_frames(golden_dir: Path, case: str) -> np.ndarray:
 
 
 def write_video_case(golden_dir: Path, case: str, predictor, out_dir: Path, frames=None) -> None:
-    """Replay a video case's ops and write op_NN_*.npz files in the golden layout."""
+    """Replay a video case's ops (in full float32) and write op_NN_*.npz files in the golden layout."""
+    with full_fp32():
+        _write_video_case(golden_dir, case, predictor, out_dir, frames)
+
+
+def _write_video_case(golden_dir: Path, case: str, predictor, out_dir: Path, frames=None) -> None:
     import torch
 
     gio = golden_module(golden_dir, "goldenio")

@@ -66,6 +66,7 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     env["NAPARI_SAM2_PYTHON"] = sys.executable
     env.pop("OUT", None)
     cmd = ["bash", "benchmarks/gpu_check.sh", "--device", "cpu", "--frames", "2", "--out", str(out)]
+    cmd += ["--image-size", "128"]  # the benchmark item in seconds, not minutes, on a CPU
     cmd += ["--carry", str(tmp_path / "nothing-carried")]  # a developer's own .gpu-carry must not matter
     cmd += ["--extra-tests", str(injected)]
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=1200)
@@ -121,9 +122,14 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     assert parts["weights"]["status"] == "ok"
     bench = parts["bench_eager"]
     assert bench["status"] == "ok" and bench["meta"] == "absent", log
-    assert "Meta's copy absent" in bench["note"]
-    (item,) = bench["items"]
-    assert (item["config"], item["objects"], item["status"]) == ("sam2.1_hiera_t", 1, "ok")
+    assert "--image-size 128: ours only" in bench["note"]
+    (item,) = bench["items"]  # on CPU the eager side by side is fp32 only (--dtypes)
+    assert (item["config"], item["dtype"], item["objects"], item["status"]) == (
+        "sam2.1_hiera_t",
+        "fp32",
+        1,
+        "ok",
+    )
     assert item["mode"] == "ours fp32 eager (Meta's copy absent)"
     ours = item["ours"]
     assert ours["tracked_frames"] == 2
@@ -133,8 +139,15 @@ def test_gpu_check_dry_run_on_cpu(tmp_path):
     assert targets and all(t["status"] == "not judged" and "CPU" in t["note"] for t in targets)
     records = [json.loads(line) for line in (out / "bench.jsonl").read_text().splitlines()]
     assert [r["kind"] for r in records] == ["track"] and records[0]["s_per_frame"] == ours["s_per_frame"]
-    assert "| bench_eager | ok |" in md and "| sam2.1_hiera_t | 1 | ok |" in md and "Meta's copy absent" in md
+    assert records[0]["image_size"] == 128  # the record says the model was not at the variant's size
+    assert (
+        "| bench_eager | ok |" in md
+        and "| sam2.1_hiera_t | fp32 | 1 | ok |" in md
+        and "Meta's copy absent" in md
+    )
     assert "0 of 4 judged" in md  # tiny, 1 object, eager and compiled: FPS and memory; none on CPU
+    # the child wrote straight into --out: its progress lines (ours' load, first run) are in bench.log
+    assert "@@PROGRESS " in (out / "bench.log").read_text()
 
 
 @pytest.mark.slow
@@ -172,6 +185,7 @@ def _side_by_side(config: str, objects: int, ours_s: float, meta_s: float, growt
     return {
         "config": config,
         "objects": objects,
+        "dtype": "bf16",
         "status": "ok",
         "ours": {"fps": 1 / ours_s, "s_per_frame": ours_s, "growth_kb_per_frame_per_object": growth},
         "meta": {"fps": 1 / meta_s, "s_per_frame": meta_s, "growth_kb_per_frame_per_object": 770.0},
@@ -186,6 +200,7 @@ def test_summary_judges_the_targets(tmp_path):
         "frames": 60,
         "configs": ["sam2.1_hiera_t", "sam2.1_hiera_l"],
         "objects": [1, 5],
+        "dtypes": ["fp32", "bf16"],
         "compiled_configs": ["sam2.1_hiera_t", "sam2.1_hiera_l"],
         "compiled_objects": [1],
     }
@@ -199,6 +214,7 @@ def test_summary_judges_the_targets(tmp_path):
         {
             "config": "sam2.1_hiera_l",
             "objects": 5,
+            "dtype": "bf16",
             "status": "timeout",
             "note": "stopped",
             "ours": {"fps": 10.0},
@@ -219,24 +235,30 @@ def test_summary_judges_the_targets(tmp_path):
     summary.part("tests_compiled", "skipped", note="no time left in the budget (10 s left, needs 60)")
     assert summary.finish(100.0) == 1  # bench items timed out
     got = {t["target"]: (t["status"], t["value"], t["note"]) for t in summary.data["targets"]}
-    status, ratio, _ = got["sam2.1_hiera_t: FPS at least Meta's, both eager (1 object; aim 2x)"]
+    status, ratio, _ = got["sam2.1_hiera_t bf16: FPS at least Meta's, both eager (1 object; aim 2x)"]
     assert status == "met (aim 2x met)" and ratio == pytest.approx(2.5)
-    assert got["sam2.1_hiera_l: FPS at least Meta's, both eager (1 object; aim 2x)"][0] == "missed"
-    assert got["sam2.1_hiera_t: 5 objects cost under 3x one object (ours, eager)"][:2] == ("missed", 3.25)
-    status, _, note = got["sam2.1_hiera_l: 5 objects cost under 3x one object (ours, eager)"]
-    assert status == "not judged" and "sam2.1_hiera_l 5-object run: timeout" in note
-    assert got["sam2.1_hiera_t, 1 obj: GPU memory flat in the number of frames (ours, eager)"][:2] == (
+    assert got["sam2.1_hiera_l bf16: FPS at least Meta's, both eager (1 object; aim 2x)"][0] == "missed"
+    assert got["sam2.1_hiera_t bf16: 5 objects cost under 3x one object (ours, eager)"][:2] == (
+        "missed",
+        3.25,
+    )
+    status, _, note = got["sam2.1_hiera_l bf16: 5 objects cost under 3x one object (ours, eager)"]
+    assert status == "not judged" and "sam2.1_hiera_l bf16 5-object run: timeout" in note
+    assert got["sam2.1_hiera_t bf16, 1 obj: GPU memory flat in the number of frames (ours, eager)"][:2] == (
         "met",
         1.5,
     )
-    assert got["sam2.1_hiera_t, 5 obj: GPU memory flat in the number of frames (ours, eager)"][:2] == (
+    assert got["sam2.1_hiera_t bf16, 5 obj: GPU memory flat in the number of frames (ours, eager)"][:2] == (
         "missed",
         40.0,
     )
+    # fp32 was planned too, never run: each of its targets says why
+    status, _, note = got["sam2.1_hiera_t fp32: FPS at least Meta's, both eager (1 object; aim 2x)"]
+    assert status == "not judged" and note.startswith("bench_eager timeout"), note
     fastest = "FPS at least Meta's fastest, ours compiled vs vos_optimized (1 object; aim 2x)"
-    status, _, note = got[f"sam2.1_hiera_t: {fastest}"]
+    status, _, note = got[f"sam2.1_hiera_t bf16: {fastest}"]
     assert status == "not judged" and "during Meta's first run" in note and "ours alone: 300 FPS" in note
-    status, _, note = got[f"sam2.1_hiera_l: {fastest}"]  # planned, never started: the part's reason
+    status, _, note = got[f"sam2.1_hiera_l bf16: {fastest}"]  # planned, never started: the part's reason
     assert status == "not judged" and note.startswith("bench_compiled timeout"), note
     assert summary.data["problems"] == [
         "bench_eager",
@@ -245,8 +267,12 @@ def test_summary_judges_the_targets(tmp_path):
         "bench_compiled sam2.1_hiera_t 1 obj",
     ]
     md = (tmp_path / "summary.md").read_text()
-    assert "# GPU check: FAILED" in md and "| sam2.1_hiera_t | 1 | ok |" in md and "met (aim 2x met)" in md
-    assert "## Targets (issue 14): 6 of 12 judged" in md and "Judged: 6 (3 met, 3 missed)" in md
+    assert (
+        "# GPU check: FAILED" in md
+        and "| sam2.1_hiera_t | bf16 | 1 | ok |" in md
+        and "met (aim 2x met)" in md
+    )
+    assert "## Targets (issue 14): 6 of 20 judged" in md and "Judged: 6 (3 met, 3 missed)" in md
     assert "## Benchmark, eager" in md and "## Benchmark, compiled" in md
     assert json.loads((tmp_path / "summary.json").read_text())["status"] == "failed"
 
@@ -329,3 +355,74 @@ def test_stage_of_a_stopped_item_and_the_modes():
     )
     ours_only = {"config": "sam2.1_hiera_t", "objects": 1, "dtype": "fp32", "warmup_frames": 1}
     assert gs.stage_reached(ours_only, {"load_s": 1.0}) == "during the first run (warm-up)"
+
+
+def test_bench_order_and_budgets(tmp_path, monkeypatch):
+    """The eager side by side on a (simulated) GPU: tiny before large, each in fp32 then bf16, all with
+    1 object before any with 5; each item within its own budget and the part's, the compiled side by
+    side only with enough time left. Children are stand-ins that cost simulated seconds."""
+    gc = _load("gpu_check")
+    now = [1000.0]
+    monkeypatch.setattr(gc, "time", type("Clock", (), {"monotonic": staticmethod(lambda: now[0])}))
+    argv = [
+        "--device",
+        "cuda",
+        "--out",
+        str(tmp_path),
+        "--carry",
+        str(tmp_path / "none"),
+        "--budget-s",
+        "400",
+    ]
+    run = gc.Run(gc.defaults(gc.build_parser().parse_args(argv)))
+    _, specs, note = gc.bench_specs(run, "bench_eager")
+    assert "Meta's copy absent" in note
+    tiny, large = "sam2.1_hiera_t", "sam2.1_hiera_l"
+    order = [(s["config"], s["dtype"], s["objects"]) for s in specs]
+    assert order == [
+        (tiny, "fp32", 1),
+        (tiny, "bf16", 1),
+        (large, "fp32", 1),
+        (large, "bf16", 1),
+        (tiny, "fp32", 5),
+        (tiny, "bf16", 5),
+        (large, "fp32", 5),
+        (large, "bf16", 5),
+    ]
+    cost = {tiny: 50.0, large: 100.0}  # simulated seconds an item needs
+    started = []
+
+    def child(cmd, env, log, timeout, grace=0.0):
+        spec = json.loads(cmd[cmd.index("--child") + 1])
+        started.append((spec["config"], spec["dtype"], spec["objects"], round(timeout)))
+        with log.open("a") as f:  # ours' numbers first, as the real children print them
+            f.write(gc.bs.PROGRESS_PREFIX + json.dumps({"load_s": 1.0, "fps": 40.0}) + "\n")
+            spent = min(cost[spec["config"]], timeout)
+            now[0] += spent
+            if spent < cost[spec["config"]]:
+                return None, spent, True
+            f.write(
+                gc.bs.RESULT_PREFIX + json.dumps({"kind": "track", "fps": 40.0, "s_per_frame": 0.025}) + "\n"
+            )
+        return 0, spent, False
+
+    monkeypatch.setattr(gc, "run_process", child)
+    summary = gc.gs.Summary(tmp_path, {"device": "cuda", "configs": [tiny, large], "objects": [1, 5]})
+    gc.part_bench(run, summary, "bench_eager", have_weights=True)
+    # budget 240 s for the part, 120 s an item, none started with under 30 s left
+    assert started == [
+        (tiny, "fp32", 1, 120),
+        (tiny, "bf16", 1, 120),
+        (large, "fp32", 1, 120),
+        (large, "bf16", 1, 40),
+    ]
+    items = summary.data["parts"]["bench_eager"]["items"]
+    assert [i["status"] for i in items] == ["ok", "ok", "ok", "timeout"] + ["not run"] * 4
+    assert items[3]["ours"]["fps"] == 40.0  # a stopped item keeps what its child had measured
+    assert all("no time left" in i["note"] for i in items[4:])
+    assert (tmp_path / "bench.log").read_text().count(gc.bs.PROGRESS_PREFIX) == 4  # in --out at once
+    # 240 s spent of 400 (15 kept for the summary): 145 s left, under the 150 s a compiled run needs
+    gc.part_bench(run, summary, "bench_compiled", have_weights=True)
+    compiled = summary.data["parts"]["bench_compiled"]
+    assert compiled["status"] == "skipped" and "145 s left, needs 150" in compiled["note"], compiled
+    assert len(started) == 4

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import make_test_checkpoint
-from golden_support import run_compare, write_image_case, write_video_case
+from golden_support import full_fp32, run_compare, write_image_case, write_video_case
 
 from napari_sam2.engine.build import build_sam2_model, compile_model
 from napari_sam2.engine.image_predictor import SAM2ImagePredictor
@@ -47,8 +47,11 @@ BF16_TRACK_BOUNDS = {"iou_min": 0.85, "rel_l2_max": 0.15}
 # tolerance on the logits (3e-2); masks within 0.97 IoU (docs/benchmarks.md measured 0.988 on CPU,
 # 5 objects, 8 frames, where near-zero logits of the random weights make IoU touchy).
 BATCHED_BOUNDS = {"iou_min": 0.97, "rel_l2_max": 0.03}
-# Host<->device syncs a tracked frame needs: the frame's pixels going to the device. The masks the
-# caller takes to the host are its own copy, outside the count.
+# Host<->device syncs allowed inside propagation per tracked frame (the masks the caller takes to
+# the host are its own copy, outside the count). The frame's pixels go to the device through pinned
+# memory without blocking and the spill store's copies do not wait either
+# (tests/engine/test_sync_count.py counts every site on the CPU), so 0 are expected; 1 leaves room
+# for the frame's copy should a torch version make it wait.
 SYNCS_PER_FRAME_NEEDED = 1
 # Resident GPU memory growth per tracked frame and object, once the per-object hot frames and the
 # feature cache are full (by frame 16 with the defaults). What has to stay per frame is the object
@@ -146,16 +149,21 @@ def within(dev: dict[str, float], bounds: dict[str, float]) -> bool:
 
 @contextlib.contextmanager
 def tf32(mode: str):
-    """ "off": strict float32 in cuBLAS and cuDNN; "torch-default": whatever torch does by default
-    (TF32 in cuDNN convolutions), which is what users get."""
+    """ "off": full float32 (golden_support.full_fp32); "on": TF32 in cuBLAS and cuDNN, as Meta's
+    notebooks set it on Ampere and later GPUs. Only torch's legacy switches are used (see full_fp32)."""
+    if mode == "off":
+        with full_fp32():
+            yield
+        return
     saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # newer torch prefers fp32_precision; the flags still work
-        if mode == "off":
-            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-        try:
-            yield
-        finally:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+    try:
+        yield
+    finally:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
@@ -208,11 +216,10 @@ def cuda_tiny_compiled_bf16(tiny_checkpoint):
 @pytest.mark.gpu
 @pytest.mark.golden
 @needs_cuda
-@pytest.mark.parametrize("precision", ["off", "torch-default"], ids=["fp32", "tf32-torch-default"])
-def test_cuda_image_case_matches_reference(golden_dir, cuda_tiny, precision, tmp_path):
+def test_cuda_image_case_matches_reference(golden_dir, cuda_tiny, tmp_path):
+    """In full float32 (golden_support.full_fp32: no TF32 anywhere), as the goldens were made."""
     out = tmp_path / IMAGE_CASE
-    with tf32(precision):
-        write_image_case(golden_dir, IMAGE_CASE, SAM2ImagePredictor(cuda_tiny), out)
+    write_image_case(golden_dir, IMAGE_CASE, SAM2ImagePredictor(cuda_tiny), out)
     code, report, _ = run_compare(golden_dir, IMAGE_CASE, out)
     assert code == 0, report
     assert "OVERALL PASS" in report and "features.npz: ok" in report
@@ -221,12 +228,8 @@ def test_cuda_image_case_matches_reference(golden_dir, cuda_tiny, precision, tmp
 @pytest.mark.gpu
 @pytest.mark.golden
 @needs_cuda
-@pytest.mark.parametrize(
-    ("case", "batch_objects", "precision"),
-    [(c, b, "off") for c, b in VIDEO_CASES] + [(VIDEO_CASES[0][0], True, "torch-default")],
-    ids=["batched-fp32", "one-by-one-fp32", "batched-tf32-torch-default"],
-)
-def test_cuda_video_case_matches_reference(golden_dir, case, batch_objects, precision, tmp_path):
+@pytest.mark.parametrize(("case", "batch_objects"), VIDEO_CASES, ids=["batched-fp32", "one-by-one-fp32"])
+def test_cuda_video_case_matches_reference(golden_dir, case, batch_objects, tmp_path):
     meta = json.loads((golden_dir / case / "case.json").read_text())
     ckpt = make_test_checkpoint(meta["config"], meta["seed"], tuple(meta["weights"]["overrides"]))
     model = build_sam2_model(meta["config"], ckpt, device="cuda")
@@ -235,11 +238,43 @@ def test_cuda_video_case_matches_reference(golden_dir, case, batch_objects, prec
         model, fill_hole_area=0, hot_frames=2, spill_dir=str(tmp_path), batch_objects=batch_objects
     )
     out = tmp_path / case
-    with tf32(precision):
-        write_video_case(golden_dir, case, predictor, out)
+    write_video_case(golden_dir, case, predictor, out)  # in full float32, as the image case
     code, report, _ = run_compare(golden_dir, case, out)
     assert code == 0, report
     assert "OVERALL PASS" in report
+
+
+# ====================================================================== TF32: a smoke check, not parity
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_cuda_tf32_smoke(cuda_tiny):
+    """TF32 on in cuBLAS and cuDNN (what Meta's notebooks and benchmark set on Ampere and later)
+    against full float32, one image and 8 tracked frames: a loose check that TF32 runs and stays
+    close, NOT parity with Meta's goldens (those run in full float32, golden_support.full_fp32).
+
+    Bounds: the bf16 ones. TF32 rounds matmul and convolution inputs to a 10-bit mantissa, bf16
+    everything to 7 bits, so TF32 deviates less than bf16 (measured on CPU: docs/benchmarks.md).
+    No TF32 number of Meta's own exists yet to set a tighter bound (docs/gpu-check.md).
+    """
+    image, clicks = timelapse(8, 1)
+    point = [clicks[0][1]]
+    low, tracks = {}, {}
+    for name in ("off", "on"):
+        with tf32(name):
+            predictor = SAM2ImagePredictor(cuda_tiny)
+            predictor.set_image(image[0])
+            low[name] = [[m] for m in predictor.predict(point_coords=point, point_labels=[1])[2]]
+            tracks[name] = track_logits(SAM2VideoPredictor(cuda_tiny, fill_hole_area=0), image, clicks)
+    image_dev, track_dev = deviation(low["on"], low["off"]), deviation(tracks["on"], tracks["off"])
+    print(f"TF32 vs fp32: image {image_dev}, tracking {track_dev}")
+    assert within(image_dev, BF16_IMAGE_BOUNDS), (
+        f"TF32 vs fp32, image: {image_dev}, bounds {BF16_IMAGE_BOUNDS}"
+    )
+    assert within(track_dev, BF16_TRACK_BOUNDS), (
+        f"TF32 vs fp32, tracking: {track_dev}, bounds {BF16_TRACK_BOUNDS}"
+    )
 
 
 # ====================================================================== bf16 autocast against fp32
@@ -327,8 +362,12 @@ def count_syncs(predictor, image, clicks, skip: int) -> tuple[SyncCounter, int]:
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("spill", [False, True], ids=["in-ram", "spilling"])
-def test_cuda_syncs_per_tracked_frame(cuda_tiny, spill, tmp_path):
+@pytest.mark.parametrize(
+    ("spill", "fill_hole_area"),
+    [(False, 0), (False, 8), (True, 0)],
+    ids=["in-ram", "in-ram-hole-filling", "spilling"],
+)
+def test_cuda_syncs_per_tracked_frame(cuda_tiny, spill, fill_hole_area, tmp_path):
     control = SyncCounter()
     with control.counting():  # the counter must see a sync when there is one
         torch.ones(1, device="cuda").cpu()
@@ -336,7 +375,7 @@ def test_cuda_syncs_per_tracked_frame(cuda_tiny, spill, tmp_path):
     image, clicks = timelapse(12, 2)
     predictor = SAM2VideoPredictor(
         cuda_tiny,
-        fill_hole_area=0,
+        fill_hole_area=fill_hole_area,  # 8 is the default: holes are filled on the device
         hot_frames=2 if spill else 16,
         spill_to_disk=spill,
         spill_dir=str(tmp_path),
@@ -344,8 +383,8 @@ def test_cuda_syncs_per_tracked_frame(cuda_tiny, spill, tmp_path):
     counter, frames = count_syncs(predictor, image, clicks, skip=4)
     assert frames == 12 + 1 - 4
     assert counter.total <= SYNCS_PER_FRAME_NEEDED * frames, (
-        f"{counter.total} host<->device syncs in {frames} tracked frames (needed: {SYNCS_PER_FRAME_NEEDED} a frame, "
-        f"its pixels); where: {counter.report(frames)}"
+        f"{counter.total} host<->device syncs in {frames} tracked frames (allowed: {SYNCS_PER_FRAME_NEEDED} a "
+        f"frame, expected 0); where: {counter.report(frames)}"
     )
 
 

@@ -57,15 +57,24 @@ class MaskRecords:
     def filter(self, keep: torch.Tensor) -> None:
         """Keep the rows selected by a boolean mask or an index tensor, in that order."""
         keep = torch.as_tensor(keep)
+        if keep.dtype == torch.bool:
+            # The selected rows found once: indexing each field by the boolean mask would make a
+            # GPU's host wait for the row count once per field.
+            keep = keep.nonzero().squeeze(1)
+        on_device: dict[torch.device, torch.Tensor] = {keep.device: keep}
+        host = None
         for key, value in self._fields.items():
             if isinstance(value, torch.Tensor):
-                self._fields[key] = value[keep.to(value.device)]
-            elif isinstance(value, np.ndarray):
-                self._fields[key] = value[keep.cpu().numpy()]
-            elif keep.dtype == torch.bool:
-                self._fields[key] = [v for v, k in zip(value, keep.tolist()) if k]
+                if value.device not in on_device:
+                    on_device[value.device] = keep.to(value.device)
+                self._fields[key] = value[on_device[value.device]]
+                continue
+            if host is None:
+                host = keep.cpu().numpy()
+            if isinstance(value, np.ndarray):
+                self._fields[key] = value[host]
             else:
-                self._fields[key] = [value[i] for i in keep.tolist()]
+                self._fields[key] = [value[i] for i in host.tolist()]
 
     def cat(self, other: MaskRecords) -> None:
         """Append another record set's rows (fields absent here are taken over)."""
@@ -140,13 +149,23 @@ def generate_crop_boxes(
     return boxes, layers
 
 
+def _shift_xy(xy: torch.Tensor, dx: int, dy: int) -> torch.Tensor:
+    """``xy`` (..., 2k) in (x, y) pairs shifted by (dx, dy). Python numbers, not a tensor of the
+    offsets: a tensor made from host data is a copy the host waits for on a GPU."""
+    if dx == 0 and dy == 0:
+        return xy.clone()
+    out = xy.clone()
+    out[..., 0::2] += dx
+    out[..., 1::2] += dy
+    return out
+
+
 def uncrop_boxes_xyxy(boxes: torch.Tensor, crop_box: Sequence[int]) -> torch.Tensor:
-    x0, y0 = crop_box[0], crop_box[1]
-    return boxes + torch.tensor([x0, y0, x0, y0], device=boxes.device)
+    return _shift_xy(boxes, crop_box[0], crop_box[1])
 
 
 def uncrop_points(points: torch.Tensor, crop_box: Sequence[int]) -> torch.Tensor:
-    return points + torch.tensor([crop_box[0], crop_box[1]], device=points.device)
+    return _shift_xy(points, crop_box[0], crop_box[1])
 
 
 def uncrop_masks(masks: torch.Tensor, crop_box: Sequence[int], orig_h: int, orig_w: int) -> torch.Tensor:
@@ -163,12 +182,14 @@ def is_box_near_crop_edge(
 ) -> torch.Tensor:
     """(N,) True for boxes (crop coordinates) within ``atol`` px of an edge of the crop that is
     not also an edge of the image: such masks are probably cut by the crop."""
-    crop = torch.as_tensor(crop_box, dtype=torch.float, device=boxes.device)
-    orig = torch.as_tensor(orig_box, dtype=torch.float, device=boxes.device)
     boxes = uncrop_boxes_xyxy(boxes, crop_box).float()
-    near_crop = torch.isclose(boxes, crop[None, :], atol=atol, rtol=0)
-    near_image = torch.isclose(boxes, orig[None, :], atol=atol, rtol=0)
-    return torch.any(near_crop & ~near_image, dim=1)
+
+    def near(edges: Sequence[int]) -> torch.Tensor:
+        # torch.isclose(boxes, edges, atol, rtol=0) for finite boxes, with the edges as Python
+        # numbers (a tensor of them would be a copy from the host each batch)
+        return torch.stack([(boxes[:, k] - float(e)).abs() <= atol for k, e in enumerate(edges)], dim=1)
+
+    return torch.any(near(crop_box) & ~near(orig_box), dim=1)
 
 
 def box_xyxy_to_xywh(box: np.ndarray | torch.Tensor) -> np.ndarray | torch.Tensor:
@@ -219,20 +240,22 @@ def calculate_stability_score(masks: torch.Tensor, mask_threshold: float, offset
 
 
 def mask_to_rle_pytorch(masks: torch.Tensor) -> list[Rle]:
-    """(N, H, W) bool masks -> uncompressed RLEs (column-major, first count = leading zeros)."""
+    """(N, H, W) bool masks -> uncompressed RLEs (column-major, first count = leading zeros).
+
+    Meta's version reads each mask's changes and first pixel back from the device on its own
+    (three waits of the host per mask on a GPU); here the whole batch comes back in one copy.
+    """
     n, h, w = masks.shape
     flat = masks.permute(0, 2, 1).flatten(1)
-    changes = (flat[:, 1:] ^ flat[:, :-1]).nonzero().cpu().numpy()
-    # nonzero() lists the changes mask by mask, so one split gives each mask's own: one pass
-    # over all changes instead of one search of all of them per mask.
-    per_mask = np.split(changes[:, 1] + 1, np.cumsum(np.bincount(changes[:, 0], minlength=n))[:-1])
-    starts_on = flat[:, 0].cpu().tolist()
+    # A virtual background pixel before each mask: a mask starting with foreground changes at 0,
+    # which gives its leading count of 0 zeros, so the first pixel needs no read of its own.
+    padded = torch.cat([flat.new_zeros(n, 1), flat], dim=1)
+    changes = (padded[:, 1:] ^ padded[:, :-1]).nonzero().cpu().numpy()  # (K, 2), rows in order
+    starts = np.searchsorted(changes[:, 0], np.arange(n + 1))
     out = []
     for i in range(n):
-        bounds = np.concatenate(([0], per_mask[i], [h * w]))
-        counts = [0] if starts_on[i] else []
-        counts.extend(np.diff(bounds).tolist())
-        out.append({"size": [h, w], "counts": counts})
+        bounds = np.concatenate([[0], changes[starts[i] : starts[i + 1], 1], [h * w]])
+        out.append({"size": [h, w], "counts": np.diff(bounds).tolist()})
     return out
 
 

@@ -363,13 +363,36 @@ def preprocess(frame_rgb: np.ndarray, image_size: int = 1024, device: Any = "cpu
         raise ValueError(f"expected an RGB frame of shape (H, W, 3); got {x.shape}")
     if x.dtype.kind != "f":
         raise ValueError(f"expected a float RGB frame in [0, 1] (see Normalizer.to_rgb); got dtype {x.dtype}")
-    # ToTensor: HWC -> CHW float32.
-    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).permute(2, 0, 1).to(device)
+    # ToTensor: HWC -> CHW float32. The frame's pixels are the one copy to the device a frame needs;
+    # on CUDA it goes through pinned memory without blocking, so the host does not wait for the GPU.
+    host = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    device = torch.device(device)
+    if device.type == "cuda":
+        t = host.pin_memory().to(device, non_blocking=True).permute(2, 0, 1)
+    else:
+        t = host.permute(2, 0, 1).to(device)
     if t.shape[1:] != (image_size, image_size):
         t = F.interpolate(
             t[None], size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
         )[0]
-    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=t.device)[:, None, None]
-    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=t.device)[:, None, None]
+    mean, std = _imagenet_constants(t.device)
     # torchvision Normalize: sub then div (not multiplication by 1/std).
     return ((t - mean) / std).contiguous()
+
+
+_IMAGENET_ON_DEVICE: dict[str, tuple] = {}
+
+
+def _imagenet_constants(device) -> tuple:
+    """ImageNet mean and std as (3, 1, 1) float32 tensors on ``device``, made once per device:
+    a tensor made from host data each frame would be a copy the host waits for on a GPU."""
+    import torch
+
+    key = str(device)
+    if key not in _IMAGENET_ON_DEVICE:
+        with torch.inference_mode(False):  # usable in and outside inference mode
+            _IMAGENET_ON_DEVICE[key] = tuple(
+                torch.tensor(v, dtype=torch.float32, device=device)[:, None, None]
+                for v in (IMAGENET_MEAN, IMAGENET_STD)
+            )
+    return _IMAGENET_ON_DEVICE[key]

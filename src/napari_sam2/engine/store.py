@@ -71,6 +71,16 @@ class _RecordFile:
         self._finalizer()
 
 
+def _copy_done_event(device: torch.device):
+    """An event recorded after the copies just queued on ``device`` (``query()`` is True once they
+    are done), or None where copies to the host are done when they return (the CPU, other devices)."""
+    if device.type != "cuda":
+        return None
+    event = torch.cuda.Event()
+    event.record(torch.cuda.current_stream(device))
+    return event
+
+
 class FrameOutputStore:
     """Mapping frame index -> :class:`FrameOutput`, keeping at most ``hot_frames`` whole in RAM."""
 
@@ -84,6 +94,11 @@ class FrameOutputStore:
         self._mems: _RecordFile | None = None
         self._shapes: tuple | None = None
         self._has_mem: dict[int, bool] = {}
+        # Spilled records on their way to the host: (t, masks, memory bits, event, the output).
+        # On a GPU the copies run behind the device's queue and are written to the file once
+        # done, so the host never waits for them while tracking; until then a read of the frame
+        # takes the output itself, still on the device.
+        self._pending: list[tuple[int, torch.Tensor, torch.Tensor | None, object, FrameOutput]] = []
 
     # -- mapping interface used by the tracker
     def __contains__(self, t: object) -> bool:
@@ -138,6 +153,7 @@ class FrameOutputStore:
         self._hot.clear()
         self._small.clear()
         self._has_mem.clear()
+        self._pending.clear()
 
     def close(self) -> None:
         self.clear()
@@ -157,6 +173,19 @@ class FrameOutputStore:
         while len(self._hot) > self._hot_frames:
             t, out = self._hot.popitem(last=False)
             self._spill(t, out)
+        self._write_pending()
+
+    def _write_pending(self) -> None:
+        """Write the spilled records whose copies to the host are done, oldest first (a frame
+        spilled twice ends with its newest record)."""
+        while self._pending:
+            t, masks, mem, event, _ = self._pending[0]
+            if event is not None and not event.query():
+                return
+            self._pending.pop(0)
+            self._masks.write(t, masks.numpy().tobytes())
+            if mem is not None:
+                self._mems.write(t, mem.numpy().tobytes())
 
     def _files(self, out: FrameOutput) -> None:
         if self._masks is not None:
@@ -174,19 +203,38 @@ class FrameOutputStore:
         mask_shape, mem_shape = self._shapes
         if tuple(out.pred_masks.shape) != mask_shape:
             raise ValueError("frame outputs of one object must share their shapes")
-        self._masks.write(t, out.pred_masks.detach().float().cpu().numpy().tobytes())
         has_mem = out.maskmem_features is not None
+        if has_mem and (self._mems is None or tuple(out.maskmem_features.shape) != mem_shape):
+            raise ValueError("memory features of one object must share their shapes")
+        # Copies to the host that do not block: on CUDA into pinned memory, behind the queued work
+        # (a blocking copy would make the host wait for the device each frame), written to the
+        # file once an event says they are done; on the CPU no copy at all. Other devices block.
+        device = out.pred_masks.device
+        non_blocking = device.type in ("cuda", "cpu")
+        masks = out.pred_masks.detach().float().to("cpu", non_blocking=non_blocking)
+        mem = None
         if has_mem:
-            if self._mems is None or tuple(out.maskmem_features.shape) != mem_shape:
-                raise ValueError("memory features of one object must share their shapes")
-            bits = out.maskmem_features.detach().to(torch.bfloat16).cpu().view(torch.int16).numpy()
-            self._mems.write(t, bits.tobytes())
+            bits = out.maskmem_features.detach().to(torch.bfloat16).view(torch.int16)
+            mem = bits.to("cpu", non_blocking=non_blocking)
+        event = _copy_done_event(device)
+        self._pending.append((t, masks, mem, event, out))
         self._has_mem[t] = has_mem
         self._small[t] = (out.obj_ptr, out.object_score_logits)
 
     def _load(self, t: int, keep: bool = True) -> FrameOutput:
-        mask_shape, mem_shape = self._shapes
         ptr, score = self._small[t]
+        on_its_way = [p[4] for p in self._pending if p[0] == t]
+        if on_its_way:  # not in the file yet: the output itself, as the file would give it back
+            src = on_its_way[-1]
+            mem = None if src.maskmem_features is None else src.maskmem_features.detach().to(torch.bfloat16)
+            out = FrameOutput(
+                maskmem_features=mem,
+                obj_ptr=ptr,
+                pred_masks=src.pred_masks.detach().float(),
+                object_score_logits=score,
+            )
+            return self._loaded(t, out, keep)
+        mask_shape, mem_shape = self._shapes
         masks = torch.from_numpy(
             np.frombuffer(self._masks.read(t), dtype=np.float32).reshape(mask_shape).copy()
         )
@@ -195,12 +243,22 @@ class FrameOutputStore:
             raw = np.frombuffer(self._mems.read(t), dtype=np.int16).reshape(mem_shape).copy()
             mem = torch.from_numpy(raw).view(torch.bfloat16)
         dev = ptr.device
+
+        def to_device(x: torch.Tensor) -> torch.Tensor:
+            # through pinned memory without blocking on CUDA: the host does not wait for the GPU
+            if dev.type == "cuda":
+                return x.pin_memory().to(dev, non_blocking=True)
+            return x.to(dev)
+
         out = FrameOutput(
-            maskmem_features=None if mem is None else mem.to(dev),
+            maskmem_features=None if mem is None else to_device(mem),
             obj_ptr=ptr,
-            pred_masks=masks.to(dev),
+            pred_masks=to_device(masks),
             object_score_logits=score,
         )
+        return self._loaded(t, out, keep)
+
+    def _loaded(self, t: int, out: FrameOutput, keep: bool) -> FrameOutput:
         if keep:
             # Back into the hot set (most recently used); something older may spill.
             del self._small[t]

@@ -258,21 +258,76 @@ class VideoInference:
 def fill_holes_in_mask_scores(mask: torch.Tensor, max_area: int) -> torch.Tensor:
     """Turn background holes (8-connected, area <= max_area) of low-res logits into foreground (0.1).
 
-    Meta does this with a CUDA connected-components kernel; this is the same rule with
-    scikit-image's labelling, on any device.
+    Meta does this with a CUDA connected-components kernel. Here it is the same rule computed on
+    the mask's own device with a fixed number of kernels and no read-back to the host (which would
+    make the host wait for a GPU each frame):
+
+    1. every background pixel (logit <= 0) starts with its own label (its index); for
+       ``max_area - 1`` steps each takes the smallest label of its 8-neighbourhood within the
+       background. A component of at most ``max_area`` pixels spans at most ``max_area - 1`` steps,
+       so all its pixels then share one label;
+    2. per label: how many pixels carry it, and whether any of them touches a background neighbour
+       with another label;
+    3. a pixel is a hole when its label is carried by at most ``max_area`` pixels and by none that
+       touches another label. Those pixels are closed under 8-adjacency within the background, so
+       they are a whole component, of at most ``max_area`` pixels; every component that small is
+       found by step 1. The rule is exact for any mask, whatever the number of steps beyond that.
+
+    Step 1 costs ``max_area`` kernels: for large areas on the CPU, where nothing waits for a device,
+    scikit-image's labelling (one pass) is used instead; it gives the same result.
     """
+    if max_area <= 0:
+        return mask
+    if mask.device.type == "cpu" and max_area > _DEVICE_FILL_MAX_AREA_ON_CPU:
+        return _fill_holes_by_labelling(mask, max_area)
+    return _fill_holes_on_device(mask, max_area)
+
+
+# Above this area the kernel-per-step fill is slower on a CPU than one labelling pass (measured:
+# 2 masks of 256 x 256, area 8: 0.2 s against 0.6 s; area 64: 1.2 s).
+_DEVICE_FILL_MAX_AREA_ON_CPU = 32
+
+
+def _fill_holes_by_labelling(mask: torch.Tensor, max_area: int) -> torch.Tensor:
+    """The same rule with scikit-image's connected-component labelling, on the host."""
     from skimage.measure import label
 
     bg = (mask <= 0).cpu().numpy()
     fill = np.zeros_like(bg)
     for idx in np.ndindex(bg.shape[:-2]):
         lab = label(bg[idx], connectivity=2)
-        if lab.max() == 0:
-            continue
         areas = np.bincount(lab.ravel())
         small = areas <= max_area
-        small[0] = False
+        small[0] = False  # label 0 is the foreground
         fill[idx] = small[lab]
-    if not fill.any():
-        return mask
-    return torch.where(torch.from_numpy(fill).to(mask.device), torch.tensor(0.1, device=mask.device), mask)
+    return torch.where(torch.from_numpy(fill).to(mask.device), 0.1, mask)
+
+
+def _fill_holes_on_device(mask: torch.Tensor, max_area: int) -> torch.Tensor:
+    """:func:`fill_holes_in_mask_scores` in a fixed number of kernels on ``mask``'s device."""
+    shape = mask.shape
+    h, w = shape[-2:]
+    bg = (mask <= 0).reshape(-1, 1, h, w)
+    n = bg.shape[0]
+    # float32 holds every label exactly (h * w < 2**24 for low-res masks); float64 beyond.
+    dtype = torch.float32 if h * w < 2**24 else torch.float64
+    inf = torch.finfo(dtype).max
+    index = torch.arange(1, h * w + 1, device=mask.device, dtype=dtype).reshape(1, 1, h, w)
+    labels = torch.where(bg, index, inf)
+
+    def neighbourhood_min(x: torch.Tensor) -> torch.Tensor:
+        return -F.max_pool2d(-x, kernel_size=3, stride=1, padding=1)
+
+    for _ in range(min(max_area, h * w) - 1):
+        labels = torch.where(bg, neighbourhood_min(labels), inf)
+    # A background pixel next to another label; the 3x3 window holds the pixel itself.
+    lo = neighbourhood_min(labels)
+    hi = F.max_pool2d(torch.where(bg, labels, -inf), kernel_size=3, stride=1, padding=1)
+    touches_other = bg & ((lo != labels) | (hi != labels))
+    slot = torch.where(bg, labels, 0).long().flatten(1)  # label L -> slot L; non-background -> 0
+    count = torch.zeros(n, h * w + 1, device=mask.device, dtype=torch.int64)
+    count.scatter_add_(1, slot, bg.flatten(1).long())
+    open_ = torch.zeros(n, h * w + 1, device=mask.device, dtype=torch.int64)
+    open_.scatter_add_(1, slot, touches_other.flatten(1).long())
+    hole = bg.flatten(1) & (count.gather(1, slot) <= max_area) & (open_.gather(1, slot) == 0)
+    return torch.where(hole.reshape(shape), 0.1, mask)

@@ -81,8 +81,10 @@ class PositionEmbeddingRandom(nn.Module):
 
     def points(self, coords: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
         """Encode pixel coordinates (..., 2) in (x, y) order for an image of size (H, W)."""
-        scale = torch.tensor([image_hw[1], image_hw[0]], dtype=torch.float32, device=coords.device)
-        return self.encode(coords.float() / scale)
+        # Divided by Python numbers, as Meta does: a tensor of the sizes made here each call would be
+        # a copy from the host that a GPU's host waits for.
+        xy = coords.float()
+        return self.encode(torch.stack((xy[..., 0] / image_hw[1], xy[..., 1] / image_hw[0]), dim=-1))
 
 
 def sine_encoding_1d(positions: torch.Tensor, dim: int, temperature: float = 10000.0) -> torch.Tensor:

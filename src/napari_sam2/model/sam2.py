@@ -329,7 +329,7 @@ class SAM2Model(nn.Module):
             ptrs = torch.stack(
                 [torch.cat([sel[1][k][1] for sel in selections]) for k in range(len(pointers))], dim=1
             ).to(device)  # (B, P, C)
-            dists = torch.tensor([d for d, _ in pointers], device=device)
+            dists = self._distances_on(device, [d for d, _ in pointers])
             ptr_pos = (
                 self.pointer_pos_enc(dists, num_frames).unsqueeze(0).expand(b, -1, -1)
             )  # (B, P, mem_dim)
@@ -351,6 +351,19 @@ class SAM2Model(nn.Module):
         curr_pos = vision_pos.flatten(2).transpose(1, 2).expand(b, -1, -1)
         out = self.memory_attention(curr, curr_pos, memory, memory_pos, num_obj_ptr_tokens=num_ptr_tokens)
         return out.transpose(1, 2).reshape(b, c, h, w)
+
+    def _distances_on(self, device: torch.device, dists: list[int]) -> torch.Tensor:
+        """``torch.tensor(dists, device=device)`` without a copy from the host each frame (on a GPU
+        the host would wait for it): rows of a signed range kept on the device, grown when needed."""
+        span = max(abs(d) for d in dists)
+        table = self.__dict__.setdefault("_signed_ranges", {}).get(str(device))
+        if table is None or table.shape[0] <= 2 * span:
+            size = max(span, 64 if table is None else table.shape[0])  # doubles at least
+            with torch.inference_mode(False):  # usable in and outside inference mode
+                table = torch.arange(-size, size + 1, device=device)  # a kernel, not a copy
+            self._signed_ranges[str(device)] = table
+        mid = table.shape[0] // 2
+        return torch.cat([table[mid + d : mid + d + 1] for d in dists])
 
     def pointer_pos_enc(self, dists: torch.Tensor, num_frames: int) -> torch.Tensor:
         """Temporal encoding of object pointers at signed frame distances -> (P, mem_dim)."""
