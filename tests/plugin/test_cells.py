@@ -28,7 +28,7 @@ def ann(data):
     viewer.add_image(image, name="cells")
     a = Annotator(viewer, synchronous=True)
     a.use_predictor(GroundTruthPredictor(labels))
-    a.use_mask_generator(GroundTruthMaskGenerator(image, labels))
+    a.cells.use_mask_generator(GroundTruthMaskGenerator(image, labels))
     a.errors = []
     a.events.error.connect(a.errors.append)
     return a
@@ -38,14 +38,14 @@ def test_segment_everything_writes_editable_seeds(ann, data):
     _, truth, _ = data
     ann.set_cells(min_area=16, drop_border_touching=False)
     seeds = ann.segment_everything(frame=0)
-    layer = ann.seeds_layer()
+    layer = ann.cells.seeds_layer()
     assert layer.name == "SAM2 seeds [cells]" and ann.viewer.layers.selection.active is not layer
     n = len(np.unique(truth[0])) - 1
     assert seeds.max() == n and len(np.unique(seeds)) - 1 == n
     # one seed per true cell, each covering that cell
     for v in np.unique(truth[0])[1:]:
         assert len(np.unique(seeds[truth[0] == v])) == 1
-    assert "object(s) on frame 0" in ann.last_status
+    assert "objects on frame 0" in ann.status.text
 
 
 def test_track_all_cells_gives_tracks_lineage_and_files(ann, data, tmp_path):
@@ -55,21 +55,26 @@ def test_track_all_cells_gives_tracks_lineage_and_files(ann, data, tmp_path):
     ann.set_cells(drop_border_touching=False, reseed_every=1)
     ann.segment_everything(frame=0)
     # the user deletes one seed before tracking
-    seeds = ann.seeds_layer()
+    seeds = ann.cells.seeds_layer()
     gone = int(seeds.data[0].max())
     seeds.data[0][seeds.data[0] == gone] = 0
     tracks = ann.track_all_cells(frame=0)
     assert tracks.name == "SAM2 tracks [cells]" and not ann.errors
     assert all(tracks.data[t].any() for t in range(len(truth)))
-    graph = ann.track_graph
+    graph = ann.cells.track_graph
     assert len(graph.divisions()) >= 1  # the stand-in follows the synthetic divisions
-    lin = ann.lineage_layer()
+    lin = ann.cells.lineage_layer()
     assert isinstance(lin, Tracks) and lin.graph  # the division graph is drawn
     written = ann.export_tracks(tmp_path / "out")
     assert [p.name for p in written] == ["ctc", "tracks.geff", "tracks.csv"]
     load_ctc_data(str(written[0]), run_checks=True)  # the CTC files load in the metrics package
-    with pytest.raises(SessionError, match="exists"):
+    before = (tmp_path / "out" / "tracks.csv").read_bytes()
+    with pytest.raises(FileExistsError, match="tracks.csv already exists"):
         ann.export_tracks(tmp_path / "out", formats=("csv",))
+    with pytest.raises(FileExistsError, match="ctc, .*tracks.geff, .*tracks.csv already exist"):
+        ann.export_tracks(tmp_path / "out")  # named all at once, before anything is written
+    assert (tmp_path / "out" / "tracks.csv").read_bytes() == before
+    assert [p.name for p in ann.export_tracks(tmp_path / "out", formats=("csv",), overwrite=True)] == ["tracks.csv"]
 
 
 def test_track_all_needs_seeds_and_a_stack(ann):
@@ -95,7 +100,7 @@ def test_cancel_keeps_the_tracked_frames(ann, data):
 
     ann.events.frame_written.connect(on_frame)
     ann.track_all_cells(frame=0)
-    tracks = ann.tracks_layer().data
-    assert ann.last_outcome == "cancelled" and "Cancelled after" in ann.last_status
+    tracks = ann.cells.tracks_layer().data
+    assert ann.status.outcome == "cancelled" and "Cancelled after" in ann.status.text
     assert tracks[: len(written)].any() and not tracks[len(written) + 3 :].any()
-    assert ann.track_graph is not None  # what was tracked is kept as a graph too
+    assert ann.cells.track_graph is not None  # what was tracked is kept as a graph too
