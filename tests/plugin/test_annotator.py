@@ -515,7 +515,7 @@ def test_the_channel_selection_is_saved_and_applied(viewer, ann, tmp_path):
     viewer2.add_image(np.zeros((3, 4, 20, 20), np.uint16), name="4ch")
     ann2 = Annotator(viewer2, synchronous=True)
     ann2.load_prompts(path)
-    assert ann2.settings.channels == (2, 0) and ann2.geometry().channel_axis == 1
+    assert ann2.settings.channels == (2, 0) and ann2.image.geometry().channel_axis == 1
 
 
 def test_bad_prompt_file_is_a_plain_error(viewer, ann, tmp_path):

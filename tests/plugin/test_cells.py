@@ -74,7 +74,9 @@ def test_track_all_cells_gives_tracks_lineage_and_files(ann, data, tmp_path):
     with pytest.raises(FileExistsError, match="ctc, .*tracks.geff, .*tracks.csv already exist"):
         ann.export_tracks(tmp_path / "out")  # named all at once, before anything is written
     assert (tmp_path / "out" / "tracks.csv").read_bytes() == before
-    assert [p.name for p in ann.export_tracks(tmp_path / "out", formats=("csv",), overwrite=True)] == ["tracks.csv"]
+    assert [p.name for p in ann.export_tracks(tmp_path / "out", formats=("csv",), overwrite=True)] == [
+        "tracks.csv"
+    ]
 
 
 def test_track_all_needs_seeds_and_a_stack(ann):

@@ -159,19 +159,33 @@ class Annotator:
         session = self.model.session
         busy = lambda: self.runs.busy is not None  # noqa: E731 - the runs part is built below
         self.image = ImageChoice(
-            viewer, self._store, self.events, link=lambda lay: self.prompting.link(lay), busy=busy, close=session.close
+            viewer,
+            self._store,
+            self.events,
+            link=lambda lay: self.prompting.link(lay),
+            busy=busy,
+            close=session.close,
         )
         self.prompting = PromptModel(viewer, self._store, self.events, self.image, session)
         self.outputs = Outputs(viewer, self._store, self.image, self.prompting.layers.raise_to_top)
         self.runs = Runs(
-            viewer, self._store, self.events, self.status, self.image, self.model, self.prompting, self.outputs,
+            viewer,
+            self._store,
+            self.events,
+            self.status,
+            self.image,
+            self.model,
+            self.prompting,
+            self.outputs,
             bool(synchronous),
         )
         self.features = FeatureFill(
             self._store, session, self.runs.runner, self.events.features.emit, self.image.current_frame
         )
         self.runs.fill = self.features.fill
-        self.cells = CellsWorkflow(viewer, self._store, self.status, self.image, self.model, self.runs, self.outputs)
+        self.cells = CellsWorkflow(
+            viewer, self._store, self.status, self.image, self.model, self.runs, self.outputs
+        )
         images = self.image.image_layers()
         if images:
             self.set_image(images[-1])
@@ -180,7 +194,9 @@ class Annotator:
         new = MOVED.get(name)
         if new is None or name.startswith("__"):
             raise AttributeError(f"'Annotator' object has no attribute {name!r}")
-        warnings.warn(f"Annotator.{name} is deprecated: use Annotator.{new}", DeprecationWarning, stacklevel=2)
+        warnings.warn(
+            f"Annotator.{name} is deprecated: use Annotator.{new}", DeprecationWarning, stacklevel=2
+        )
         return resolve(self, new)
 
     # ================================================================== state
@@ -270,7 +286,12 @@ class Annotator:
         self.prompting.add_box(frame, obj_id, y0, x0, y1, x1)
 
     def add_mask_prompt(
-        self, frame: int, labels, obj_id: int | None = None, label: int | None = None, all_labels: bool = False
+        self,
+        frame: int,
+        labels,
+        obj_id: int | None = None,
+        label: int | None = None,
+        all_labels: bool = False,
     ) -> list[int]:
         """Use a mask as the prompt of an object on ``frame`` (see
         :meth:`PromptModel.add_mask_prompt <napari_sam2.plugin.prompting.PromptModel.add_mask_prompt>`);
@@ -415,7 +436,10 @@ class Annotator:
         return self.cells.track_all_cells(frame, synchronous)
 
     def export_tracks(
-        self, folder: str | os.PathLike, formats: tuple[str, ...] = ("ctc", "geff", "csv"), overwrite: bool = False
+        self,
+        folder: str | os.PathLike,
+        formats: tuple[str, ...] = ("ctc", "geff", "csv"),
+        overwrite: bool = False,
     ) -> list[Path]:
         """Write the last run's tracks (CTC, GEFF, CSV) into ``folder``; an existing output is
         replaced only with ``overwrite=True`` (else FileExistsError)."""

@@ -17,6 +17,7 @@ cell with divisions -> the lineage, as layers and files.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,7 @@ from .geometry import StackGeometry, layer_data
 from .layers import find_layer, keep_selection, layer_transforms, role_metadata, unique_name
 from .run_kinds import Run, RunContext, plural
 
-__all__ = ["CellSettings", "CellsWorkflow", "SeedsFound"]
+__all__ = ["CellSettings", "CellsWorkflow", "SeedsFound", "export_tracks_asking"]
 
 EXPORT_FORMATS = ("ctc", "geff", "csv")
 
@@ -218,7 +219,9 @@ class CellsWorkflow:
             yield SeedsFound(frame, seeds.to_labels())
             return "done"
 
-        self._runs.start(SegmentRun(ctx, self._runs.parts, self), job(), synchronous, "SAM 2: segment everything")
+        self._runs.start(
+            SegmentRun(ctx, self._runs.parts, self), job(), synchronous, "SAM 2: segment everything"
+        )
         layer = self.seeds_layer()
         if layer is None or not (self._runs.runner.synchronous if synchronous is None else synchronous):
             return None
@@ -246,7 +249,9 @@ class CellsWorkflow:
             self._status.refuse(e)
             return None
         data, channels, cells = layer_data(ctx.image), self._image.channels(geom), self._store.value.cells
-        config = TrackAllConfig(start_frame=frame, reseed_every=cells.reseed_every, lost_after=cells.lost_after)
+        config = TrackAllConfig(
+            start_frame=frame, reseed_every=cells.reseed_every, lost_after=cells.lost_after
+        )
         if not cells.divisions:
             config = replace(config, division=replace(config.division, enabled=False))
         config = replace(config, seed_filter=cells.seeds)
@@ -267,7 +272,11 @@ class CellsWorkflow:
 
         self.track_graph = self.track_labels = None
         self._runs.start(run, job(), synchronous, "SAM 2: tracking all cells")
-        return self.tracks_layer() if (self._runs.runner.synchronous if synchronous is None else synchronous) else None
+        return (
+            self.tracks_layer()
+            if (self._runs.runner.synchronous if synchronous is None else synchronous)
+            else None
+        )
 
     @staticmethod
     def _track(session, frames, generator, config: TrackAllConfig, start: np.ndarray, cancel):
@@ -336,7 +345,9 @@ class CellsWorkflow:
             raise SessionError("there are no tracks yet: run 'Track all cells' first")
         bad = set(formats) - set(EXPORT_FORMATS)
         if bad:
-            raise SessionError(f"unknown export format(s) {sorted(bad)}; choose from {', '.join(EXPORT_FORMATS)}")
+            raise SessionError(
+                f"unknown export format(s) {sorted(bad)}; choose from {', '.join(EXPORT_FORMATS)}"
+            )
         folder = Path(folder).expanduser()
         targets = {"ctc": folder / "ctc", "geff": folder / "tracks.geff", "csv": folder / "tracks.csv"}
         existing = [targets[f] for f in formats if _exists(targets[f])]
@@ -347,13 +358,30 @@ class CellsWorkflow:
         folder.mkdir(parents=True, exist_ok=True)
         written = []
         if "ctc" in formats:
-            written.append(ex.write_ctc(self.track_labels, self.track_graph, targets["ctc"], overwrite=overwrite))
+            written.append(
+                ex.write_ctc(self.track_labels, self.track_graph, targets["ctc"], overwrite=overwrite)
+            )
         if "geff" in formats:
             written.append(ex.write_geff(self.track_graph, targets["geff"], overwrite=overwrite))
         if "csv" in formats:
             written.append(ex.write_csv(self.track_graph, targets["csv"]))
         self._status.say(f"Tracks written to {folder}: " + ", ".join(p.name for p in written))
         return written
+
+
+def export_tracks_asking(
+    export: Callable[..., list[Path]], folder: str | Path, ask: Callable[[str], bool]
+) -> list[Path] | None:
+    """Export through ``export(folder, overwrite=...)``; when outputs exist already, ``ask``
+    (given what exists) decides whether they are replaced. None when the user said no.
+    (The one place the widget's export goes through: the engine's export call lives in
+    :meth:`CellsWorkflow.export_tracks`.)"""
+    try:
+        return export(folder)
+    except FileExistsError as e:
+        if not ask(str(e)):
+            return None
+    return export(folder, overwrite=True)
 
 
 def _exists(path: Path) -> bool:

@@ -123,7 +123,9 @@ class FeatureFill:
     """The annotator's part that starts and stops :class:`BackgroundFill` runs: on after a
     preview (the ``fill_features`` setting), or from a script with :meth:`fill`."""
 
-    def __init__(self, store, session, runner: JobRunner, on_progress: ProgressHandler, current_frame) -> None:
+    def __init__(
+        self, store, session, runner: JobRunner, on_progress: ProgressHandler, current_frame
+    ) -> None:
         self._store = store
         self._session = session
         self._runner = runner  # the user's jobs: the fill waits while one runs
@@ -147,7 +149,9 @@ class FeatureFill:
             return False
         sync = self._runner.synchronous if synchronous is None else bool(synchronous)
         runner = self._runner
-        fill = BackgroundFill(self._session, lambda: runner.busy, synchronous=sync, on_progress=self._on_progress)
+        fill = BackgroundFill(
+            self._session, lambda: runner.busy, synchronous=sync, on_progress=self._on_progress
+        )
         frame = self._current_frame() if first_frame is None else int(first_frame)
         if not fill.start(frame):
             return False
@@ -157,3 +161,30 @@ class FeatureFill:
     def stop(self) -> None:
         if self.current is not None:
             self.current.stop()
+
+    # ---- the cache itself: every call into the engine's cache is in these three methods
+    def cache(self) -> Any:
+        """The embedding cache in use: the open session's, else the one the next session gets
+        (the default folder, unless turned off); None when there is none."""
+        from ..engine.embedding_cache import resolve_embedding_cache
+
+        predictor = self._session.predictor
+        if predictor is not None:
+            return getattr(predictor, "embedding_cache", None)
+        try:
+            return resolve_embedding_cache("auto")
+        except ValueError:  # a bad size bound in the environment: the session will say so
+            return None
+
+    def cache_info(self) -> tuple[Any, int] | None:
+        """(folder, bytes used) of the cache, or None when there is none."""
+        cache = self.cache()
+        if cache is None:
+            return None
+        return cache.folder, cache.usage().bytes if cache.folder.is_dir() else 0
+
+    def clear_cache(self) -> int:
+        """Stop a fill and remove the cache's entries; returns how many were removed."""
+        self.stop()
+        cache = self.cache()
+        return 0 if cache is None or not cache.folder.is_dir() else cache.clear()

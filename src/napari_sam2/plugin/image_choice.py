@@ -26,7 +26,9 @@ class ImageChoice:
     drops the engine's state of a deleted image.
     """
 
-    def __init__(self, viewer, store, events, link: Callable, busy: Callable[[], bool], close: Callable) -> None:
+    def __init__(
+        self, viewer, store, events, link: Callable, busy: Callable[[], bool], close: Callable
+    ) -> None:
         self.viewer = viewer
         self._store = store
         self._events = events

@@ -260,7 +260,9 @@ class OutputWriter:
         idx = view.output_index(frame)
         cur = np.array(layer.data[idx])
         if cur.shape != new.shape:
-            raise ValueError(f"the layer '{layer.name}' has planes of {cur.shape}, the new plane is {new.shape}")
+            raise ValueError(
+                f"the layer '{layer.name}' has planes of {cur.shape}, the new plane is {new.shape}"
+            )
         final = new.astype(layer.data.dtype, copy=False)
         changed = final != cur
         if changed.any():

@@ -31,7 +31,9 @@ REFUSED = (SessionError, PromptError, IndexError, TypeError)
 class Runs:
     """Starts the annotator's jobs, one at a time, and routes their events to their run."""
 
-    def __init__(self, viewer, store, events, status, image, model, prompts, outputs, synchronous: bool) -> None:
+    def __init__(
+        self, viewer, store, events, status, image, model, prompts, outputs, synchronous: bool
+    ) -> None:
         self._store, self._events, self.status = store, events, status
         self._image, self._model, self._prompts, self._outputs = image, model, prompts, outputs
         self.runner = JobRunner(synchronous=synchronous)
@@ -111,7 +113,11 @@ class Runs:
             self._outputs.begin_run()
         self.current = run
         self.runner.start(
-            run.kind, job, run.on_event, lambda outcome, error: self._finish(run, outcome, error), synchronous,
+            run.kind,
+            job,
+            run.on_event,
+            lambda outcome, error: self._finish(run, outcome, error),
+            synchronous,
             on_start=lambda: self._events.busy.emit(run.kind),
         )
 
@@ -226,7 +232,9 @@ class Runs:
         config = self._store.value.model.config_name
         self.status.say(f"Downloading {config}…")
         run = DownloadRun(RunContext(), self.parts, self._model.checkpoint_status)
-        self.start(run, _download_job(config, self.runner.cancel_event), synchronous, f"SAM 2: downloading {config}")
+        self.start(
+            run, _download_job(config, self.runner.cancel_event), synchronous, f"SAM 2: downloading {config}"
+        )
 
 
 def _preview_job(ctx: RunContext, session):

@@ -16,10 +16,10 @@ announcements into Qt signals. Everything else is the annotator's: scripts use
 from __future__ import annotations
 
 from qtpy.QtCore import QTimer, Signal
-from qtpy.QtWidgets import QLabel, QScrollArea, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
-from ..annotator import Annotator
-from ._common import notify_error
+from ..annotator import Annotator, resolve
+from ._common import notify_error, wrapping_label
 from .cells_panel import CellsPanel
 from .image_panel import ImagePanel
 from .model_panel import ModelPanel
@@ -29,49 +29,53 @@ from .track_panel import TrackPanel
 
 PREVIEW_DELAY_MS = 200
 
-# The annotator's scripted API, also offered on the widget (the documented way to script it).
-_DELEGATED = frozenset(
-    {
-        "add_box",
-        "add_mask_prompt",
-        "add_point",
-        "boxes_layer",
-        "busy",
-        "cancel",
-        "clear_mask_prompts",
-        "current_frame",
-        "discard_edits",
-        "download_checkpoint",
-        "export_tracks",
-        "geometry",
-        "image_layer",
-        "labels",
-        "last_error",
-        "load_prompts",
-        "new_object",
-        "output_layer",
-        "points_layer",
-        "preview",
-        "prompts",
-        "propagate",
-        "reset",
-        "save_prompts",
-        "segment_everything",
-        "seeds_layer",
-        "set_cells",
-        "set_model",
-        "set_object",
-        "set_positive",
-        "set_propagation_axis",
-        "track_all_cells",
-        "tracks_layer",
-        "use_edits_as_corrections",
-        "use_mask_generator",
-        "use_predictor",
-        "user_edits",
-        "wait",
-    }
-)
+# The annotator's scripted API, also offered on the widget (the documented way to script
+# it): the widget's name -> where it lives on the annotator.
+_DELEGATED = {
+    **{
+        name: name
+        for name in (
+            "add_box",
+            "add_mask_prompt",
+            "add_point",
+            "busy",
+            "cancel",
+            "discard_edits",
+            "export_tracks",
+            "image_layer",
+            "labels",
+            "last_error",
+            "load_prompts",
+            "new_object",
+            "output_layer",
+            "preview",
+            "prompts",
+            "propagate",
+            "reset",
+            "save_prompts",
+            "segment_everything",
+            "set_cells",
+            "set_model",
+            "set_object",
+            "set_positive",
+            "set_propagation_axis",
+            "track_all_cells",
+            "use_edits_as_corrections",
+            "use_predictor",
+            "user_edits",
+            "wait",
+        )
+    },
+    "boxes_layer": "prompting.boxes_layer",
+    "clear_mask_prompts": "prompting.clear_mask_prompts",
+    "current_frame": "image.current_frame",
+    "download_checkpoint": "runs.download_checkpoint",
+    "geometry": "image.geometry",
+    "points_layer": "prompting.points_layer",
+    "seeds_layer": "cells.seeds_layer",
+    "tracks_layer": "cells.tracks_layer",
+    "use_mask_generator": "cells.use_mask_generator",
+}
 
 
 def _column(*panels) -> QScrollArea:
@@ -97,8 +101,9 @@ class SAM2Widget(QWidget):
     frame_written(int)
         after the masks of a frame were written to the output layer (GUI thread).
     job_finished(str, str)
-        after a job ended: ``(kind, outcome)``, kind ``"preview"``, ``"propagate"`` or
-        ``"download"``; outcome ``"done"``, ``"cancelled"`` or ``"failed"``.
+        after a job ended: ``(kind, outcome)``, kind ``"preview"``, ``"propagate"``,
+        ``"segment"``, ``"track-all"`` or ``"download"``; outcome ``"done"``, ``"cancelled"``
+        or ``"failed"``.
     """
 
     frame_written = Signal(int)
@@ -125,8 +130,8 @@ class SAM2Widget(QWidget):
         self.tabs.addTab(_column(self.prompts_panel, self.track_panel, self.output_panel), "Click objects")
         self.tabs.addTab(_column(self.cells_panel), "All cells")
         root.addWidget(self.tabs, 1)  # the tabs take the height the dock has
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
+        # long lines (paths, messages) wrap; the full text is in the tooltip
+        self.status_label = wrapping_label("")
         root.addWidget(self.status_label)
 
         self._preview_timer = QTimer(self)
@@ -164,7 +169,7 @@ class SAM2Widget(QWidget):
     # ---- the scripted API
     def __getattr__(self, name: str):
         if name in _DELEGATED:
-            return getattr(self.__dict__["annotator"], name)
+            return resolve(self.__dict__["annotator"], _DELEGATED[name])
         raise AttributeError(f"'SAM2Widget' object has no attribute {name!r}")
 
     @property
