@@ -100,9 +100,58 @@ def test_cancel_keeps_the_tracked_frames(ann, data):
         if len(written) == 5:
             ann.cancel()
 
+    lines = []
+    ann.events.status.connect(lines.append)
     ann.events.frame_written.connect(on_frame)
     ann.track_all_cells(frame=0)
     tracks = ann.cells.tracks_layer().data
+    # progress as done / total
+    assert "Frame 0 done: 1 / 24 frames tracked" in lines and "Frame 1 done: 2 / 24 frames tracked" in lines
+    assert any(line.startswith("Cancelled after ") for line in lines), lines[-3:]
     assert ann.status.outcome == "cancelled" and "Cancelled after" in ann.status.text
     assert tracks[: len(written)].any() and not tracks[len(written) + 3 :].any()
     assert ann.cells.track_graph is not None  # what was tracked is kept as a graph too
+
+
+def test_segment_everything_again_keeps_edited_seeds_unless_asked_and_is_one_undo_step(ann):
+    first = ann.segment_everything(frame=0)
+    layer = ann.cells.seeds_layer()
+    assert ann.segment_everything(frame=0) is not None  # not edited: runs again, asks nothing
+    # the user merges two seeds with the layer's own tools (an undoable edit)
+    a, b = (int(v) for v in np.unique(first)[1:3])
+    ys, xs = np.nonzero(first == b)
+    layer.data_setitem((np.zeros_like(ys), ys, xs), a)
+    edited = np.array(layer.data[0])
+    assert ann.cells.seeds_edited(0)
+    with pytest.raises(SessionError, match=r"seeds on frame 0 .* edited by hand.*replace_edited=True"):
+        ann.segment_everything(frame=0)
+    np.testing.assert_array_equal(layer.data[0], edited)  # kept
+    ann.segment_everything(frame=0, replace_edited=True)
+    np.testing.assert_array_equal(layer.data[0], first)
+    layer.undo()  # one step back: the user's merge, whole
+    np.testing.assert_array_equal(layer.data[0], edited)
+    layer.undo()  # and one more: the user's merge undone
+    np.testing.assert_array_equal(layer.data[0], first)
+
+
+@pytest.mark.parametrize("kind", ["segment", "track-all"])
+def test_the_image_deleted_during_a_cell_run_stops_it_with_a_clear_message(ann, kind):
+    ann.viewer.add_image(np.zeros((4, 8, 8), np.uint8), name="other")
+    assert ann.image_layer.name == "cells"
+    if kind == "track-all":
+        ann.segment_everything(frame=0)
+
+    def on_status(*_):
+        if "cells" in ann.viewer.layers and ann.busy == kind:
+            ann.viewer.layers.remove("cells")
+
+    if kind == "segment":
+        ann.events.status.connect(on_status)
+        ann.segment_everything(frame=0)
+    else:
+        ann.events.frame_written.connect(on_status)
+        ann.track_all_cells(frame=0)
+    assert ann.busy is None and not ann.errors, ann.errors
+    assert "Stopped: the image layer 'cells' was deleted" in ann.status.text, ann.status.text
+    assert "NoneType" not in ann.status.text
+    assert ann.image_layer.name == "other"  # once the run ended, the next image is chosen

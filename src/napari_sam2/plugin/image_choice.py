@@ -182,8 +182,15 @@ class ImageChoice:
         if gone is not None and gone is self._layer:
             self._layer = None
             if not self._busy():
-                self._close()
-                images = self.image_layers()
-                if images:
-                    self.choose(images[-1])
+                self.settle()
         self._events.image.emit()
+
+    def settle(self) -> None:
+        """With no image chosen (it was deleted, maybe during a run that has ended now): drop
+        the engine's state of it and choose the last image layer, if any."""
+        if self._layer is not None:
+            return
+        self._close()
+        images = self.image_layers()
+        if images:
+            self.choose(images[-1])

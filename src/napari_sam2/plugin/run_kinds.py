@@ -16,7 +16,7 @@ from typing import Any
 
 from ..engine.session import FrameDone, ObjectRemoved, Status, Total
 from .geometry import StackGeometry
-from .state import plain
+from .state import plain, plural
 
 __all__ = ["DownloadProgress", "DownloadRun", "PreviewRun", "PropagateRun", "Run", "RunContext", "RunParts"]
 
@@ -134,7 +134,7 @@ class PreviewRun(Run):
         self.parts.status.say("Preview done." if outcome == "done" else "Preview is up to date.")
 
     def after(self, error: BaseException | None) -> None:
-        if error is None and self._fill is not None:
+        if error is None and self._fill is not None and self.ctx.stop_reason is None:
             self._fill()  # the session is open now: encode the other frames meanwhile
 
 
@@ -181,9 +181,4 @@ class DownloadRun(Run):
         self.parts.events.checkpoint.emit(self._checkpoint())
 
 
-def _n(count: int, noun: str) -> str:
-    """``1 frame``, ``2 frames``: counts with the right plural."""
-    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
-
-
-plural = _n
+_n = plural  # the short spelling used in this module's messages

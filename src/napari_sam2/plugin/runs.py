@@ -142,6 +142,8 @@ class Runs:
         if ctx.geom is not None and error is None and ctx.stop_reason is None:
             self.announce_edits(ctx)
         self.current = None
+        if ctx.stop_reason is not None:
+            self._image.settle()  # the image was deleted during the run: its session goes now
         run.after(error)
         self._events.busy.emit(None)
         self._events.job_finished.emit(run.kind, "done" if outcome in ("done", "nothing") else outcome)

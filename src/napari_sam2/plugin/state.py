@@ -64,3 +64,8 @@ def plain(exc: BaseException) -> str:
     if isinstance(exc, KeyError):
         text = text.strip("'\"")
     return text.splitlines()[0] if len(text) > 800 else text
+
+
+def plural(count: int, noun: str, many: str | None = None) -> str:
+    """``1 frame``, ``2 frames``, ``0 boxes`` (with ``many="boxes"``): a count with its noun."""
+    return f"{count} {noun}" if count == 1 else f"{count} {many or noun + 's'}"

@@ -164,3 +164,49 @@ def test_border_cells_are_kept_by_default(cells_widget):
     _, w = cells_widget
     assert not w.annotator.settings.cells.seeds.drop_border_touching
     assert not w.cells_panel.border_check.isChecked()
+
+
+@pytest.mark.parametrize("kind", ["segment", "track-all"])
+def test_deleting_the_image_during_a_threaded_cell_run_says_so_plainly(cells_widget, qtbot, kind):
+    import threading
+
+    viewer, w = cells_widget
+    ann = w.annotator
+    ann.set_cells(reseed_every=0)
+    if kind == "track-all":
+        ann.segment_everything(frame=0)
+    gate = threading.Event()
+    inner = ann.cells._generator_given
+    if kind == "segment":  # the generator waits until the image is gone
+
+        def slow(frame):
+            gate.wait(5)
+            return inner(frame)
+
+        ann.cells.use_mask_generator(slow)
+    else:  # the tracking waits after its first frames until the image is gone
+        predictor = ann.model.session.predictor
+        propagate = predictor.propagate_in_video
+        started = threading.Event()
+
+        def slow(*args, **kwargs):
+            for i, out in enumerate(propagate(*args, **kwargs)):
+                if i == 2:
+                    started.set()
+                    gate.wait(5)
+                yield out
+
+        predictor.propagate_in_video = slow
+    w.synchronous = False
+    ann.runs.runner.synchronous = False
+    with qtbot.waitSignal(w.job_finished, timeout=20000) as sig:
+        (ann.segment_everything if kind == "segment" else ann.track_all_cells)(frame=0)
+        assert ann.busy == kind
+        if kind == "track-all":
+            qtbot.waitUntil(started.is_set, timeout=10000)
+        viewer.layers.remove("cells")
+        gate.set()
+    assert sig.args == [kind, "cancelled"]
+    text = w.status_label.text()
+    assert f"Stopped: the image layer 'cells' was deleted during the {kind}" in text, text
+    assert "NoneType" not in text and ann.status.error is None

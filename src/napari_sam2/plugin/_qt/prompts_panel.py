@@ -134,7 +134,9 @@ class PromptsPanel(QGroupBox, Refreshing):
         except SessionError as e:
             notify_error(str(e))
             return
-        ann.status.say(f"Mask prompt(s) on frame {frame} for object(s) {', '.join(map(str, got))}.")
+        prompts = "A mask prompt" if len(got) == 1 else "Mask prompts"
+        of = "object" if len(got) == 1 else "objects"
+        ann.status.say(f"{prompts} on frame {frame} for {of} {', '.join(map(str, got))}.")
 
     def _on_save(self) -> None:
         if self._image_or_warn() is None:
