@@ -1,8 +1,9 @@
-"""Small things the panels share: notifications and a refresh guard."""
+"""Small things the panels share: notifications, questions, the panels' base class with
+its refresh guard, and a label that never widens the dock."""
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QLabel, QSizePolicy
+from qtpy.QtWidgets import QGroupBox, QLabel, QSizePolicy
 
 
 def notify_error(msg: str) -> None:
@@ -17,11 +18,13 @@ def notify_warning(msg: str) -> None:
     show_warning(msg)
 
 
-class Refreshing:
-    """A panel fills its controls from the annotator in ``_refresh``; while it does, the
-    controls' change signals must not write back (``refreshing`` is True then)."""
+class Panel(QGroupBox):
+    """A box of the dock. It fills its controls from the annotator in ``_refresh``; while it
+    does, the controls' change signals must not write back (``refreshing`` is True then)."""
 
-    refreshing = False
+    def __init__(self, title: str, parent=None) -> None:
+        super().__init__(title, parent)
+        self.refreshing = False
 
     def refresh(self, *_) -> None:
         if self.refreshing:

@@ -7,7 +7,6 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
     QPushButton,
@@ -16,10 +15,10 @@ from qtpy.QtWidgets import (
 
 from ...engine.session import SessionError
 from ..cells import export_tracks_asking
-from ._common import Refreshing, ask, notify_error, wrapping_label
+from ._common import Panel, ask, notify_error, wrapping_label
 
 
-class CellsPanel(QGroupBox, Refreshing):
+class CellsPanel(Panel):
     def __init__(self, annotator, parent=None) -> None:
         super().__init__("Track all cells", parent)
         self.annotator = annotator

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLineEdit
+from qtpy.QtWidgets import QComboBox, QFormLayout, QLineEdit
 
 from ...engine.session import SessionError
 from ..geometry import candidate_frame_axes, layer_shape
-from ._common import Refreshing, notify_error, wrapping_label
+from ._common import Panel, notify_error, wrapping_label
 
 
-class ImagePanel(QGroupBox, Refreshing):
+class ImagePanel(Panel):
     def __init__(self, annotator, parent=None) -> None:
         super().__init__("Image", parent)
         self.annotator = annotator

@@ -8,7 +8,6 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QGroupBox,
     QHBoxLayout,
     QProgressBar,
     QPushButton,
@@ -16,10 +15,10 @@ from qtpy.QtWidgets import (
 
 from ...engine.session import SessionError
 from ..annotator import DEVICES
-from ._common import Refreshing, ask, notify_error, wrapping_label
+from ._common import Panel, ask, notify_error, wrapping_label
 
 
-class ModelPanel(QGroupBox, Refreshing):
+class ModelPanel(Panel):
     def __init__(self, annotator, parent=None) -> None:
         super().__init__("Model", parent)
         self.annotator = annotator

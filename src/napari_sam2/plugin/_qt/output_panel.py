@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QPushButton
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QPushButton
 
 from ...engine.session import SessionError
 from ..layers import role_of
-from ._common import Refreshing, notify_error, wrapping_label
+from ._common import Panel, notify_error, wrapping_label
 
 
-class OutputPanel(QGroupBox, Refreshing):
+class OutputPanel(Panel):
     def __init__(self, annotator, parent=None) -> None:
         super().__init__("Output", parent)
         self.annotator = annotator

@@ -7,7 +7,6 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QGroupBox,
     QHBoxLayout,
     QPushButton,
     QSpinBox,
@@ -15,10 +14,10 @@ from qtpy.QtWidgets import (
 
 from ...engine.prompts import MAX_OBJECT_ID
 from ...engine.session import SessionError
-from ._common import Refreshing, notify_error, notify_warning
+from ._common import Panel, notify_error, notify_warning
 
 
-class PromptsPanel(QGroupBox, Refreshing):
+class PromptsPanel(Panel):
     def __init__(self, annotator, parent=None) -> None:
         super().__init__("Prompts", parent)
         self.annotator = annotator

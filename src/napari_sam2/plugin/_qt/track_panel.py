@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QSpinBox
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QPushButton, QSpinBox
 
-from ._common import Refreshing
+from ._common import Panel
 
 START_TEXT = {
     "auto": "from last correction (auto)",
@@ -13,7 +13,7 @@ START_TEXT = {
 }
 
 
-class TrackPanel(QGroupBox, Refreshing):
+class TrackPanel(Panel):
     def __init__(self, annotator, parent=None) -> None:
         super().__init__("Segment && track", parent)
         self.annotator = annotator
