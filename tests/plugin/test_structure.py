@@ -282,3 +282,32 @@ def test_the_widget_offers_the_scripted_api_without_deprecated_names(annotator):
         for name, where in widget_module._DELEGATED.items():
             resolve(annotator, where)
             assert name in OLD_PUBLIC_API or name in dir(annotator), name
+
+
+def test_the_user_guides_scripted_api_exists(annotator):
+    """Every method the user guide's "Scripted sessions" section calls on the widget (``sam``)
+    or on ``annotator.<part>`` is there, under that name, without a deprecation warning."""
+    import re
+
+    from napari_sam2.plugin.annotator import resolve
+
+    widget_module = pytest.importorskip("napari_sam2.plugin._qt.widget", exc_type=ImportError)
+    guide = (PACKAGE.parents[1] / "docs" / "user-guide.md").read_text(encoding="utf-8")
+    section = guide.split("## Scripted sessions", 1)[1].split("\n## ", 1)[0]
+    on_widget = set(re.findall(r"\bsam\.([a-z_]+)", section))
+    for row in re.findall(r"^\| (.+?) \|", section, flags=re.M):
+        on_widget |= set(re.findall(r"`([a-z_]+)\(", row))
+    on_annotator = set(re.findall(r"\bannotator\.([a-z_]+(?:\.[a-z_]+)*)", section))
+    assert {"preview", "propagate", "set_image_layer", "segment_everything"} <= on_widget
+    widget = widget_module.SAM2Widget
+    missing = sorted(
+        n for n in on_widget - {"annotator"} if n not in widget_module._DELEGATED and not hasattr(widget, n)
+    )
+    assert not missing, f"the user guide calls sam.{missing} that the widget does not have"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for dotted in on_annotator - {"events"}:
+            if dotted.startswith("events."):
+                getattr(annotator.events, dotted.split(".")[1])
+            elif dotted not in ("geometry",):  # named in the guide as the old spelling
+                resolve(annotator, dotted)
