@@ -210,3 +210,24 @@ def test_deleting_the_image_during_a_threaded_cell_run_says_so_plainly(cells_wid
     text = w.status_label.text()
     assert f"Stopped: the image layer 'cells' was deleted during the {kind}" in text, text
     assert "NoneType" not in text and ann.status.error is None
+
+
+def test_no_label_is_cut_and_nothing_scrolls_sideways(cells_widget, qtbot):
+    from napari_sam2.plugin._qt._common import WrappingLabel
+
+    _, w = cells_widget
+    w.window().resize(1200, 800)
+    w.window().show()  # laid out as on screen
+    long_path = "/a/very/long/folder/name/that/keeps/going/and/going/embedding-cache"
+    w.model_panel.cache_label.setText(f"1.4 GB in {long_path}")
+    w.annotator.status.say(f"Tracks written to {long_path}: ctc, tracks.geff, tracks.csv")
+    for tab in range(w.tabs.count()):
+        w.tabs.setCurrentIndex(tab)
+        qtbot.wait(20)
+        labels = [lab for lab in w.findChildren(WrappingLabel) if lab.isVisible() and lab.text()]
+        assert len(labels) >= 3
+        for label in labels:  # every wrapped line is shown
+            assert label.height() >= label.heightForWidth(label.width()), label.text()
+        scroll = w.tabs.currentWidget()
+        assert scroll.horizontalScrollBar().maximum() == 0  # no sideways scrolling
+        assert scroll.widget().width() >= scroll.widget().minimumSizeHint().width()

@@ -11,6 +11,7 @@ from qtpy.QtWidgets import (
     QHBoxLayout,
     QProgressBar,
     QPushButton,
+    QWidget,
 )
 
 from ...engine.session import SessionError
@@ -55,7 +56,10 @@ class ModelPanel(Panel):
         row.addWidget(self.fill_label, 1)
         form.addRow("Features", row)
         # the embedding cache on disk: where, how big, and a way to empty it
-        row = QHBoxLayout()
+        # (in a widget of its own: a wrapped label in a nested layout would get one line's height)
+        cache_row = QWidget()
+        row = QHBoxLayout(cache_row)
+        row.setContentsMargins(0, 0, 0, 0)
         self.cache_label = wrapping_label("")
         self.cache_clear_btn = QPushButton("Clear")
         self.cache_clear_btn.setToolTip(
@@ -63,7 +67,7 @@ class ModelPanel(Panel):
         )
         row.addWidget(self.cache_label, 1)
         row.addWidget(self.cache_clear_btn)
-        form.addRow("Cache", row)
+        form.addRow("Cache", cache_row)
         self.checkpoint_label = wrapping_label("", breakable=False)
         # the folder and URL in the message can be selected and copied
         self.checkpoint_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)

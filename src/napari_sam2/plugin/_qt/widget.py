@@ -15,7 +15,7 @@ announcements into Qt signals. Everything else is the annotator's: scripts use
 
 from __future__ import annotations
 
-from qtpy.QtCore import QTimer, Signal
+from qtpy.QtCore import Qt, QTimer, Signal
 from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
 from ..annotator import Annotator, resolve
@@ -78,19 +78,30 @@ _DELEGATED = {
 }
 
 
-def _column(*panels) -> QScrollArea:
-    """Panels one above the other, scrolling when the dock is short."""
-    inner = QWidget()
-    column = QVBoxLayout(inner)
-    column.setContentsMargins(0, 0, 0, 0)
-    for panel in panels:
-        column.addWidget(panel)
-    column.addStretch(1)
-    scroll = QScrollArea()
-    scroll.setWidgetResizable(True)
-    scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-    scroll.setWidget(inner)
-    return scroll
+class _Column(QScrollArea):
+    """Panels one above the other, scrolling up and down when the dock is short. It is as
+    wide as its panels need (plus the vertical scroll bar), asked again whenever the style
+    or the texts change, so no button or label is cut at the right and nothing scrolls
+    sideways."""
+
+    def __init__(self, *panels) -> None:
+        super().__init__()
+        inner = QWidget()
+        column = QVBoxLayout(inner)
+        column.setContentsMargins(0, 0, 0, 0)
+        for panel in panels:
+            column.addWidget(panel)
+        column.addStretch(1)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidget(inner)
+
+    def minimumSizeHint(self):  # noqa: N802 - Qt name
+        hint = super().minimumSizeHint()
+        need = self.widget().minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+        hint.setWidth(max(hint.width(), need + 2 * self.frameWidth()))
+        return hint
 
 
 class SAM2Widget(QWidget):
@@ -127,8 +138,8 @@ class SAM2Widget(QWidget):
         root.addWidget(self.model_panel)
         # two ways to work: click the objects to follow, or find and follow every cell
         self.tabs = QTabWidget()
-        self.tabs.addTab(_column(self.prompts_panel, self.track_panel, self.output_panel), "Click objects")
-        self.tabs.addTab(_column(self.cells_panel), "All cells")
+        self.tabs.addTab(_Column(self.prompts_panel, self.track_panel, self.output_panel), "Click objects")
+        self.tabs.addTab(_Column(self.cells_panel), "All cells")
         root.addWidget(self.tabs, 1)  # the tabs take the height the dock has
         # long lines (paths, messages) wrap; the full text is in the tooltip
         self.status_label = wrapping_label("")
