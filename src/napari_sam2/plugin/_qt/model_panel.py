@@ -130,7 +130,8 @@ class ModelPanel(Panel):
         """The cache row: its folder and size (the full path in the tooltip)."""
         info = self.annotator.features.cache_info()
         if info is None:
-            self.cache_label.setText("off")
+            given = self.annotator.model.checkpoint_status() is None
+            self.cache_label.setText("none (the predictor given from Python keeps none)" if given else "off")
             self.cache_clear_btn.setEnabled(False)
             return
         folder, size = info
