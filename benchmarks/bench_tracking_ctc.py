@@ -1,10 +1,12 @@
 """Score "track all" with the Cell Tracking Challenge measures (traccuracy) on synthetic lineages.
 
 For each seed of ``synthetic_lineage_timelapse`` (divisions, cells entering and leaving, a
-contact) and each re-seeding cadence ``--every``: track-all -> CTC files -> traccuracy's
-CTC loader -> TRA / DET / LNK (CTC matcher) and division recall / precision / F1 / MBC
-(IoU matcher, one-to-one, no frame buffer), against the generator's ground truth written
-as CTC files the same way.
+contact) and each re-seeding cadence ``--every``: track-all -> a CTC result folder
+(``res_track.txt`` + ``maskTTT.tif``) -> traccuracy's CTC loader -> TRA / DET / LNK (CTC
+matcher) and division recall / precision / F1 / MBC (IoU matcher, one-to-one, no frame
+buffer), against the generator's ground truth written as a CTC ``<seq>_GT/TRA`` folder; and,
+when py-ctcmetrics (the challenge's own scorer) is installed, its TRA / DET / LNK of the same
+folders (``ctc_*`` fields, the table's "TRA (py-ctcmetrics)"; see docs/tracking-lineage.md for why the two can differ).
 
 Two predictors:
 
@@ -90,19 +92,46 @@ def make_engine(args, image, labels):
     return SAM2VideoPredictor(model), generator_class(model)
 
 
+def score_ctc_metrics(gt_dir: Path, res_dir: Path) -> dict[str, Any]:
+    """py-ctcmetrics' TRA, DET, LNK and AOGM operation counts (``ctc_*``); {} without it."""
+    try:
+        from ctc_metrics.scripts.evaluate import calculate_metrics, load_data
+    except ImportError:
+        return {}
+    # load_data + calculate_metrics: evaluate_sequence without its prints, in this process
+    comp, ref, traj, segm, _, valid = load_data(str(res_dir), str(gt_dir), True, False, threads=1)
+    m = calculate_metrics(comp, ref, traj, segm, ["Valid", "DET", "TRA", "LNK"], valid)
+    keys = [
+        "Valid",
+        "TRA",
+        "DET",
+        "LNK",
+        "AOGM",
+        "AOGM_NS",
+        "AOGM_FN",
+        "AOGM_FP",
+        "AOGM_ED",
+        "AOGM_EA",
+        "AOGM_EC",
+    ]
+    return {f"ctc_{k}": (float(m[k]) if m.get(k) is not None else None) for k in keys}
+
+
 def score(gt_dir: Path, res_dir: Path) -> dict[str, Any]:
-    """traccuracy's CTC and division metrics of a result folder against a ground-truth folder."""
+    """traccuracy's CTC and division metrics of a result folder against a ground-truth folder
+    (``<seq>_GT`` holding ``TRA/``), and py-ctcmetrics' (:func:`score_ctc_metrics`)."""
     from traccuracy import run_metrics
     from traccuracy.loaders import load_ctc_data
     from traccuracy.matchers import CTCMatcher, IOUMatcher
     from traccuracy.metrics import CTCMetrics, DivisionMetrics
 
-    gt = load_ctc_data(str(gt_dir), name="ground truth", run_checks=True)
+    gt = load_ctc_data(str(gt_dir / "TRA"), name="ground truth", run_checks=True)
     pred = load_ctc_data(str(res_dir), name="track-all", run_checks=True)
     ctc, _ = run_metrics(gt, pred, CTCMatcher(), [CTCMetrics()])
     div, _ = run_metrics(gt, pred, IOUMatcher(iou_threshold=0.5, one_to_one=True), [DivisionMetrics()])
     out = dict(ctc[0]["results"])
     out.update(div[0]["results"]["Frame Buffer 0"])
+    out.update(score_ctc_metrics(gt_dir, res_dir))
     return out
 
 
@@ -122,7 +151,7 @@ def run_one(args, seed: int, every: int, work: Path) -> dict[str, Any]:
     gt_dir = work / f"seed{seed}_GT"
     if not gt_dir.exists():
         gt_graph = TrackGraph.from_label_stack(labels, {int(r[0]): int(r[3]) for r in truth})
-        write_ctc(labels, gt_graph, gt_dir)
+        write_ctc(labels, gt_graph, gt_dir / "TRA", ground_truth=True)
     predictor, generator = make_engine(args, image, labels)
     config = TrackAllConfig(
         reseed_every=every,
@@ -133,7 +162,7 @@ def run_one(args, seed: int, every: int, work: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     result = TrackAllRun(predictor, image, generator, config).run()
     seconds = time.perf_counter() - t0
-    res_dir = write_ctc(result.labels, result.graph, work / f"seed{seed}_every{every}_RES")
+    res_dir = write_ctc(result.labels, result.graph, work / f"seed{seed}_every{every}_RES", overwrite=True)
     if result.graph.num_records:
         metrics = score(gt_dir, res_dir)
     else:  # traccuracy cannot load an empty CTC result; nothing found scores 0
@@ -165,12 +194,17 @@ def passes(row: dict) -> bool:
     return row["TRA"] >= TRA_REQUIRED and row["Division Recall"] >= DIVISION_RECALL_REQUIRED
 
 
+def _fmt(v: Any) -> str:
+    return "-" if v is None else f"{v:.4f}"
+
+
 def markdown_table(rows: list[dict]) -> str:
-    head = "| predictor | seed | every N | TRA | DET | LNK | FN nodes | FP nodes | FN edges | div. recall | div. precision | div. F1 | MBC | GT div. | tracks (GT) | s |"
+    head = "| predictor | seed | every N | TRA (traccuracy) | TRA (py-ctcmetrics) | DET | LNK | FN nodes | FP nodes | FN edges | div. recall | div. precision | div. F1 | MBC | GT div. | tracks (GT) | s |"
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(
-            f"| {r['predictor']} | {r['seed']} | {r['every']} | {r['TRA']:.4f} | {r['DET']:.4f} | {r['LNK']:.4f} "
+            f"| {r['predictor']} | {r['seed']} | {r['every']} | {r['TRA']:.4f} | {_fmt(r.get('ctc_TRA'))} "
+            f"| {r['DET']:.4f} | {r['LNK']:.4f} "
             f"| {r['fn_nodes']} | {r['fp_nodes']} | {r['fn_edges']} | {r['Division Recall']:.3f} "
             f"| {r['Division Precision']:.3f} | {r['Division F1']:.3f} | {r['Mitotic Branching Correctness']:.3f} "
             f"| {r['gt_divisions']} | {r['tracks']} ({r['gt_tracks']}) | {r['seconds']} |"

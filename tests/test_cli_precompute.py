@@ -73,7 +73,7 @@ def test_fills_the_cache_then_skips_what_is_cached(stack, tmp_path, small_build,
         (["--channels", "1"], "channel 1 does not exist"),
         (["--model", "sam3"], "unknown SAM 2 model variant"),
         (["--device", "tpu"], "device"),
-        (["--max-cache-gb", "0"], "--max-cache-gb must be > 0"),
+        (["--max-cache-gb", "0"], "--cache-max-gb must be > 0"),
     ],
 )
 def test_arguments_are_checked_before_the_model_is_built(

@@ -52,7 +52,7 @@ def test_end_to_end_with_the_standin(stack, tmp_path, standin, capsys, movie):
     from traccuracy.loaders import load_ctc_data
 
     out = tmp_path / "out"
-    rc = main(["track-all", str(stack), str(out), "--every", "1", "--keep-border", "--quiet"])
+    rc = main(["track-all", str(stack), str(out), "--every", "1", "--quiet"])
     assert rc == 0, capsys.readouterr().err
     assert len(standin) == 1
     assert sorted(p.name for p in out.iterdir()) == [
@@ -69,17 +69,25 @@ def test_end_to_end_with_the_standin(stack, tmp_path, standin, capsys, movie):
     assert info["config"]["seed_filter"]["drop_border_touching"] is False
     _, _, truth = movie
     assert info["summary"]["divisions"] == 1 == int((np.bincount(truth[:, 3])[1:] == 2).sum())
+    assert (out / "ctc" / "res_track.txt").is_file()  # a CTC result folder, as the challenge's scorer reads
     loaded = load_ctc_data(str(out / "ctc"), run_checks=True)
     assert loaded.graph.number_of_nodes() == info["summary"]["records"]
     assert (out / "tracks.csv").read_text().count("\n") == info["summary"]["records"] + 1
 
 
-def test_formats_subset_and_overwrite_keeps_other_files(stack, tmp_path, standin):
+def test_formats_subset_and_overwrite_keeps_other_files(stack, tmp_path, standin, capsys):
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    assert main(["track-all", str(stack), str(out), "--formats", "csv", "--quiet"]) == 2  # not empty
-    assert not standin
+    assert (
+        main(["track-all", str(stack), str(out), "--formats", "csv", "--quiet"]) == 0
+    )  # beside the user's file
+    assert len(standin) == 1
+    # a second run would replace tracks.csv and track_all.json: refused before the model loads
+    assert main(["track-all", str(stack), str(out), "--formats", "csv,labels", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"OUTDIR: {out / 'tracks.csv'} exists; pass --overwrite to replace it" in err
+    assert len(standin) == 1
     rc = main(["track-all", str(stack), str(out), "--formats", "csv,labels", "--overwrite", "--quiet"])
     assert rc == 0
     assert sorted(p.name for p in out.iterdir()) == [
@@ -89,6 +97,49 @@ def test_formats_subset_and_overwrite_keeps_other_files(stack, tmp_path, standin
         "tracks.csv",
     ]
     assert (out / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_keeps_the_users_files_in_ctc(stack, tmp_path, standin, capsys):
+    out = tmp_path / "out"
+    args = ["track-all", str(stack), str(out), "--formats", "ctc", "--keep-border", "--quiet"]
+    assert main(args) == 0
+    (out / "ctc" / "my_notes.txt").write_text("mine")
+    (out / "ctc" / "res_track.txt").write_text("stale")
+    assert main(args) == 2
+    assert "ctc already holds mask000.tif (an earlier output); pass --overwrite" in capsys.readouterr().err
+    assert main([*args, "--overwrite"]) == 0
+    assert (out / "ctc" / "my_notes.txt").read_text() == "mine"
+    assert (out / "ctc" / "res_track.txt").read_text() != "stale"
+    assert sorted(p.name for p in (out / "ctc").iterdir() if not p.name.startswith("mask")) == [
+        "my_notes.txt",
+        "res_track.txt",
+    ]
+
+
+def test_outdir_that_cannot_be_written_fails_before_the_model_loads(
+    stack, tmp_path, standin, capsys, monkeypatch
+):
+    import os
+
+    (tmp_path / "file").write_text("x")
+    assert main(["track-all", str(stack), str(tmp_path / "file" / "out"), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"OUTDIR: cannot write {tmp_path / 'file' / 'out'}" in err and "is a file, not a folder" in err
+    assert "Errno" not in err
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.geteuid() == 0:  # root writes anyway: pretend the folder is read-only for this user
+            real = os.access
+            monkeypatch.setattr(os, "access", lambda p, mode: real(p, mode) and str(p) != str(ro))
+        assert main(["track-all", str(stack), str(ro / "out"), "--quiet"]) == 2
+    finally:
+        ro.chmod(0o755)
+    assert (
+        f"the folder {ro} is read-only for you; choose a folder you can write to" in capsys.readouterr().err
+    )
+    assert not standin and not (ro / "out").exists()
 
 
 @pytest.mark.parametrize(
@@ -120,7 +171,7 @@ def test_missing_stack_and_outdir_that_is_a_file(tmp_path, standin, capsys):
     assert "STACK: no such file" in capsys.readouterr().err
     (tmp_path / "file").write_text("x")
     assert main(["track-all", str(tmp_path / "file"), str(tmp_path / "file")]) == 2
-    assert "exists and is not a folder" in capsys.readouterr().err
+    assert "is a file, not a folder; choose a folder" in capsys.readouterr().err
 
 
 def test_without_segment_everything_it_says_so_before_loading_weights(stack, tmp_path, monkeypatch, capsys):
@@ -146,9 +197,7 @@ def test_a_failing_run_still_writes_the_frames_tracked(stack, tmp_path, monkeypa
         cli, "build_engine", lambda args: (Failing(labels), GroundTruthMaskGenerator(image, labels))
     )
     out = tmp_path / "out"
-    rc = main(
-        ["track-all", str(stack), str(out), "--every", "0", "--keep-border", "--quiet", "--formats", "labels"]
-    )
+    rc = main(["track-all", str(stack), str(out), "--every", "0", "--quiet", "--formats", "labels"])
     err = capsys.readouterr().err
     assert (
         rc == 1
@@ -158,6 +207,78 @@ def test_a_failing_run_still_writes_the_frames_tracked(stack, tmp_path, monkeypa
     assert info["frames_tracked"] == [0, 5] and info["stopped"].startswith("failed")
     written = tifffile.imread(out / "labels.tif")
     assert written[5].max() > 0 and written[6:].max() == 0
+
+
+def test_border_cells_are_kept_by_default_and_keep_border_is_a_noted_no_op(stack, tmp_path, standin, capsys):
+    out = tmp_path / "out"
+    assert (
+        main(
+            [
+                "track-all",
+                str(stack),
+                str(out),
+                "--every",
+                "0",
+                "--keep-border",
+                "--quiet",
+                "--formats",
+                "csv",
+            ]
+        )
+        == 0
+    )
+    assert "--keep-border is the default now and does nothing" in capsys.readouterr().err
+    assert (
+        json.loads((out / "track_all.json").read_text())["config"]["seed_filter"]["drop_border_touching"]
+        is False
+    )
+    out = tmp_path / "dropped"
+    assert (
+        main(
+            [
+                "track-all",
+                str(stack),
+                str(out),
+                "--every",
+                "0",
+                "--drop-border",
+                "--quiet",
+                "--formats",
+                "csv",
+            ]
+        )
+        == 0
+    )
+    assert (
+        json.loads((out / "track_all.json").read_text())["config"]["seed_filter"]["drop_border_touching"]
+        is True
+    )
+
+
+def test_seeding_that_keeps_nothing_stops_before_tracking(stack, tmp_path, monkeypatch, movie, capsys):
+    image, labels, _ = movie
+    predictor = GroundTruthPredictor(labels)
+    monkeypatch.setattr(
+        cli, "build_engine", lambda args: (predictor, GroundTruthMaskGenerator(image, labels))
+    )
+    out = tmp_path / "out"
+    rc = main(["track-all", str(stack), str(out), "--min-area", "100000", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 1
+    assert "seeding kept no object on frame 0" in err and "lower min_area (--min-area)" in err
+    import re
+
+    produced = re.search(r"produced (\d+) mask\(s\)", err)
+    assert produced and int(produced[1]) > 0 and f"min area {produced[1]}," in err  # all by --min-area
+    assert not any(c[0] == "propagate" for c in predictor.calls)  # no frame was tracked
+    assert not out.exists() or not any(out.iterdir())  # no outputs that cannot be opened
+
+
+def test_progress_says_frames_done_of_total_and_cells(stack, tmp_path, standin, capsys):
+    rc = main(["track-all", str(stack), str(tmp_path / "out"), "--every", "0", "--formats", "csv"])
+    err = capsys.readouterr().err
+    assert rc == 0
+    assert "24/24" in err and "cells=" in err and "tracks=" in err
 
 
 def test_help_lists_the_subcommand(capsys):

@@ -481,3 +481,86 @@ def test_precompute_reports_skips_pauses_and_stops(small_model, tmp_path, encode
         list(precompute_frames(SAM2VideoPredictor(small_model), frames))
     # a bare model with a cache given
     assert len(list(precompute_frames(small_model, frames, cache=EmbeddingCache(tmp_path)))) == 4
+
+
+# ------------------------------------------------------------------------------- ownership, visibility
+
+
+def test_eviction_and_clear_touch_only_the_entries_the_cache_wrote(tmp_path):
+    """A user's *.zarr.zip and *.tmp in the cache folder (top level or beside entries) survive."""
+    cache = EmbeddingCache(tmp_path / "c", max_bytes=1)
+    cache.put(_key(0), _fake_features(0))
+    assert (cache.folder / "napari-sam2-embedding-cache.json").is_file()
+    mine = [
+        cache.folder / "results.zarr.zip",
+        cache.folder / "notes.tmp",
+        cache.entry_path(_key(0)).parent / "user.zarr.zip",
+        cache.entry_path(_key(0)).parent / ".old.tmp",
+    ]
+    for path in mine:
+        path.write_bytes(b"the user's data")
+        os.utime(path, (1000.0, 1000.0))  # old: a clean-up of stale files would take them
+    cache.put(_key(1), _fake_features(1))  # over the bound: evicts
+    assert not cache.contains(_key(0)) and cache.contains(_key(1))
+    assert cache.entry_count() == 1 and cache.size_bytes() == cache.entry_path(_key(1)).stat().st_size
+    assert cache.clear() == 1 and cache.entry_count() == 0
+    assert all(p.read_bytes() == b"the user's data" for p in mine)
+
+
+def test_a_folder_holding_other_files_is_not_adopted(tmp_path):
+    from napari_sam2.engine.embedding_cache import EmbeddingCacheError
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "cells.tif").write_bytes(b"x")
+    with pytest.raises(
+        EmbeddingCacheError, match=r"data already holds files the cache did not write \('cells.tif'"
+    ):
+        EmbeddingCache(data)
+    with pytest.raises(EmbeddingCacheError, match="already holds files"):
+        resolve_embedding_cache(str(data))
+    assert sorted(p.name for p in data.iterdir()) == ["cells.tif"]  # nothing written
+    with pytest.raises(EmbeddingCacheError, match="is a file"):
+        resolve_embedding_cache(data / "cells.tif")
+    # an empty folder, and a cache folder from before the marker (only v<N>/ inside), are adopted
+    (tmp_path / "empty").mkdir()
+    EmbeddingCache(tmp_path / "empty").put(_key(0), _fake_features(0))
+    old = EmbeddingCache(tmp_path / "old")
+    old.put(_key(0), _fake_features(0))
+    (old.folder / "napari-sam2-embedding-cache.json").unlink()
+    assert EmbeddingCache(tmp_path / "old").entry_count() == 1
+
+
+def test_on_off_words_and_nonsense(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from napari_sam2.engine.embedding_cache import EmbeddingCacheError
+
+    monkeypatch.setenv(ENV_CACHE_DIR, str(tmp_path / "env"))
+    monkeypatch.chdir(tmp_path)
+    for word in ("on", "ON", "true", "yes"):
+        assert resolve_embedding_cache(word).folder == tmp_path / "env"
+    for word in ("off", "Off", "false", "no", "none", "0"):
+        assert resolve_embedding_cache(word) is None
+    assert not (tmp_path / "on").exists() and not (tmp_path / "off").exists()
+    assert resolve_embedding_cache(Path("on")).folder == Path("on")  # a folder of that name, asked as a path
+    with pytest.raises(EmbeddingCacheError, match="empty string"):
+        resolve_embedding_cache("  ")
+    with pytest.raises(TypeError, match=r"'on', 'off', 'auto'.*got 2\.5"):
+        resolve_embedding_cache(2.5)
+    with pytest.raises(EmbeddingCacheError, match="max_bytes must be a size in bytes > 0.*'20GB'"):
+        EmbeddingCache(tmp_path / "x", max_bytes="20GB")
+
+
+def test_cache_info_reports_folder_entries_and_bound(tmp_path, monkeypatch):
+    from napari_sam2.engine.embedding_cache import cache_info, default_cache_folder
+
+    monkeypatch.setenv(ENV_CACHE_DIR, str(tmp_path / "env"))
+    monkeypatch.setenv(ENV_CACHE_GB, "2")
+    assert default_cache_folder() == tmp_path / "env"
+    info = cache_info()
+    assert (info.folder, info.entries, info.bytes, info.max_bytes) == (tmp_path / "env", 0, 0, 2 * 2**30)
+    EmbeddingCache().put(_key(0), _fake_features(0))
+    info = cache_info()
+    assert info.entries == 1 and info.bytes > 0
+    assert str(tmp_path / "env") in info.summary() and "1 entries" in info.summary()

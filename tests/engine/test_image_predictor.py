@@ -360,3 +360,33 @@ def test_bf16_autocast_mode_stays_close_to_fp32(small_model):
     assert m16.shape == m32.shape and lr16.dtype == np.float32
     assert np.linalg.norm(lr16 - lr32) / np.linalg.norm(lr32) < 0.1
     assert np.abs(iou16 - iou32).max() < 0.05
+
+
+def test_given_features_replace_the_encoder_pass_and_give_the_same_masks(small_model, monkeypatch):
+    """set_image(features=...) and a feature provider: the features of another predictor of the
+    same model and normaliser (the video predictor's, in track-all) give the same masks, no pass."""
+    from napari_sam2.engine.normalization import Normalizer
+
+    image = np.random.default_rng(3).integers(0, 4000, (40, 52)).astype(np.uint16)
+    normalizer = Normalizer.fit(image[None])
+    plain = SAM2ImagePredictor(small_model)
+    plain.set_image(image, normalizer)
+    expected = plain.predict(point_coords=[[20, 10]], point_labels=[1])
+    x = plain._prepare(image, normalizer)
+    with torch.inference_mode():
+        features = small_model.forward_image(x[None])[0]
+    calls = []
+    monkeypatch.setattr(
+        type(small_model), "forward_image", lambda *a, **k: calls.append(1) or pytest.fail("encoded")
+    )
+    given = SAM2ImagePredictor(small_model)
+    given.set_image(image, normalizer, features=features)
+    for a, b in zip(expected, given.predict(point_coords=[[20, 10]], point_labels=[1])):
+        np.testing.assert_array_equal(a, b)
+    asked = []
+    provided = SAM2ImagePredictor(small_model)
+    provided.feature_provider = lambda im, n: asked.append((im.shape, n is normalizer)) or features
+    provided.set_image(image, normalizer)
+    assert asked == [((40, 52), True)]
+    np.testing.assert_array_equal(provided.predict(point_coords=[[20, 10]], point_labels=[1])[0], expected[0])
+    assert not calls

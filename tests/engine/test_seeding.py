@@ -215,3 +215,50 @@ def test_stack_contrast_is_given_to_generators_that_take_one():
         return []
 
     assert with_stack_contrast(plain, stack) is plain
+
+
+def test_report_counts_what_each_filter_removed_and_says_what_to_change():
+    masks = np.stack(
+        [
+            _box(5, 5, 10, 10),  # 25 px, fine
+            _box(12, 5, 14, 7),  # 4 px: too small
+            _box(0, 20, 6, 26),  # touches the top border
+            _box(15, 15, 30, 35),  # 300 px: too large
+            _box(20, 2, 25, 7),  # 25 px, low score
+            _box(5, 5, 10, 10),  # a duplicate of the first
+        ]
+    )
+    scores = np.array([0.9, 0.9, 0.9, 0.9, 0.2, 0.8])
+    f = SeedFilter(min_area=10, max_area=200, min_score=0.5, drop_border_touching=True)
+    report = filter_masks(masks, scores, f).report
+    assert (
+        report.produced,
+        report.min_area,
+        report.max_area,
+        report.score,
+        report.border,
+        report.overlap,
+    ) == (
+        6,
+        1,
+        1,
+        1,
+        1,
+        1,
+    )
+    nothing = filter_masks(masks[1:5], scores[1:5], f)
+    assert len(nothing) == 0
+    text = nothing.report.explain(3)
+    assert text.startswith(
+        "seeding kept no object on frame 3: nothing to track. Segment everything produced 4"
+    )
+    assert "min area 1, max area 1, score 1, border 1, overlap 0" in text
+    assert "drop_border_touching=False; leave out --drop-border" in text and "--min-score" in text
+    empty = filter_masks(np.zeros((0, 8, 8), bool), np.zeros(0), f).report
+    assert "found no mask" in empty.explain(0) and "points_per_side" in empty.explain(0)
+
+
+def test_border_cells_are_kept_by_default():
+    assert SeedFilter().drop_border_touching is False
+    seeds = filter_masks(np.stack([_box(0, 0, 6, 6)]), np.array([0.9]), SeedFilter(min_area=4))
+    assert len(seeds) == 1

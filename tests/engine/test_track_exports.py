@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from napari_sam2.engine.lineage import TrackGraph
 from napari_sam2.engine.track_exports import (
+    OutputExistsError,
+    OutputPathError,
+    check_export,
     ctc_tracks,
+    export_tracking,
     read_csv,
     read_ctc,
     read_geff,
@@ -101,8 +106,8 @@ def test_ctc_write_read_and_traccuracy_loads_it(tmp_path):
     graph = TrackGraph.from_label_stack(labels, {2: 1, 3: 1})
     folder = write_ctc(labels, graph, tmp_path / "res")
     assert sorted(p.name for p in folder.iterdir()) == [
-        "man_track.txt",
         *[f"mask{t:03d}.tif" for t in range(6)],
+        "res_track.txt",
     ]
     masks, rows = read_ctc(folder)
     assert masks.dtype == np.uint16 and masks.shape == labels.shape
@@ -124,16 +129,53 @@ def test_ctc_write_read_and_traccuracy_loads_it(tmp_path):
     assert loaded.graph.number_of_edges() == (2 + 2 + 2) + (1 + 1) + 1 + 2 + 1
 
 
-def test_ctc_refuses_a_non_empty_folder(tmp_path):
+def test_ctc_overwrite_replaces_only_its_own_files(tmp_path):
     labels, graph = lineage_stack()
-    (tmp_path / "res").mkdir()
-    (tmp_path / "res" / "notes.txt").write_text("mine")
-    with pytest.raises(FileExistsError, match="not empty"):
-        write_ctc(labels, graph, tmp_path / "res")
-    assert (tmp_path / "res" / "notes.txt").read_text() == "mine"
-    write_ctc(labels, graph, tmp_path / "res", overwrite=True)
-    assert not (tmp_path / "res" / "notes.txt").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".res")]  # no temporary left
+    res = tmp_path / "res"
+    res.mkdir()
+    (res / "notes.txt").write_text("mine")
+    write_ctc(labels, graph, res)  # other files are no earlier output: written beside them
+    assert (res / "notes.txt").read_text() == "mine" and (res / "res_track.txt").exists()
+    with pytest.raises(OutputExistsError, match=r"res already holds mask000.tif .*overwrite=True") as info:
+        write_ctc(labels[:3] * 0, graph, res)
+    assert isinstance(info.value, FileExistsError) and info.value.path == res
+    assert read_ctc(res)[0].max() > 0  # nothing replaced
+    write_ctc(labels[:3], TrackGraph.from_label_stack(labels[:3]), res, overwrite=True)
+    # a shorter output: the masks of frames 3-5 went with the rest of the old output, the user's file stayed
+    assert sorted(p.name for p in res.iterdir()) == [
+        "mask000.tif",
+        "mask001.tif",
+        "mask002.tif",
+        "notes.txt",
+        "res_track.txt",
+    ]
+    assert (res / "notes.txt").read_text() == "mine"
+    assert not list(tmp_path.rglob(".*"))  # no temporary left
+
+
+def test_ctc_folders_follow_the_umask(tmp_path):
+    import os
+
+    labels, graph = lineage_stack()
+    old = os.umask(0o022)
+    try:
+        folder = write_ctc(labels, graph, tmp_path / "a" / "res")
+    finally:
+        os.umask(old)
+    assert folder.stat().st_mode & 0o777 == 0o755  # not tempfile's 0700: colleagues can read it
+    assert (folder / "res_track.txt").stat().st_mode & 0o777 == 0o644
+    assert (folder / "mask000.tif").stat().st_mode & 0o777 == 0o644
+
+
+def test_ctc_ground_truth_folder(tmp_path):
+    labels, graph = lineage_stack()
+    tra = write_ctc(labels, graph, tmp_path / "01_GT" / "TRA", ground_truth=True)
+    assert sorted(p.name for p in tra.iterdir()) == [
+        "man_track.txt",
+        *[f"man_track{t:03d}.tif" for t in range(6)],
+    ]
+    masks, rows = read_ctc(tra)
+    assert rows.tolist() == ctc_tracks(labels, graph)[1].tolist() and masks.shape == labels.shape
 
 
 def test_ctc_frame_numbers_get_four_digits_past_1000(tmp_path):
@@ -141,7 +183,7 @@ def test_ctc_frame_numbers_get_four_digits_past_1000(tmp_path):
     labels[:, 0, 0] = 1
     folder = write_ctc(labels, TrackGraph.from_label_stack(labels[:2]), tmp_path / "long")
     assert (folder / "mask0000.tif").exists() and (folder / "mask1000.tif").exists()
-    assert (folder / "man_track.txt").read_text().split() == ["1", "0", "1000", "0"]
+    assert (folder / "res_track.txt").read_text().split() == ["1", "0", "1000", "0"]
 
 
 def test_geff_round_trip_and_traccuracy_loads_it(tmp_path):
@@ -164,9 +206,10 @@ def test_geff_round_trip_and_traccuracy_loads_it(tmp_path):
     assert [a.name for a in metadata.axes] == ["t", "y", "x"]
     lineages = {d["track_id"]: d["lineage_id"] for _, d in g.nodes(data=True)}
     assert lineages[2] == lineages[3] == 1 and lineages[70000] == 70000
-    with pytest.raises(FileExistsError):
+    with pytest.raises(OutputExistsError, match="tracks.geff exists; pass overwrite=True"):
         write_geff(graph, path)
     write_geff(graph, path, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tracks.geff"]  # no temporary left
     traccuracy = pytest.importorskip("traccuracy")
     from traccuracy.loaders import load_geff_data
 
@@ -181,4 +224,118 @@ def test_exports_of_an_empty_graph(tmp_path):
     assert data.shape == (0, 4) and division_graph == {} and len(props["area"]) == 0
     assert read_csv(write_csv(empty, tmp_path / "e.csv")).num_records == 0
     folder = write_ctc(np.zeros((2, 3, 3), np.uint16), empty, tmp_path / "ctc")
-    assert (folder / "man_track.txt").read_text() == ""
+    assert (folder / "res_track.txt").read_text() == ""
+
+
+def test_csv_refuses_to_replace_unless_asked(tmp_path):
+    _, graph = lineage_stack()
+    path = tmp_path / "tracks.csv"
+    path.write_text("mine")
+    with pytest.raises(OutputExistsError, match=r"tracks.csv exists; pass overwrite=True \(--overwrite"):
+        write_csv(graph, path)
+    assert path.read_text() == "mine"
+    write_csv(graph, path, overwrite=True)
+    assert read_csv(path).num_records == graph.num_records
+    assert [p.name for p in tmp_path.iterdir()] == ["tracks.csv"]
+
+
+def _under_a_file(tmp_path):
+    (tmp_path / "file").write_text("x")
+    return tmp_path / "file" / "out"
+
+
+def test_paths_under_a_file_are_named_before_anything_is_written(tmp_path):
+    labels, graph = lineage_stack()
+    bad = _under_a_file(tmp_path)
+    for write in (
+        lambda: write_csv(graph, bad / "t.csv"),
+        lambda: write_ctc(labels, graph, bad / "ctc"),
+        lambda: write_geff(graph, bad / "t.geff"),
+        lambda: export_tracking(labels, graph, bad, ("csv",)),
+        lambda: check_export(bad),
+    ):
+        with pytest.raises(OutputPathError, match=r"file/out.* is a file, not a folder; choose") as info:
+            write()
+        assert "Errno" not in str(info.value)
+    with pytest.raises(OutputPathError, match="is a file, not a folder; choose a folder for the exports"):
+        check_export(tmp_path / "file")
+
+
+def test_read_only_folder_is_named(tmp_path, monkeypatch):
+    import os
+
+    labels, graph = lineage_stack()
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    try:
+        if os.geteuid() == 0:  # root writes anyway: pretend the folder is read-only for this user
+            real = os.access
+            monkeypatch.setattr(os, "access", lambda p, mode: real(p, mode) and Path(p) != ro)
+        for write in (
+            lambda: check_export(ro / "exports"),
+            lambda: export_tracking(labels, graph, ro, ("ctc",)),
+            lambda: write_csv(graph, ro / "t.csv"),
+        ):
+            with pytest.raises(
+                OutputPathError, match=r"the folder .*ro is read-only for you; choose a folder"
+            ):
+                write()
+    finally:
+        ro.chmod(0o755)
+    assert list(ro.iterdir()) == []
+
+
+def test_a_failed_write_names_the_path_not_the_errno(tmp_path, monkeypatch):
+    import errno
+
+    _, graph = lineage_stack()
+
+    def full(self, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "open", full)
+    with pytest.raises(OutputPathError, match=r"cannot write .*tracks.csv: the disk is full") as info:
+        write_csv(graph, tmp_path / "tracks.csv")
+    assert "Errno" not in str(info.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_tracking_writes_every_format_and_checks_first(tmp_path):
+    pytest.importorskip("geff")
+    import tifffile
+
+    labels, graph = lineage_stack()
+    labels[labels == 70000] = 9
+    graph = TrackGraph.from_label_stack(labels, {2: 1, 3: 1})
+    out = tmp_path / "out"
+    written = export_tracking(labels, graph, out)
+    assert written == {
+        "ctc": out / "ctc",
+        "geff": out / "tracks.geff",
+        "csv": out / "tracks.csv",
+        "labels": out / "labels.tif",
+    }
+    np.testing.assert_array_equal(tifffile.imread(out / "labels.tif"), labels)
+    assert read_csv(written["csv"]).num_records == graph.num_records
+    assert _tracks(read_geff(written["geff"])) == _tracks(graph)
+    # a second export without overwrite: refused before anything is written, whichever output exists
+    (out / "tracks.csv").unlink()
+    with pytest.raises(OutputExistsError, match="ctc already holds mask000.tif"):
+        export_tracking(labels, graph, out, ("csv", "ctc"))
+    assert not (out / "tracks.csv").exists()  # the CSV (first) was not written either
+    (out / "tracks.csv").write_text("edited by hand")
+    with pytest.raises(
+        ValueError, match=r"unknown export format\(s\) \['xml'\]; choose from ctc, geff, csv, labels"
+    ):
+        export_tracking(labels, graph, out, "csv,xml")
+    assert export_tracking(labels, graph, out, "csv", overwrite=True) == {"csv": out / "tracks.csv"}
+    assert (out / "tracks.csv").read_text() != "edited by hand"
+    with pytest.raises(OutputExistsError, match="tracks.csv exists"):
+        check_export(out, "csv")
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "run.json").write_text("{}")
+    assert check_export(other, "csv") == {"csv": other / "tracks.csv"}
+    with pytest.raises(OutputExistsError, match="run.json exists"):
+        check_export(other, "csv", extra=["run.json"])

@@ -133,6 +133,79 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_cache_arguments(p: argparse.ArgumentParser, *, allow_off: bool = True) -> None:
+    """--cache-dir, --cache-max-gb (and --no-cache): the persistent embedding cache."""
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        metavar="DIR",
+        help="the embedding cache's folder (default: $NAPARI_SAM2_EMBEDDING_DIR, else the user cache "
+        "folder's napari-sam2/embeddings); a new or empty folder, or one the cache made",
+    )
+    p.add_argument(
+        "--cache-max-gb",
+        "--max-cache-gb",
+        dest="cache_max_gb",
+        type=float,
+        default=None,
+        metavar="GB",
+        help="bound on the embedding cache's size in GiB; least recently used entries go past it "
+        "(default: $NAPARI_SAM2_EMBEDDING_CACHE_GB, else 20)",
+    )
+    if allow_off:
+        p.add_argument(
+            "--no-cache",
+            action="store_true",
+            help="do not read or store image features in the embedding cache (as NAPARI_SAM2_EMBEDDING_CACHE=0)",
+        )
+
+
+def cache_from_args(args: argparse.Namespace, *, required: bool = False):
+    """The embedding cache the cache options name (None: off), its folder created and checked now,
+    before any work; ``required``: the command needs one (precompute)."""
+    import os
+
+    from napari_sam2.engine.embedding_cache import EmbeddingCache, resolve_embedding_cache
+
+    if getattr(args, "no_cache", False):
+        return None
+    gb = getattr(args, "cache_max_gb", None)
+    if gb is not None and not gb > 0:
+        off = "" if required else " (to turn the cache off: --no-cache)"
+        raise ValueError(f"--cache-max-gb must be > 0 GiB; got {gb:g}{off}")
+    max_bytes = None if gb is None else int(gb * 2**30)
+    folder = getattr(args, "cache_dir", None)
+    if folder is None and not required and resolve_embedding_cache("auto") is None:
+        return None  # NAPARI_SAM2_EMBEDDING_CACHE=0
+    cache = EmbeddingCache(folder, max_bytes=max_bytes)
+    try:
+        cache.ensure_folder()
+    except OSError as e:
+        raise PermissionError(
+            f"cannot create the embedding cache folder {cache.folder} ({e.strerror or e}); give another "
+            "with --cache-dir" + ("" if required else ", or --no-cache")
+        ) from None
+    if not os.access(cache.folder, os.W_OK):
+        raise PermissionError(
+            f"cannot write into the embedding cache folder {cache.folder}: permission denied; give another "
+            "with --cache-dir" + ("" if required else ", or --no-cache")
+        )
+    return cache
+
+
+def cache_summary(cache) -> str:
+    """The line a command's summary ends with: the cache's folder, size and bound (or that it was off)."""
+    if cache is None:
+        return "embedding cache: off"
+    from napari_sam2.engine.embedding_cache import cache_info
+
+    info = cache_info(cache.folder)
+    return (
+        f"embedding cache {info.folder}: {info.entries} entries, {info.bytes / 2**30:.2f} GiB (at most "
+        f"{cache.max_bytes / 2**30:.3g} GiB; `napari-sam2 cache clear` empties it)"
+    )
+
+
 def report_error(command: str, exc: BaseException) -> int:
     """One line on stderr that names the problem (no traceback for problems a user can fix)."""
     from napari_sam2.engine.checkpoints import CheckpointError

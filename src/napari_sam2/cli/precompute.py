@@ -13,7 +13,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ._common import add_model_arguments, parse_channels, report_error
+from ._common import (
+    add_cache_arguments,
+    add_model_arguments,
+    cache_from_args,
+    cache_summary,
+    parse_channels,
+    report_error,
+)
 
 
 def parse_frames(text: str) -> tuple[int | None, int | None]:
@@ -48,25 +55,6 @@ def _select(frames: tuple[int | None, int | None] | None, n: int) -> list[int]:
     return list(range(start, stop))
 
 
-def _cache(args: argparse.Namespace):
-    """The cache to fill, its folder created and checked for writing now."""
-    import os
-
-    from napari_sam2.engine.embedding_cache import EmbeddingCache
-
-    max_bytes = None if args.max_cache_gb is None else int(args.max_cache_gb * 2**30)
-    if max_bytes is not None and max_bytes <= 0:
-        raise ValueError("--max-cache-gb must be > 0")
-    cache = EmbeddingCache(args.cache_dir, max_bytes=max_bytes)
-    try:
-        cache.folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise PermissionError(f"cannot create the cache folder {cache.folder} ({e.strerror or e})") from None
-    if not os.access(cache.folder, os.W_OK):
-        raise PermissionError(f"cannot write into the cache folder {cache.folder}: permission denied")
-    return cache
-
-
 def _build(spec, cache):
     """The predictor the widget and ``track`` would build, with this cache (tests replace it)."""
     from napari_sam2.engine.session import build_predictor
@@ -90,7 +78,7 @@ def _run(args: argparse.Namespace) -> int:
         source = open_frames(args.stack)
         indices = _select(args.frames, len(source))
         normalizer = Normalizer.fit(source, channels=args.channels)  # as init_state fits it
-        cache = _cache(args)
+        cache = cache_from_args(args, required=True)
         ensure_checkpoint(config_name, args.checkpoint, download=True)
         spec = ModelSpec(config_name, args.checkpoint, args.device, args.precision, args.compile)
         predictor = _build(spec, cache)
@@ -121,13 +109,9 @@ def _run(args: argparse.Namespace) -> int:
             f"napari-sam2 precompute: the features could not be stored: {cache.write_error}", file=sys.stderr
         )
         return 1
-    usage = cache.usage()
     if not args.quiet:
-        print(
-            f"{len(indices)} frames: {computed} computed, {cached} already cached; the cache "
-            f"{cache.folder} holds {usage.entries} entries ({usage.bytes / 2**30:.2f} GiB of at most "
-            f"{cache.max_bytes / 2**30:.3g})"
-        )
+        print(f"{len(indices)} frames: {computed} computed, {cached} already cached")
+        print(cache_summary(cache))
     return 0
 
 
@@ -141,7 +125,7 @@ def _warn_if_over_bound(predictor, cache, frames: int, quiet: bool) -> None:
         print(
             f"napari-sam2 precompute: {frames} frames take about {frames * entry / 2**30:.1f} GiB, more than the "
             f"cache's bound of {cache.max_bytes / 2**30:.3g} GiB: the least recently used entries will be "
-            "removed (raise it with --max-cache-gb or NAPARI_SAM2_EMBEDDING_CACHE_GB)",
+            "removed (raise it with --cache-max-gb or NAPARI_SAM2_EMBEDDING_CACHE_GB)",
             file=sys.stderr,
         )
 
@@ -173,17 +157,6 @@ def add_parser(subparsers) -> None:
         metavar="A:B",
         help="only frames A to B-1 (counted from 0; A: to the end, :B from the start; default: all)",
     )
-    p.add_argument(
-        "--cache-dir",
-        default=None,
-        help="the cache folder (default: $NAPARI_SAM2_EMBEDDING_DIR, else the user cache folder's "
-        "napari-sam2/embeddings)",
-    )
-    p.add_argument(
-        "--max-cache-gb",
-        type=float,
-        default=None,
-        help="bound on the cache's size in GiB (default: $NAPARI_SAM2_EMBEDDING_CACHE_GB, else 20)",
-    )
+    add_cache_arguments(p, allow_off=False)
     p.add_argument("--quiet", action="store_true", help="no progress bar or summary")
     p.set_defaults(func=_run)

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from ._common import add_model_arguments, add_tracking_arguments, report_error
+from ._common import (
+    add_cache_arguments,
+    add_model_arguments,
+    add_tracking_arguments,
+    cache_from_args,
+    cache_summary,
+    report_error,
+)
 
 INPUTS_HELP = (
     "TIFF / OME-TIFF stack, folder of images (.tif .png .jpg), OME-Zarr image (.zarr), NIfTI (.nii, "
@@ -21,6 +28,7 @@ def _run_track(args: argparse.Namespace) -> int:
 
     try:
         model = resolve_model_arguments(args)
+        cache = cache_from_args(args)
         out = track_files(
             args.stack,
             args.prompts,
@@ -38,10 +46,13 @@ def _run_track(args: argparse.Namespace) -> int:
             all_positions=args.all_positions,
             window=args.window,
             labels_name=args.labels_name,
+            embedding_cache=cache,
         )
     except Exception as exc:  # noqa: BLE001 - every failure is reported in one line, with what to do
         return report_error("track", exc)
     print(f"wrote {out}")
+    if not args.quiet:
+        print(cache_summary(cache))
     return 0
 
 
@@ -74,6 +85,7 @@ def add_parser(subparsers) -> None:
     p.add_argument("output", help=OUTPUTS_HELP)
     add_model_arguments(p)
     add_tracking_arguments(p)
+    add_cache_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace OUTPUT (or labels/NAME) if it exists")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run_track)

@@ -1,10 +1,11 @@
 """``napari-sam2 track-all``: segment everything, track every cell, write the lineage.
 
-Every argument is checked before the model is built or a frame is computed, and OUTDIR is
-refused when it holds files unless ``--overwrite`` (which replaces only the files this
-command writes). Outputs, by ``--formats``:
+Every argument is checked before the model is built or a frame is computed, OUTDIR included
+(:func:`preflight`: a folder you can write to, none of this command's outputs in it unless
+``--overwrite``, which replaces only the files this command writes). Outputs, by ``--formats``,
+written by :func:`napari_sam2.engine.track_exports.export_tracking`:
 
-- ``ctc/``: ``man_track.txt`` + ``maskTTT.tif`` (Cell Tracking Challenge);
+- ``ctc/``: ``res_track.txt`` + ``maskTTT.tif`` (a Cell Tracking Challenge result folder);
 - ``tracks.geff``: the graph as GEFF (zarr);
 - ``tracks.csv``: one row per object and frame;
 - ``labels.tif``: the label stack (T, Y, X), label = track id;
@@ -18,8 +19,9 @@ import argparse
 import sys
 from pathlib import Path
 
-FORMATS = ("ctc", "geff", "csv", "labels")
-OUTPUT_NAMES = {"ctc": "ctc", "geff": "tracks.geff", "csv": "tracks.csv", "labels": "labels.tif"}
+from ._common import add_cache_arguments, cache_from_args, cache_summary
+
+FORMATS = ("ctc", "geff", "csv", "labels")  # = track_exports.EXPORT_FORMATS (kept here: no engine import)
 RUN_FILE = "track_all.json"
 
 
@@ -70,19 +72,7 @@ def validate(args: argparse.Namespace):
         raise UsageError(f"--checkpoint {args.checkpoint}: no such file")
     if args.device not in ("auto", "cpu", "mps") and not args.device.startswith("cuda"):
         raise UsageError(f"--device {args.device!r}: use auto, cpu, cuda, cuda:N or mps")
-    if "geff" in formats:
-        try:
-            import geff  # noqa: F401
-        except ImportError as exc:
-            raise UsageError(f"--formats geff needs the geff package (pip install geff): {exc}") from exc
-    outdir = Path(args.outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise UsageError(f"OUTDIR {outdir} exists and is not a folder")
-    if outdir.is_dir() and any(outdir.iterdir()) and not args.overwrite:
-        raise UsageError(
-            f"OUTDIR {outdir} is not empty; choose an empty or new folder, or pass --overwrite "
-            f"(which replaces only {', '.join(OUTPUT_NAMES.values())} and {RUN_FILE})"
-        )
+    preflight(Path(args.outdir), formats, overwrite=args.overwrite)
     try:
         frames = open_frames(args.stack)
     except (FrameSourceError, FileNotFoundError) as exc:
@@ -102,11 +92,27 @@ def validate(args: argparse.Namespace):
             min_area=args.min_area,
             max_area=args.max_area,
             min_score=args.min_score,
-            drop_border_touching=not args.keep_border,
+            drop_border_touching=args.drop_border,
         ),
         division=DivisionRule(enabled=not args.no_divisions, persist_frames=args.division_frames),
+        discover_every_frame=not args.no_discover,
     )
     return formats, config, frames
+
+
+def preflight(outdir: Path, formats: list[str], *, overwrite: bool = False) -> None:
+    """Fail now, before the model loads, if the outputs could not be written at the end: OUTDIR
+    under a file or read-only, an earlier output there without ``--overwrite``, GEFF without geff."""
+    from napari_sam2.engine.track_exports import OutputError, check_export
+
+    try:
+        check_export(outdir, formats, overwrite=overwrite, extra=[RUN_FILE])
+    except ImportError as exc:
+        raise UsageError(f"--formats geff: {exc}") from exc
+    except OutputError as exc:
+        raise UsageError(
+            f"OUTDIR: {str(exc).replace('overwrite=True (--overwrite)', '--overwrite')}"
+        ) from exc
 
 
 def build_engine(args: argparse.Namespace):
@@ -115,38 +121,27 @@ def build_engine(args: argparse.Namespace):
     from napari_sam2.engine.video_predictor import build_sam2_video_predictor
 
     generator_class = automatic_mask_generator_class()  # fails before any weights are loaded
-    # the persistent feature cache, as `track` has it (NAPARI_SAM2_EMBEDDING_CACHE=0 turns it off)
+    # the persistent feature cache, as `track` has it (--no-cache or NAPARI_SAM2_EMBEDDING_CACHE=0: off)
     predictor = build_sam2_video_predictor(
-        args.model, args.checkpoint, device=args.device, embedding_cache="auto"
+        args.model, args.checkpoint, device=args.device, embedding_cache=cache_from_args(args)
     )
     return predictor, generator_class(predictor.model)
 
 
-def write_outputs(result, formats: list[str], outdir: Path, run_info: dict) -> list[Path]:
+def write_outputs(
+    result, formats: list[str], outdir: Path, run_info: dict, *, overwrite: bool = False
+) -> list[Path]:
+    """The run's outputs (one export function for the CLI, the widget and scripts) and its record."""
     import json
 
-    import numpy as np
-    import tifffile
+    from napari_sam2.engine.io._files import write_text
+    from napari_sam2.engine.track_exports import export_tracking
 
-    from napari_sam2.engine import track_exports
-
-    outdir.mkdir(parents=True, exist_ok=True)
-    written = []
-    if "ctc" in formats:
-        written.append(track_exports.write_ctc(result.labels, result.graph, outdir / "ctc", overwrite=True))
-    if "geff" in formats:
-        written.append(track_exports.write_geff(result.graph, outdir / "tracks.geff", overwrite=True))
-    if "csv" in formats:
-        written.append(track_exports.write_csv(result.graph, outdir / "tracks.csv"))
-    if "labels" in formats:
-        labels = result.labels
-        if labels.size and int(labels.max()) <= np.iinfo(np.uint16).max:
-            labels = labels.astype(np.uint16)
-        tmp = outdir / "labels.tif.part"
-        tifffile.imwrite(tmp, labels, compression="zlib", photometric="minisblack", metadata={"axes": "TYX"})
-        written.append(tmp.replace(outdir / "labels.tif"))
-    (outdir / RUN_FILE).write_text(json.dumps(run_info, indent=2, default=str) + "\n")
-    written.append(outdir / RUN_FILE)
+    written = list(
+        export_tracking(result.labels, result.graph, outdir, formats, overwrite=overwrite).values()
+    )
+    text = json.dumps(run_info, indent=2, default=str) + "\n"
+    written.append(write_text(outdir / RUN_FILE, text, overwrite=overwrite))
     return written
 
 
@@ -156,12 +151,18 @@ def _run(args: argparse.Namespace) -> int:
 
     from napari_sam2 import __version__
     from napari_sam2.engine.checkpoints import CheckpointError
-    from napari_sam2.engine.track_all import FrameTracked, Status, TrackAllRun
+    from napari_sam2.engine.track_all import FrameTracked, NoSeedsError, Status, Total, TrackAllRun
 
     def say(message: str) -> None:
         if not args.quiet:
             print(message, file=sys.stderr)
 
+    if args.keep_border:
+        print(
+            "napari-sam2 track-all: --keep-border is the default now and does nothing (cells touching "
+            "the border are kept); use --drop-border to drop them",
+            file=sys.stderr,
+        )
     try:
         formats, config, frames = validate(args)
     except UsageError as exc:
@@ -169,7 +170,7 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     try:
         predictor, generator = build_engine(args)
-    except (CheckpointError, ImportError, RuntimeError) as exc:
+    except (CheckpointError, ImportError, RuntimeError, ValueError, OSError) as exc:
         frames.close()
         print(f"napari-sam2 track-all: {exc}", file=sys.stderr)
         return 2
@@ -183,11 +184,23 @@ def _run(args: argparse.Namespace) -> int:
     events = run.events()
     try:
         for event in events:
-            if isinstance(event, FrameTracked) and bar is not None:
-                bar.total = event.total
+            if bar is None:
+                continue
+            if isinstance(event, Total):
+                bar.total = event.frames
+                bar.refresh()
+            elif isinstance(event, FrameTracked):  # frames done/total, cells on the frame, tracks so far
+                bar.set_postfix(cells=event.cells, tracks=event.tracks, refresh=False)
                 bar.update(event.done - bar.n)
-            elif isinstance(event, Status) and bar is not None:
-                bar.write(event.message, file=sys.stderr)
+            elif isinstance(event, Status):
+                bar.write(event.text, file=sys.stderr)
+    except NoSeedsError as exc:  # seeding kept nothing: stop before tracking, write nothing
+        events.close()
+        if bar is not None:
+            bar.close()
+        frames.close()
+        print(f"napari-sam2 track-all: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         stopped = "interrupted"
     except Exception as exc:  # noqa: BLE001 - the frames tracked so far are still worth writing
@@ -207,12 +220,20 @@ def _run(args: argparse.Namespace) -> int:
         "stopped": stopped,
         "summary": result.graph.summary(),
     }
-    for path in write_outputs(result, formats, Path(args.outdir), info):
+    from napari_sam2.engine.track_exports import OutputError
+
+    try:
+        written = write_outputs(result, formats, Path(args.outdir), info, overwrite=args.overwrite)
+    except OutputError as exc:  # checked before the run; something changed in OUTDIR meanwhile
+        print(f"napari-sam2 track-all: the results could not be written: {exc}", file=sys.stderr)
+        return 1
+    for path in written:
         say(f"wrote {path}")
     summary = result.graph.summary()
     say(
         f"{summary['tracks']} tracks, {summary['divisions']} divisions, {summary['records']} objects x frames"
     )
+    say(cache_summary(getattr(predictor, "embedding_cache", None)))
     if stopped:
         print(
             f"napari-sam2 track-all: {stopped}; frames {result.first_frame}..{result.last_frame} "
@@ -232,7 +253,10 @@ def add_parser(subparsers) -> None:
         "and detect divisions; write the lineage as Cell Tracking Challenge files, GEFF, CSV and a label stack.",
     )
     p.add_argument("stack", help="TIFF/OME-TIFF stack (T, Y, X[, C]) or a folder of images")
-    p.add_argument("outdir", help="folder for the results (new or empty, unless --overwrite)")
+    p.add_argument(
+        "outdir",
+        help="folder for the results (other files in it are left alone; earlier results need --overwrite)",
+    )
     p.add_argument(
         "--every",
         type=int,
@@ -253,9 +277,15 @@ def add_parser(subparsers) -> None:
         "--min-score", type=float, default=0.0, help="lowest mask score (predicted IoU) kept (default 0)"
     )
     p.add_argument(
+        "--drop-border",
+        action="store_true",
+        help="drop objects touching the frame border (default: keep them, as the Cell Tracking "
+        "Challenge's ground truth tracks cells entering the field)",
+    )
+    p.add_argument(
         "--keep-border",
         action="store_true",
-        help="keep objects touching the frame border (default: drop them)",
+        help="deprecated: keeping cells on the border is the default; does nothing",
     )
     p.add_argument(
         "--match-iou",
@@ -270,6 +300,12 @@ def add_parser(subparsers) -> None:
         help="frames a split must persist to be a division (default 3)",
     )
     p.add_argument("--no-divisions", action="store_true", help="do not detect divisions")
+    p.add_argument(
+        "--no-discover",
+        action="store_true",
+        help="do not look for new cells on every frame where no tracked cell is "
+        "(default: look; then new cells are found on their first frame and --every is a safety net)",
+    )
     p.add_argument("--start-frame", type=int, default=0, help="frame to seed and start from (default 0)")
     p.add_argument("--end-frame", type=int, default=None, help="last frame to track (default: the last)")
     p.add_argument(
@@ -277,13 +313,17 @@ def add_parser(subparsers) -> None:
     )
     p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the cached official one)")
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
+    add_cache_arguments(p)
     p.add_argument(
         "--formats",
         default=",".join(FORMATS),
         help=f"comma-separated outputs among {','.join(FORMATS)} (default: all)",
     )
     p.add_argument(
-        "--overwrite", action="store_true", help="write into a non-empty OUTDIR, replacing earlier results"
+        "--overwrite",
+        action="store_true",
+        help="replace earlier results in OUTDIR (only the files this command writes: ctc/'s CTC files, "
+        "tracks.geff, tracks.csv, labels.tif, track_all.json)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar or messages")
     p.set_defaults(func=_run)

@@ -40,6 +40,7 @@ from .mask_utils import (
     uncrop_points,
 )
 from .normalization import Normalizer
+from .validation import check_generator_settings, check_image_not_path
 
 __all__ = ["SAM2AutomaticMaskGenerator", "OUTPUT_MODES"]
 
@@ -94,6 +95,13 @@ class SAM2AutomaticMaskGenerator:
         use_m2m: bool = False,
         multimask_output: bool = True,
     ) -> None:
+        check_generator_settings(  # percentages and pixel spacings are refused, not read as "nothing"
+            points_per_side=points_per_side,
+            pred_iou_thresh=pred_iou_thresh,
+            stability_score_thresh=stability_score_thresh,
+            box_nms_thresh=box_nms_thresh,
+            crop_nms_thresh=crop_nms_thresh,
+        )
         if (points_per_side is None) == (point_grids is None):
             raise ValueError(
                 "give exactly one of points_per_side (a regular grid) and point_grids (explicit points); "
@@ -173,6 +181,7 @@ class SAM2AutomaticMaskGenerator:
         ``bbox`` [x, y, w, h] (inclusive pixel box, so w = x_max - x_min), ``predicted_iou``,
         ``point_coords`` [[x, y]] (the prompt), ``stability_score`` and ``crop_box`` [x, y, w, h].
         """
+        check_image_not_path(image, where="generate")
         image = self._check_image(image)
         if normalizer is None:
             normalizer = Normalizer.fit(image[None])

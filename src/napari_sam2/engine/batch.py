@@ -21,6 +21,7 @@ overwriting was asked for), and the output is not the input.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -299,6 +300,7 @@ def track_files(
     all_positions: bool = False,
     window: Any = None,
     labels_name: str = DEFAULT_LABELS_NAME,
+    embedding_cache: Any = "auto",
 ) -> Path:
     """Read a stack and its prompts file(s), track, and write the labels by the output's suffix.
 
@@ -307,7 +309,8 @@ def track_files(
     loaded (:func:`prepare_track`); the labels appear under their final name only once complete,
     so a failure never leaves half a file. ``builder`` replaces the model builder (tests, the
     model cache of :mod:`.distributed`). Returns the path written (``<image>.zarr/labels/<name>``
-    for labels added to an OME-Zarr image).
+    for labels added to an OME-Zarr image). ``embedding_cache`` is the option of
+    :func:`~.embedding_cache.resolve_embedding_cache` for the default builder.
     """
     from .download import ensure_checkpoint
     from .session import build_predictor
@@ -334,7 +337,7 @@ def track_files(
 
             resolve_device(device)  # a bad device fails now, not after a download
             ensure_checkpoint(config_name, checkpoint, download=True)
-            builder = build_predictor
+            builder = functools.partial(build_predictor, embedding_cache=embedding_cache)
         predictor = builder(spec)
         labels = _track_all(predictor, inputs, direction, progress)
         return write_labels(

@@ -20,17 +20,12 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if not isinstance(device, str):
-        raise TypeError(f"device must be a string such as 'auto', 'cpu', 'cuda' or 'cuda:1'; got {device!r}")
-    try:
-        dev = torch.device(device.strip().lower())
-    except RuntimeError:
-        raise ValueError(
-            f"unknown device {device!r}; use 'auto' (CUDA, then Apple MPS, then CPU), 'cpu', 'cuda' "
-            "(or 'cuda:N' for GPU number N) or 'mps'"
-        ) from None
-    if dev.type not in ("cpu", "cuda", "mps"):
-        raise ValueError(f"device {device!r} is not supported; use 'auto', 'cpu', 'cuda' or 'mps'")
+    from .validation import check_device_name
+
+    name = check_device_name(device)  # the syntax, with the forms that work; availability below
+    if name == "auto":
+        return resolve_device("auto")
+    dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError(
             f"device {device!r} was requested but this PyTorch sees no CUDA GPU (torch {torch.__version__}, "
@@ -46,6 +41,24 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
             "device 'mps' was requested but Apple's Metal backend is not available; use 'cpu' or 'auto'"
         )
     return dev
+
+
+def resolve_autocast_dtype(value: str | torch.dtype | None) -> torch.dtype | None:
+    """An ``autocast_dtype`` / precision as the predictors use it: None (float32, the parity
+    reference) or a torch dtype; strings ``"bf16"``, ``"bfloat16"``, ``"fp16"``, ``"float16"``,
+    ``"fp32"``, ``"float32"`` are mapped here, once; anything else is refused with a message."""
+    from .validation import ParameterError, check_precision_name
+
+    if value is None or value == torch.float32:
+        return None
+    if isinstance(value, torch.dtype):
+        if value in (torch.bfloat16, torch.float16):
+            return value
+        raise ParameterError(
+            f"autocast_dtype {value} is not a mixed precision; use torch.bfloat16, torch.float16 or None (float32)"
+        )
+    name = check_precision_name(value, argument="autocast_dtype")
+    return None if name == "float32" else getattr(torch, name)
 
 
 def load_model_weights(
@@ -89,25 +102,31 @@ def build_sam2_model(
     device: str | torch.device = "cpu",
     *,
     download: bool = True,
-    compile: bool = False,
+    compile: bool | str = False,
 ) -> SAM2Model:
     """A SAM 2 network in eval mode with the checkpoint's weights.
 
     ``checkpoint=None`` uses the cached official checkpoint, downloading it once when
     ``download`` is true. ``compile=True`` applies :func:`compile_model` (worth it on a GPU,
-    for long runs: the first frames pay for compilation).
+    for long runs: the first frames pay for compilation); a mode string (``"default"``,
+    ``"max-autotune-no-cudagraphs"``) is passed on, modes with CUDA graphs are refused
+    (:func:`~napari_sam2.engine.validation.check_compile_mode`).
     """
     from .checkpoints import load_state_dict_file
     from .download import ensure_checkpoint
+    from .validation import check_compile_mode
+
+    mode = check_compile_mode(compile)  # before any download or load
+    dev = resolve_device(device)
 
     cfg = load_config(config_name)
     path = ensure_checkpoint(cfg.name, checkpoint, download=download)
     state_dict = load_state_dict_file(path)
     model = SAM2Model(cfg)
     load_model_weights(model, state_dict, source=f"checkpoint {path}")
-    model = model.to(resolve_device(device)).eval()
-    if compile:
-        compile_model(model)
+    model = model.to(dev).eval()
+    if mode is not None:
+        compile_model(model, mode=mode)
     return model
 
 

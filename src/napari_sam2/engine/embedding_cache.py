@@ -19,10 +19,20 @@ normalisation and the model (variant, weights, precision, device...); how they a
 and why a content hash rather than a path, is in :mod:`napari_sam2.engine.frame_embedding`.
 The entry's name is the digest of the three; the model's digest also names a sub-folder.
 
+**Ownership.** The cache writes a marker file (:data:`MARKER_NAME`) into a folder it
+creates or adopts, and refuses to adopt an existing folder that holds anything else (a
+user's data folder given by mistake): it raises :class:`EmbeddingCacheError` naming the folder
+and a file in it. Eviction, clean-up and :meth:`EmbeddingCache.clear` only ever touch files
+with the names the cache generates (``v<N>/<model>/<64 hex digits>.zarr.zip`` and their
+``.<...>.tmp`` siblings), so a user's ``*.zarr.zip`` or ``*.tmp`` put into the folder survives.
+
 **Bound and eviction.** The folder is kept under ``max_bytes`` (default
 :data:`DEFAULT_MAX_BYTES`, or ``NAPARI_SAM2_EMBEDDING_CACHE_GB``): after each write, if the
-files under the folder (every process's) add up to more, the least recently used entries go
-first. Use is the file's modification time, set on every hit, so recency is shared by all
+cache's entries (every process's) add up to more, the least recently used entries go
+first. The default, 20 GiB, holds about 1,400 frames at 1024 px (an entry is about 14.5 MB):
+a long movie and its re-propagations stay cached, while ``min_free_bytes`` (2 GiB) keeps the
+cache from ever filling the disk. :func:`cache_info` and ``napari-sam2 cache info`` show the
+folder and its size; ``EmbeddingCache.clear()`` and ``napari-sam2 cache clear`` empty it. Use is the file's modification time, set on every hit, so recency is shared by all
 sessions and processes. No write happens that would leave less than ``min_free_bytes`` on
 the disk: the cache never fills the disk a user saves results to.
 
@@ -53,9 +63,30 @@ import numpy as np
 import torch
 
 from ..model import FrameFeatures
+from .cache_folder import (
+    ENV_CACHE_DIR,
+    ENV_CACHE_GB,
+    ENV_CACHE_SWITCH,
+    MARKER_NAME,
+    EmbeddingCacheError,
+    check_adoptable,
+    default_cache_dir,
+    default_cache_folder,
+    is_entry_name,
+    is_tmp_name,
+    is_version_dir,
+    listdir,
+    write_marker,
+)
+from .cache_folder import env_max_bytes as _env_max_bytes
 
 __all__ = [
     "DEFAULT_MAX_BYTES",
+    "MARKER_NAME",
+    "CacheInfo",
+    "EmbeddingCacheError",
+    "cache_info",
+    "default_cache_folder",
     "EMBEDDING_CODE_VERSION",
     "ENV_CACHE_DIR",
     "ENV_CACHE_GB",
@@ -71,10 +102,6 @@ log = logging.getLogger(__name__)
 
 #: Bump when preprocessing, the image encoder or the entry layout change what an entry holds.
 EMBEDDING_CODE_VERSION = 1
-ENV_CACHE_DIR = "NAPARI_SAM2_EMBEDDING_DIR"
-#: "0", "off", "false" or "no" turns off the cache the command line and the plugin use by default.
-ENV_CACHE_SWITCH = "NAPARI_SAM2_EMBEDDING_CACHE"
-ENV_CACHE_GB = "NAPARI_SAM2_EMBEDDING_CACHE_GB"
 #: 20 GiB: about 1,400 frames (an entry is about 14.5 MB for every variant at 1024 px).
 DEFAULT_MAX_BYTES = 20 * 2**30
 DEFAULT_MIN_FREE_BYTES = 2 * 2**30
@@ -84,51 +111,52 @@ _STALE_TMP_SECONDS = 3600.0
 _ARRAYS = ("vision_feat", "vision_pos", "high_res_0", "high_res_1")
 _ATTR = "napari_sam2_embedding"
 _OFF = ("0", "off", "false", "no")
-
-
-def default_cache_dir() -> Path:
-    """``$NAPARI_SAM2_EMBEDDING_DIR``, else ``platformdirs.user_cache_dir("napari-sam2")/embeddings``."""
-    env = os.environ.get(ENV_CACHE_DIR, "").strip()
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return Path(platformdirs.user_cache_dir("napari-sam2", appauthor=False)) / "embeddings"
-
-
-def _env_max_bytes() -> int | None:
-    text = os.environ.get(ENV_CACHE_GB, "").strip()
-    if not text:
-        return None
-    try:
-        gb = float(text)
-    except ValueError:
-        raise ValueError(f"{ENV_CACHE_GB}={text!r}: give the cache's size bound in GiB, e.g. 20") from None
-    if not gb > 0:
-        raise ValueError(
-            f"{ENV_CACHE_GB}={text!r}: the bound must be > 0 GiB (to turn the cache off set {ENV_CACHE_SWITCH}=0)"
-        )
-    return int(gb * 2**30)
+_SWITCH_ON = ("on", "true", "yes", "1")
+_SWITCH_OFF = ("off", "false", "no", "0", "none")
 
 
 def resolve_embedding_cache(option: Any) -> EmbeddingCache | None:
-    """The cache an ``embedding_cache=`` option names: None/False (none), True (the default
-    folder), ``"auto"`` (the default folder unless ``NAPARI_SAM2_EMBEDDING_CACHE=0``: the
-    command line's and the plugin's default), a folder path, or an :class:`EmbeddingCache`."""
+    """The cache an ``embedding_cache=`` option names.
+
+    - None, False, ``"off"`` (also ``"false"``, ``"no"``, ``"0"``, ``"none"``): no cache;
+    - True, ``"on"`` (also ``"true"``, ``"yes"``, ``"1"``): the default folder;
+    - ``"auto"``: the default folder unless ``NAPARI_SAM2_EMBEDDING_CACHE=0`` (the command
+      line's and the plugin's default);
+    - a folder (``str`` or ``Path``; a folder named like one of the words above: ``Path("on")``
+      or ``"./on"``), or an :class:`EmbeddingCache`.
+
+    Anything else (a number, an empty string, a file) is refused with a message.
+    """
     if option is None or option is False:
         return None
     if isinstance(option, EmbeddingCache):
         return option
     if option is True:
         return EmbeddingCache()
-    if isinstance(option, str) and option == "auto":
-        if os.environ.get(ENV_CACHE_SWITCH, "").strip().lower() in _OFF:
+    if isinstance(option, str):
+        word = option.strip().lower()
+        if word == "auto":
+            if os.environ.get(ENV_CACHE_SWITCH, "").strip().lower() in _OFF:
+                return None
+            return EmbeddingCache()
+        if word in _SWITCH_ON:
+            return EmbeddingCache()
+        if word in _SWITCH_OFF:
             return None
-        return EmbeddingCache()
+        if not word:
+            raise EmbeddingCacheError(
+                "embedding_cache is an empty string; give 'on', 'off', 'auto', True, False, None or a folder"
+            )
     if isinstance(option, (str, os.PathLike)):
+        if Path(option).expanduser().is_file():
+            raise EmbeddingCacheError(
+                f"embedding_cache={str(option)!r} is a file, not a folder; give a folder for the cache "
+                "(a new or empty one), or 'on' for the default folder"
+            )
         return EmbeddingCache(option)
     raise TypeError(
-        f"embedding_cache must be None, True, False, 'auto', a folder or an EmbeddingCache; got {option!r}"
+        f"embedding_cache must be 'on', 'off', 'auto', True, False, None, a folder or an EmbeddingCache; "
+        f"got {option!r} ({type(option).__name__})"
     )
 
 
@@ -159,6 +187,30 @@ class EmbeddingKey:
 class CacheUsage:
     entries: int
     bytes: int
+
+
+@dataclass(frozen=True)
+class CacheInfo:
+    """What :func:`cache_info` reports: the folder, its entries and bytes, and the bound."""
+
+    folder: Path
+    entries: int
+    bytes: int
+    max_bytes: int
+
+    def summary(self) -> str:
+        """One line for a CLI summary or the widget: folder, size, bound."""
+        return (
+            f"embedding cache {self.folder}: {self.entries} entries, {self.bytes / 2**30:.2f} GiB "
+            f"(at most {self.max_bytes / 2**30:.3g} GiB)"
+        )
+
+
+def cache_info(folder: str | os.PathLike | None = None) -> CacheInfo:
+    """The cache's folder (default :func:`default_cache_folder`), entry count, size and bound."""
+    cache = EmbeddingCache(folder)
+    usage = cache.usage()
+    return CacheInfo(cache.folder, usage.entries, usage.bytes, cache.max_bytes)
 
 
 def _to_numpy(t: torch.Tensor) -> tuple[np.ndarray, str]:
@@ -215,15 +267,19 @@ class EmbeddingCache:
         min_free_bytes: int = DEFAULT_MIN_FREE_BYTES,
     ) -> None:
         self.folder = Path(folder).expanduser() if folder is not None else default_cache_dir()
+        check_adoptable(self.folder)
         if max_bytes is None:
             max_bytes = _env_max_bytes() or DEFAULT_MAX_BYTES
-        if max_bytes <= 0:
-            raise ValueError(f"max_bytes must be > 0; got {max_bytes}")
+        if isinstance(max_bytes, bool) or not isinstance(max_bytes, (int, float)) or not max_bytes > 0:
+            raise EmbeddingCacheError(
+                f"max_bytes must be a size in bytes > 0 (e.g. 20 * 2**30 for 20 GiB); got {max_bytes!r}"
+            )
         self.max_bytes = int(max_bytes)
         self.min_free_bytes = int(min_free_bytes)
         self.hits = self.misses = self.writes = 0
         #: why writing was turned off (a folder or disk problem), or None
         self.write_error: str | None = None
+        self._claimed = False
 
     def __repr__(self) -> str:
         return f"<EmbeddingCache {self.folder} max {self.max_bytes / 2**30:.3g} GiB>"
@@ -232,16 +288,33 @@ class EmbeddingCache:
     def entry_path(self, key: EmbeddingKey) -> Path:
         return self.folder / f"v{EMBEDDING_CODE_VERSION}" / key.model[:24] / f"{key.digest}{ENTRY_SUFFIX}"
 
+    def ensure_folder(self) -> Path:
+        """Create the folder (or adopt an empty one) and mark it as the cache's; returns it.
+
+        Raises :class:`EmbeddingCacheError` for a folder that holds other files and
+        ``OSError`` when it cannot be created or written (the CLI calls it before any work)."""
+        if self._claimed:
+            return self.folder
+        check_adoptable(self.folder)
+        write_marker(self.folder, EMBEDDING_CODE_VERSION)
+        self._claimed = True
+        return self.folder
+
     def _files(self) -> Iterator[tuple[Path, os.stat_result]]:
-        """Every entry and temporary file under the folder (any version, any model)."""
+        """The cache's entries and temporary files (any version, any model): only the names the
+        cache generates, two levels down, so nothing a user put into the folder is listed."""
         if not self.folder.is_dir():
             return
-        for dirpath, _dirs, names in os.walk(self.folder):
-            for name in names:
-                if name.endswith((ENTRY_SUFFIX, _TMP_SUFFIX)):
-                    path = Path(dirpath) / name
-                    with contextlib.suppress(OSError):
-                        yield path, path.stat()
+        for version in listdir(self.folder):
+            if not is_version_dir(version):
+                continue
+            for model in listdir(version):
+                if not model.is_dir():
+                    continue
+                for path in listdir(model):
+                    if is_entry_name(path.name) or is_tmp_name(path.name):
+                        with contextlib.suppress(OSError):
+                            yield path, path.stat()
 
     # ---- reading
     def contains(self, key: EmbeddingKey) -> bool:
@@ -304,6 +377,7 @@ class EmbeddingCache:
         size = sum(a.nbytes for a, _ in arrays.values())
         tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}{_TMP_SUFFIX}")
         try:
+            self.ensure_folder()
             path.parent.mkdir(parents=True, exist_ok=True)
             if shutil.disk_usage(path.parent).free - size < self.min_free_bytes:
                 log.info("embedding cache: not writing %s, the disk is nearly full", path.name)
@@ -381,9 +455,26 @@ class EmbeddingCache:
             total -= size
         return freed
 
+    def size_bytes(self) -> int:
+        """Bytes the cache's entries (and unfinished writes) take on disk."""
+        return self.usage().bytes
+
+    def entry_count(self) -> int:
+        """How many entries (frames' features) the cache holds."""
+        return self.usage().entries
+
     def clear(self) -> int:
-        """Remove every entry; returns how many."""
-        return sum(_unlink(path) and path.name.endswith(ENTRY_SUFFIX) for path, _ in list(self._files()))
+        """Remove every entry the cache wrote (nothing else); returns how many entries."""
+        removed = sum(_unlink(path) and path.name.endswith(ENTRY_SUFFIX) for path, _ in list(self._files()))
+        # the cache's own emptied sub-folders go too (rmdir refuses a folder that holds anything)
+        for version in listdir(self.folder):
+            if is_version_dir(version):
+                for model in listdir(version):
+                    with contextlib.suppress(OSError):
+                        model.rmdir()
+                with contextlib.suppress(OSError):
+                    version.rmdir()
+        return removed
 
 
 def _unlink(path: Path) -> bool:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from ..model import FrameFeatures, SAM2Model
+from .build import resolve_autocast_dtype
 from .embedding_cache import resolve_embedding_cache
 from .frame_embedding import FrameEmbedder
 from .normalization import Normalizer, preprocess
@@ -56,7 +57,17 @@ class SAM2ImagePredictor:
     the image's features from the persistent on-disk cache when it has them, and store them
     when not; it shares entries with the video predictor. ``set_image_batch`` does not use it
     (a batch is encoded in one pass, whose numbers may differ from one image's in the last bits).
+
+    ``set_image(image, normalizer, features=...)`` takes features already computed (e.g. by
+    the video predictor for the same frame and normaliser: bit for bit what this predictor
+    would compute) and runs no encoder pass. ``feature_provider``, when set, is asked
+    ``provider(image, normalizer)`` on every ``set_image`` with a normaliser and returns such
+    features or None (see :func:`napari_sam2.engine.seeding.tracker_features`): so segment
+    everything on a frame the tracker has encoded costs no second encoder pass.
     """
+
+    #: ``(image, normalizer) -> FrameFeatures | None``, asked by :meth:`set_image` first
+    feature_provider: Callable[[np.ndarray, Normalizer], FrameFeatures | None] | None = None
 
     def __init__(
         self,
@@ -77,7 +88,7 @@ class SAM2ImagePredictor:
         self.max_hole_area = max_hole_area
         self.max_sprinkle_area = max_sprinkle_area
         # e.g. torch.bfloat16 for mixed precision; None (the parity reference) is float32.
-        self.autocast_dtype = autocast_dtype
+        self.autocast_dtype = resolve_autocast_dtype(autocast_dtype)  # 'bf16' etc. mapped once
         self.reset_predictor()
 
     def _autocast(self):
@@ -126,8 +137,22 @@ class SAM2ImagePredictor:
             embedder = self._embedder = FrameEmbedder(self.model, self.autocast_dtype, self.embedding_cache)
         return embedder
 
-    def set_image(self, image: np.ndarray, normalizer: Normalizer | None = None) -> None:
-        """Embed one image (H x W or H x W x C)."""
+    def set_image(
+        self,
+        image: np.ndarray,
+        normalizer: Normalizer | None = None,
+        features: FrameFeatures | None = None,
+    ) -> None:
+        """Embed one image (H x W or H x W x C), or take its ``features`` (the image encoder's
+        output for this image and normaliser, e.g. the video predictor's) without a pass."""
+        if features is None and self.feature_provider is not None and normalizer is not None:
+            features = self.feature_provider(_as_image_array(image), normalizer)
+        if features is not None:
+            arr = _as_image_array(image)
+            self.reset_predictor()
+            self._orig_hw = [tuple(arr.shape[:2])]
+            self._use_features([features])
+            return
         if self.embedding_cache is None:
             x = self._prepare(image, normalizer)  # a bad image is refused before the current one is dropped
             self.reset_predictor()

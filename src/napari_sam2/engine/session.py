@@ -13,9 +13,16 @@ place that does) and propagate along the same plan. It owns:
 - where a propagation starts (after a correction: from the corrected frame).
 
 Every long step is a generator of typed events (:class:`Status`, :class:`Total`,
-:class:`FrameDone`, :class:`ObjectRemoved`), which a GUI consumes one at a time from a
-worker thread and a script simply iterates. All methods may run in a worker thread; the
-caller guarantees one call at a time.
+:class:`FrameDone`, :class:`ObjectRemoved`: :mod:`napari_sam2.engine.events`, shared with
+the "All cells" run), which a GUI consumes one at a time from a worker thread and a script
+simply iterates. All methods may run in a worker thread; the caller guarantees one call at
+a time.
+
+An "All cells" run (:mod:`napari_sam2.engine.track_all`) is a client of the same session:
+it adds objects from masks (:meth:`TrackingSession.add_mask`), removes them
+(:meth:`TrackingSession.remove_object`) and propagates from a frame, on the one video state
+the clicks use. Its objects are outside any prompt set: the next :meth:`~TrackingSession.sync`
+of the clicks' prompts starts the engine over (the frames and their features stay).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from .events import Event, FrameDone, ObjectRemoved, Status, Total
 from .prompts import ObjectPrompt, PromptSet
 
 __all__ = [
@@ -64,50 +72,19 @@ class ModelSpec:
     checkpoint: str | None = None
     device: str = "auto"
     precision: str = "fp32"
-    compile: bool = False
+    compile: bool | str = False
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise SessionError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        # parsing only: each rule's home is engine/validation.py (aliases such as "bfloat16" map to "bf16")
+        from .validation import ParameterError, check_compile_mode, check_device_name, check_precision_name
 
-
-# --------------------------------------------------------------------------- events
-
-
-@dataclass(frozen=True)
-class Status:
-    """A line for the status bar."""
-
-    text: str
-
-
-@dataclass(frozen=True)
-class Total:
-    """How many frames the propagation will yield (for a progress bar)."""
-
-    frames: int
-
-
-@dataclass(frozen=True, eq=False)
-class FrameDone:
-    """The engine's masks of every known object on one frame: ``logits`` (num_objs, H, W)
-    float32, mask = logits > 0. ``tracked`` is False for frames segmented from their
-    prompts (a preview), True for frames reached by propagation."""
-
-    frame: int
-    obj_ids: tuple[int, ...]
-    logits: np.ndarray
-    tracked: bool = False
-
-
-@dataclass(frozen=True)
-class ObjectRemoved:
-    """An object lost its last prompt and was removed from the engine."""
-
-    obj_id: int
-
-
-Event = Status | Total | FrameDone | ObjectRemoved
+        try:
+            name = check_precision_name(self.precision, allowed=("float32", "bfloat16"))
+            object.__setattr__(self, "precision", {"float32": "fp32", "bfloat16": "bf16"}[name])
+            check_device_name(self.device)
+            check_compile_mode(self.compile)
+        except ParameterError as exc:
+            raise SessionError(str(exc)) from None
 
 
 @dataclass(frozen=True)
@@ -192,6 +169,8 @@ class TrackingSession:
     _seen: dict[tuple[int, int], _Seen] = field(default_factory=dict)
     _given: bool = False
     _refine_kw: bool = False
+    #: objects added from masks by a client ("All cells"), outside any prompt set
+    _external: set[int] = field(default_factory=set)
 
     # ---- lifecycle
     def use_predictor(self, predictor: Any) -> None:
@@ -239,6 +218,7 @@ class TrackingSession:
 
     def _forget_prompts(self) -> None:
         self._seen.clear()
+        self._external.clear()
         self.tracked.clear()
         self.dirty_frames.clear()
 
@@ -303,11 +283,48 @@ class TrackingSession:
             raise SessionError(f"object {obj_id} has no prompt on frame {frame}")
         return _frame_done(out)
 
+    # ---- objects from masks ("All cells")
+    def add_mask(self, frame: int, obj_id: int, mask: np.ndarray) -> FrameDone:
+        """Define object ``obj_id`` on ``frame`` by a mask (a seed, a daughter, a new cell),
+        outside any prompt set; it is tracked by the next :meth:`propagate`."""
+        if not self.ready:
+            raise SessionError("no model loaded")
+        out = self.predictor.add_new_mask(self.state, frame, obj_id, mask)
+        self._external.add(int(obj_id))
+        return _frame_done(out)
+
+    def remove_object(self, obj_id: int) -> None:
+        """Forget an object in the engine (a lost cell, a mother after its division)."""
+        self.predictor.remove_object(self.state, obj_id, need_output=False)
+        self._external.discard(int(obj_id))
+        for key in [k for k in self._seen if k[1] == obj_id]:
+            del self._seen[key]
+        self.tracked.pop(obj_id, None)
+
+    def track_forward(self, start: int, count: int) -> Iterator[tuple[int, list, Any]]:
+        """Propagate forward from ``start`` over ``count`` more frames, yielding the predictor's
+        own ``(frame, obj_ids, masks)`` (masks stay on its device: a client that reduces them
+        there copies only what it keeps). Close it to stop; restart it after objects changed."""
+        if not self.ready:
+            raise SessionError("no model loaded")
+        gen = self.predictor.propagate_in_video(
+            self.state, start_frame_idx=start, max_frame_num_to_track=count, reverse=False
+        )
+        try:
+            for frame, obj_ids, masks in gen:
+                for obj in obj_ids:
+                    self.tracked.setdefault(int(obj), set()).add(int(frame))
+                yield frame, obj_ids, masks
+        finally:
+            gen.close()
+
     def sync(self, prompts: PromptSet) -> Iterator[Event]:
         """Send the prompt changes to the engine; yields the masks of every frame whose prompts
         changed (all objects) and the objects removed (no prompt left anywhere)."""
         if not self.ready:
             raise SessionError("no model loaded")
+        if self._external:  # an "All cells" run's objects are not the clicks': start over
+            self.reset()
         new_objects = set(prompts.objects()) - self.objects
         try:
             events = list(self._sync(prompts))

@@ -36,6 +36,7 @@ import numpy as np
 
 from .mask_utils import rle_from_box_mask, rle_to_mask
 from .normalization import Normalizer
+from .validation import check_generator_settings, check_image_not_path
 
 __all__ = ["Tile", "TiledMaskGenerator", "plan_tiles", "tile_starts", "label_image"]
 
@@ -148,6 +149,7 @@ class TiledMaskGenerator:
             raise ValueError(
                 f"edge_margin must be >= 0 and less than half the overlap ({overlap}); got {edge_margin}"
             )
+        check_generator_settings(dedupe_iou_thresh=dedupe_iou_thresh)
         if output_mode not in ("binary_mask", "uncompressed_rle"):
             raise ValueError(
                 f"unknown output_mode {output_mode!r}; supported modes: binary_mask, uncompressed_rle"
@@ -170,6 +172,7 @@ class TiledMaskGenerator:
         normalisation is fitted once on the whole image (or ``normalizer`` is used), so every
         tile is mapped alike.
         """
+        check_image_not_path(image, where="generate")
         image = np.asarray(image)
         if image.ndim not in (2, 3) or image.shape[0] < 1 or image.shape[1] < 1:
             raise ValueError(f"expected one image of shape (H, W) or (H, W, C); got shape {image.shape}")

@@ -26,131 +26,81 @@ The run, frame by frame from ``start_frame`` forward (see :class:`TrackAllConfig
    with a tracked object is at least ``match_iou`` is that object; any other mask, once
    filtered, becomes a new track with the pixels no object holds, unless more than
    ``seed_filter.max_overlap`` of it is held (then it is a part of tracked objects).
+6. **Discover** (``discover_every_frame``, on by default when a generator is given). On
+   every other frame after the start, the generator is prompted only where the frame's
+   foreground is not covered by tracked objects (:mod:`napari_sam2.engine.discovery`), so a
+   cell that enters or appears becomes a track on its first frame (reason "discovery"),
+   at a cost that scales with the uncovered foreground; the full re-seed is the safety net.
 
 Because a division is only known ``persist_frames - 1`` frames after it began, frames are
 final that much later: :class:`FrameTracked` events come when a frame can no longer change.
 
-The run works with any object that has the video predictor's methods (``init_state``,
-``add_new_mask``, ``propagate_in_video``, ``remove_object``), so a stand-in can replace the
-model. It is a generator of typed events (:meth:`TrackAllRun.events`) that a worker thread
-can drive one event at a time; :meth:`TrackAllRun.cancel` stops it between frames (closing
-the generator works too), and what was tracked so far stays in ``labels`` and ``graph``.
+The run is a client of a :class:`~napari_sam2.engine.session.TrackingSession`, the one
+the clicks use: one video state (one ``init_state``, one contrast mapping fitted per run),
+objects added from masks, removed, and propagation restarted on that state. Give it an
+open session (the widget's), or a predictor and frames and it opens one itself. Seeding
+and re-seeding read the image features the tracker computed for the frame (or the
+embedding cache's): segment everything on a tracked frame costs no second encoder pass
+(:func:`napari_sam2.engine.seeding.tracker_features`). It works with any object that has
+the video predictor's methods (``init_state``, ``add_new_mask``, ``propagate_in_video``,
+``remove_object``), so a stand-in can replace the model. It is a generator of typed events
+(:meth:`TrackAllRun.events`, :mod:`napari_sam2.engine.events`) that a worker thread can
+drive one event at a time; :meth:`TrackAllRun.cancel` stops it between frames (closing the
+generator works too), and what was tracked so far stays in ``labels`` and ``graph``.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from .discovery import discover_objects
+from .events import (
+    Division,
+    Finished,
+    FrameTracked,
+    Status,
+    Total,
+    TrackAllEvent,
+    TrackEnded,
+    TrackStarted,
+)
 from .frames import FrameSource, open_frames
 from .lineage import TrackGraph, measure_frame
-from .seeding import SeedFilter, claim_unclaimed, seed_objects, with_stack_contrast
-from .track_rules import DivisionRule, resolve_logits, split_candidates
+from .seeding import (
+    NoSeedsError,
+    Seeds,
+    claim_unclaimed,
+    seed_objects,
+    segment_frame,
+    tracker_features,
+    with_stack_contrast,
+)
+from .session import SessionError, TrackingSession
+from .track_rules import DivisionRule, TrackAllConfig, resolve_logits, split_candidates
+from .track_rules import Live as _Live
+from .track_rules import Pending as _Pending
 
 __all__ = [
     "Division",
     "DivisionRule",
     "Finished",
     "FrameTracked",
+    "NoSeedsError",
     "Status",
+    "Total",
     "TrackAllConfig",
     "TrackAllResult",
     "TrackAllRun",
     "TrackEnded",
     "TrackStarted",
+    "segment_frame",
     "track_all",
 ]
-
-
-# ====================================================================== configuration
-@dataclass(frozen=True)
-class TrackAllConfig:
-    """Parameters of a track-all run (see the module doc for the rules).
-
-    Attributes:
-        start_frame: the frame seeded first; tracking runs forward from it.
-        end_frame: the last frame tracked (inclusive); None for the stack's last.
-        reseed_every: segment everything again every N frames after the start; 0 never.
-        lost_after: end a track after this many missing frames in a row.
-        match_iou: a re-seeded mask with at least this IoU with an object is that object.
-        seed_filter: which generator masks become objects (start and re-seeding).
-        division: the division rule.
-    """
-
-    start_frame: int = 0
-    end_frame: int | None = None
-    reseed_every: int = 10
-    lost_after: int = 3
-    match_iou: float = 0.5
-    seed_filter: SeedFilter = field(default_factory=SeedFilter)
-    division: DivisionRule = field(default_factory=DivisionRule)
-
-    def __post_init__(self) -> None:
-        if self.start_frame < 0:
-            raise ValueError(f"start_frame must be >= 0, got {self.start_frame}")
-        if self.end_frame is not None and self.end_frame < self.start_frame:
-            raise ValueError(f"end_frame ({self.end_frame}) must be >= start_frame ({self.start_frame})")
-        if self.reseed_every < 0:
-            raise ValueError(f"reseed_every must be >= 0 (0: never), got {self.reseed_every}")
-        if self.lost_after < 1:
-            raise ValueError(f"lost_after must be >= 1 frame, got {self.lost_after}")
-        if not 0.0 < self.match_iou <= 1.0:
-            raise ValueError(f"match_iou must be in (0, 1], got {self.match_iou}")
-
-
-# ====================================================================== events
-@dataclass(frozen=True)
-class Status:
-    """A line for the user (seeding, re-seeding counts...)."""
-
-    frame: int | None
-    message: str
-
-
-@dataclass(frozen=True)
-class TrackStarted:
-    track_id: int
-    frame: int
-    parent: int | None
-    reason: str  # "seed", "reseed" or "division"
-
-
-@dataclass(frozen=True)
-class TrackEnded:
-    track_id: int
-    last_frame: int | None  # None: never seen on any frame (the track is dropped)
-    reason: str  # "lost" or "division"
-
-
-@dataclass(frozen=True)
-class Division:
-    parent: int
-    daughters: tuple[int, int]
-    frame: int  # the daughters' first frame
-
-
-@dataclass(frozen=True)
-class FrameTracked:
-    """A frame is final: ``labels`` (H, W) holds its track ids (a read-only view)."""
-
-    frame: int
-    labels: np.ndarray
-    done: int
-    total: int
-
-
-@dataclass(frozen=True)
-class Finished:
-    cancelled: bool
-    frames_done: int
-    summary: dict
-
-
-TrackAllEvent = Status | TrackStarted | TrackEnded | Division | FrameTracked | Finished
 
 
 @dataclass
@@ -162,42 +112,16 @@ class TrackAllResult:
     cancelled: bool
 
 
-# ====================================================================== internals
-@dataclass
-class _Live:
-    """An object the predictor follows."""
-
-    track_id: int
-    seen: list[int] = field(default_factory=list)  # recent frames it was present on
-    missing: int = 0
-    split_frames: list[int] = field(default_factory=list)
-    split_parts: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
-
-    def see(self, t: int, keep: int) -> None:
-        self.seen.append(t)
-        del self.seen[:-keep]
-        self.missing = 0
-
-    def reset_split(self) -> None:
-        self.split_frames, self.split_parts = [], []
-
-
-@dataclass
-class _Pending:
-    """A tracked frame that a division may still relabel."""
-
-    frame: int
-    labels: np.ndarray
-    scores: dict[int, float]
-
-
 # ====================================================================== the run
 class TrackAllRun:
     """One track-all run over a stack (see the module doc). Run it once.
 
     Args:
-        predictor: the video predictor, or anything with its methods.
-        frames: the stack: array (T, H, W[, C]), dask/zarr array, TIFF path or folder.
+        predictor: an open :class:`~napari_sam2.engine.session.TrackingSession` (the
+            widget's: the run drives its video state), or the video predictor (or anything
+            with its methods): the run then opens a session of its own on ``frames``.
+        frames: the stack: array (T, H, W[, C]), dask/zarr array, TIFF path or folder; with
+            a session, the frames it was opened on (default: its state's).
         generator: the mask generator for seeding and re-seeding (see
             :mod:`napari_sam2.engine.seeding`); may be None with ``start_labels`` and
             ``reseed_every=0``.
@@ -206,13 +130,14 @@ class TrackAllRun:
             deleted or merged some); its ids become the track ids. None: segment everything.
         out: where the label stack goes, any writable (T, H, W) integer array (numpy,
             memmap, zarr); by default a new uint32 array. Written one final frame at a time.
-        init_state_kwargs: extra arguments of ``predictor.init_state`` (e.g. ``channels``).
+        init_state_kwargs: extra arguments of ``predictor.init_state`` (e.g. ``channels``),
+            when the run opens its own session.
     """
 
     def __init__(
         self,
         predictor: Any,
-        frames: Any,
+        frames: Any = None,
         generator: Any = None,
         config: TrackAllConfig | None = None,
         *,
@@ -220,11 +145,24 @@ class TrackAllRun:
         out: Any = None,
         init_state_kwargs: dict | None = None,
     ) -> None:
-        self.predictor = predictor
+        self.init_state_kwargs = dict(init_state_kwargs or {})
+        if isinstance(predictor, TrackingSession):
+            if not predictor.ready:
+                raise SessionError("the tracking session is not open: open it on the frames first")
+            self.session, self._owns_session = predictor, False
+            if frames is None:
+                frames = getattr(predictor.state, "frames", None)
+                if frames is None:
+                    raise ValueError("give the frames the session was opened on")
+        else:
+            if frames is None:
+                raise ValueError("give the frames to track")
+            self.session, self._owns_session = TrackingSession(), True
+            self.session.use_predictor(predictor)
+        self.predictor = self.session.predictor
         self._owns_source = not isinstance(frames, FrameSource)  # opened here: closed here
         self.source = open_frames(frames)
         self.config = config or TrackAllConfig()
-        self.init_state_kwargs = dict(init_state_kwargs or {})
         T, H, W = self.source.shape[:3]
         cfg = self.config
         if cfg.start_frame >= T:
@@ -237,6 +175,11 @@ class TrackAllRun:
             raise ValueError(
                 "re-seeding every N frames needs a mask generator; pass one or set reseed_every=0"
             )
+        if generator is None and cfg.discover_every_frame:
+            raise ValueError(
+                "discover_every_frame needs a mask generator; pass one or set discover_every_frame=False"
+            )
+        self._discovery_generator = generator if cfg.discover_every_frame is not False else None
         if start_labels is not None:
             start_labels = np.asarray(start_labels)
             if start_labels.shape != (H, W):
@@ -251,17 +194,8 @@ class TrackAllRun:
                 f"out must be an integer array of shape {(T, H, W)}, got {out.shape} {out.dtype}"
             )
         self.labels = out
-        # seeding sees the frames with the contrast mapping tracking uses (one per stack)
-        self.generator = (
-            None
-            if generator is None
-            else with_stack_contrast(
-                generator,
-                self.source,
-                self.init_state_kwargs.get("normalizer"),
-                self.init_state_kwargs.get("channels"),
-            )
-        )
+        self._raw_generator = generator
+        self.generator: Any = None  # with the session's contrast mapping, once it is open
         self.graph = TrackGraph()
         self._cancel = threading.Event()
         self._used = False
@@ -269,8 +203,10 @@ class TrackAllRun:
         self._live: dict[int, _Live] = {}
         self._pending: list[_Pending] = []
         self._done = 0
+        self._total = 0
         self._last_frame: int | None = None
         self._cancelled = False
+        self.discovery_points = 0  # prompts discovery sent to the generator (its cost)
 
     # ------------------------------------------------------------------ public
     def cancel(self) -> None:
@@ -297,35 +233,40 @@ class TrackAllRun:
         t_end = cfg.end_frame if cfg.end_frame is not None else len(self.source) - 1
         self._total = t_end - t0 + 1
         keep = max(cfg.division.persist_frames if cfg.division.enabled else 1, 1)
-        predictor = self.predictor
-        state = predictor.init_state(self.source, **self.init_state_kwargs)
+        session = self.session
         stream = None
         try:
-            yield from self._seed_start(state, t0)
+            yield from self._open()
+            yield Total(self._total)
+            yield from self._seed_start(t0)
             for t in range(t0, t_end + 1):
                 if self._cancel.is_set():
                     self._cancelled = True
                     break
                 if self._live:
                     if stream is None:
-                        stream = iter(predictor.propagate_in_video(state, t, t_end - t))
+                        stream = session.track_forward(t, t_end - t)
                     frame_idx, ids, logits = next(stream)
                     if frame_idx != t:
                         raise RuntimeError(f"the predictor yielded frame {frame_idx} where {t} was expected")
                     labels, areas, scores = resolve_logits(ids, logits)
                 else:
                     labels, areas, scores = np.zeros(self.labels.shape[1:], np.uint32), {}, {}
-                self._pending.append(_Pending(t, labels, scores))
+                current = _Pending(t, labels, scores)
+                self._pending.append(current)
                 changed = False
-                for event in self._update_lost(state, t, areas):
+                for event in self._update_lost(t, areas):
                     changed = True
                     yield event
                 if cfg.division.enabled:
-                    for event in self._update_divisions(state, t, labels, areas):
+                    for event in self._update_divisions(t, labels, areas):
                         changed = True
                         yield event
+                for event in self._discover(t, current):
+                    changed = changed or isinstance(event, TrackStarted)
+                    yield event
                 if cfg.reseed_every and t > t0 and (t - t0) % cfg.reseed_every == 0:
-                    for event in self._reseed(state, t):
+                    for event in self._reseed(t, current):
                         changed = changed or isinstance(event, TrackStarted)
                         yield event
                 if changed and stream is not None:
@@ -341,9 +282,8 @@ class TrackAllRun:
                 stream.close()
             while self._pending:  # closed mid-run: keep what was tracked
                 self._commit(self._pending.pop(0))
-            close = getattr(state, "close", None)
-            if callable(close):
-                close()
+            if self._owns_session:
+                session.close()
             if self._owns_source:
                 self.source.close()
 
@@ -355,26 +295,52 @@ class TrackAllRun:
         self._live[tid] = _Live(tid)
         return tid
 
-    def _seed_start(self, state: Any, t0: int) -> Iterator[TrackAllEvent]:
+    def _open(self) -> Iterator[TrackAllEvent]:
+        """Open the run's own session (one ``init_state``), start a given one's objects over,
+        and give the generator the session's contrast mapping (no second fit)."""
+        session = self.session
+        if self._owns_session:
+            source = self.source
+            yield from session.open(None, ("track-all", id(source)), lambda: source, **self.init_state_kwargs)
+        else:
+            session.reset()  # the clicks' objects leave the engine; frames and features stay
+        if self._raw_generator is not None:
+            normalizer = getattr(session.state, "normalizer", None) or self.init_state_kwargs.get(
+                "normalizer"
+            )
+            channels = self.init_state_kwargs.get("channels")
+            self.generator = with_stack_contrast(self._raw_generator, self.source, normalizer, channels)
+
+    def _segment(self, t: int) -> Seeds:
+        """Segment everything on frame ``t`` with the features the tracker has for it."""
+        session = self.session
+        with tracker_features(self._raw_generator, session.predictor, session.state, t):
+            return seed_objects(self.source[t], self.generator, self.config.seed_filter)
+
+    def _seed_start(self, t0: int) -> Iterator[TrackAllEvent]:
         if self.start_labels is not None:
             ids = [int(i) for i in np.unique(self.start_labels) if i > 0]
+            if not ids:
+                raise NoSeedsError(f"start_labels hold no object on frame {t0}: paint or keep at least one")
             masks = [self.start_labels == i for i in ids]
-            yield Status(t0, f"{len(ids)} objects given on frame {t0}")
+            yield Status(f"{len(ids)} objects given on frame {t0}", t0)
         else:
-            yield Status(t0, f"segmenting everything on frame {t0}")
-            seeds = seed_objects(self.source[t0], self.generator, self.config.seed_filter)
+            yield Status(f"segmenting everything on frame {t0}", t0)
+            seeds = self._segment(t0)
+            if not len(seeds):  # nothing to track: stop before the first frame is tracked
+                raise NoSeedsError(seeds.report.explain(t0))
             masks, ids = list(seeds.masks), [None] * len(seeds)
-            yield Status(t0, f"{len(seeds)} objects found on frame {t0}")
+            yield Status(f"{len(seeds)} objects found on frame {t0}", t0)
         for track_id, mask in zip(ids, masks):
             tid = self._new_track(None, track_id)
-            self.predictor.add_new_mask(state, t0, tid, mask)
+            self.session.add_mask(t0, tid, mask)
             yield TrackStarted(tid, t0, None, "seed")
 
-    def _forget(self, state: Any, tid: int) -> None:
+    def _forget(self, tid: int) -> None:
         del self._live[tid]
-        self.predictor.remove_object(state, tid, need_output=False)
+        self.session.remove_object(tid)
 
-    def _update_lost(self, state: Any, t: int, areas: dict[int, int]) -> Iterator[TrackAllEvent]:
+    def _update_lost(self, t: int, areas: dict[int, int]) -> Iterator[TrackAllEvent]:
         keep = self.config.division.persist_frames + self.config.lost_after + 1
         for tid, live in list(self._live.items()):
             if areas.get(tid, 0) > 0:
@@ -383,7 +349,7 @@ class TrackAllRun:
             live.missing += 1
             live.reset_split()
             if live.missing >= self.config.lost_after:
-                self._forget(state, tid)
+                self._forget(tid)
                 last = live.seen[-1] if live.seen else None
                 if last is None:
                     self.graph.remove_track(tid)  # never seen: nothing to keep
@@ -391,9 +357,7 @@ class TrackAllRun:
                     self.graph[tid].ended_by = "lost"
                 yield TrackEnded(tid, last, "lost")
 
-    def _update_divisions(
-        self, state: Any, t: int, labels: np.ndarray, areas: dict[int, int]
-    ) -> Iterator[TrackAllEvent]:
+    def _update_divisions(self, t: int, labels: np.ndarray, areas: dict[int, int]) -> Iterator[TrackAllEvent]:
         rule = self.config.division
         candidates = split_candidates(labels, areas, rule) if self._live else {}
         for tid, live in list(self._live.items()):
@@ -412,9 +376,9 @@ class TrackAllRun:
             live.split_frames.append(t)
             live.split_parts.append(parts)
             if len(live.split_frames) >= rule.persist_frames:
-                yield from self._divide(state, t, live)
+                yield from self._divide(t, live)
 
-    def _divide(self, state: Any, t: int, live: _Live) -> Iterator[TrackAllEvent]:
+    def _divide(self, t: int, live: _Live) -> Iterator[TrackAllEvent]:
         tid = live.track_id
         first = live.split_frames[0]
         before = [f for f in live.seen if f < first]  # `seen` reaches back further than a split
@@ -431,9 +395,9 @@ class TrackAllRun:
                 p.scores[d] = score
         for d in daughters:
             self._live[d].seen = list(live.split_frames)
-        self._forget(state, tid)
+        self._forget(tid)
         for d, mask in zip(daughters, live.split_parts[-1]):
-            self.predictor.add_new_mask(state, t, d, mask)
+            self.session.add_mask(t, d, mask)
         if existed:
             self.graph[tid].ended_by = "division"
             yield TrackEnded(tid, before[-1], "division")
@@ -445,10 +409,9 @@ class TrackAllRun:
         if parent is not None:
             yield Division(parent, daughters, first)
 
-    def _reseed(self, state: Any, t: int) -> Iterator[TrackAllEvent]:
+    def _reseed(self, t: int, current: _Pending) -> Iterator[TrackAllEvent]:
         cfg = self.config
-        current = self._pending[-1]
-        seeds = seed_objects(self.source[t], self.generator, cfg.seed_filter)
+        seeds = self._segment(t)
         ids, counts = np.unique(current.labels, return_counts=True)
         area_of = dict(zip(ids.tolist(), counts.tolist()))
         unmatched, unmatched_scores, matched = [], [], 0
@@ -464,15 +427,50 @@ class TrackAllRun:
         taken = current.labels > 0
         kept = claim_unclaimed(unmatched, taken, cfg.seed_filter.min_area, cfg.seed_filter.max_overlap)
         yield Status(
-            t, f"re-seeded frame {t}: {len(seeds)} masks, {matched} on tracked objects, {len(kept)} new"
+            f"re-seeded frame {t}: {len(seeds)} masks, {matched} on tracked objects, {len(kept)} new", t
         )
-        for k, mask in kept:
+        yield from self._start_tracks(
+            t, current, [m for _, m in kept], [unmatched_scores[k] for k, _ in kept], "reseed"
+        )
+
+    def _start_tracks(
+        self, t: int, current: _Pending, masks: list[np.ndarray], scores: list[float], reason: str
+    ) -> Iterator[TrackAllEvent]:
+        """New tracks on frame ``t`` from disjoint masks on pixels no track holds."""
+        keep = self.config.division.persist_frames + self.config.lost_after + 1
+        for mask, score in zip(masks, scores):
             tid = self._new_track(None)
             current.labels[mask] = tid
-            current.scores[tid] = unmatched_scores[k]
-            self._live[tid].see(t, cfg.division.persist_frames + cfg.lost_after + 1)
-            self.predictor.add_new_mask(state, t, tid, mask)
-            yield TrackStarted(tid, t, None, "reseed")
+            current.scores[tid] = float(score)
+            self._live[tid].see(t, keep)
+            self.session.add_mask(t, tid, mask)
+            yield TrackStarted(tid, t, None, reason)
+
+    def _discover(self, t: int, current: _Pending) -> Iterator[TrackAllEvent]:
+        """Every frame after the start that is not re-seeded, after lost tracks and divisions:
+        new objects where the frame has uncovered foreground (the module doc, step 6), read
+        from the tracker's image features of frame ``t`` (no second encoder pass)."""
+        cfg = self.config
+        t0 = cfg.start_frame
+        if self._discovery_generator is None or t <= t0:
+            return
+        if cfg.reseed_every and (t - t0) % cfg.reseed_every == 0:
+            return  # the full re-seed of this frame finds them
+        with tracker_features(self._raw_generator, self.session.predictor, self.session.state, t):
+            found = discover_objects(
+                self.source[t],
+                current.labels,
+                self._discovery_generator,
+                cfg.seed_filter,
+                cfg.discovery,
+                cfg.match_iou,
+                call=self.generator,  # the stack's contrast mapping, as seeding sees the frames
+            )
+        self.discovery_points += len(found.points)
+        if not found:
+            return
+        yield Status(f"frame {t}: {len(found)} new objects found in uncovered foreground", t)
+        yield from self._start_tracks(t, current, list(found.masks), list(found.scores), "discovery")
 
     def _commit(self, p: _Pending) -> FrameTracked:
         info = np.iinfo(np.dtype(self.labels.dtype))
@@ -488,7 +486,7 @@ class TrackAllRun:
         self._last_frame = p.frame
         view = p.labels.view()
         view.flags.writeable = False
-        return FrameTracked(p.frame, view, self._done, self._total)
+        return FrameTracked(p.frame, view, self._done, self._total, len(records), len(self.graph))
 
 
 def track_all(

@@ -1,37 +1,61 @@
-"""The track graph out (and back in): napari Tracks data, CSV, Cell Tracking Challenge, GEFF.
+"""The track graph out (and back in): one export function, and each format's writer and reader.
 
+- :func:`export_tracking` -- every output of a tracking run into one folder: ``ctc/`` (a
+  Cell Tracking Challenge RESULT folder), ``tracks.geff``, ``tracks.csv``, ``labels.tif``;
+  used by the CLI's ``track-all``, the widget and scripts. :func:`check_export` raises, before
+  any work, what it would raise.
 - :func:`tracks_layer_data` -- what napari's Tracks layer takes: ``(N, 4)`` rows
   ``track_id, t, y, x``, the division graph ``{child: [parent]}`` and per-row properties
   (napari itself is not imported).
 - :func:`write_csv` / :func:`read_csv` -- one row per object and frame.
-- :func:`write_ctc` / :func:`read_ctc` -- the CTC format: ``man_track.txt`` (one line
-  ``L B E P`` per track: label, first frame, last frame, parent label or 0) and one 16-bit
-  ``maskTTT.tif`` per frame. CTC requires every track to be present on every frame from B
-  to E, so a track with gaps is written as several labels, each later piece having the
-  piece before it as parent (the CTC way of writing a gap); labels above 65535 are
-  renumbered.
+- :func:`write_ctc` / :func:`read_ctc` -- the CTC format (:mod:`.track_ctc`): ``res_track.txt``
+  + one 16-bit ``maskTTT.tif`` per frame (or a ground-truth TRA folder).
 - :func:`write_geff` / :func:`read_geff` -- the Graph Exchange File Format through the
   ``geff`` package: one node per object and frame (``t, y, x`` axes, the record's values as
   properties, ``track_id`` as the tracklet property and ``lineage_id``), edges from each
   record to the next one of its track and from a parent's last record to each daughter's
   first.
+
+Every writer follows one rule: an existing output is replaced only with ``overwrite=True``
+(else :class:`OutputExistsError`, a ``FileExistsError`` naming the path), replacing only the
+files it writes itself; a path that cannot be written raises :class:`OutputPathError` naming it.
 """
 
 from __future__ import annotations
 
 import csv
 import math
-import shutil
-import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .lineage import ObjectRecord, TrackGraph, consecutive_runs
+from .io._files import (
+    OutputError,
+    OutputExistsError,
+    OutputPathError,
+    _atomic,
+    check_output_path,
+    make_folder,
+)
+from .lineage import ObjectRecord, TrackGraph
+from .track_ctc import check_ctc, ctc_tracks, read_ctc, write_ctc
+
+if TYPE_CHECKING:
+    from .io.metadata import SourceMetadata
 
 __all__ = [
+    "EXPORT_FORMATS",
+    "EXPORT_NAMES",
+    "OutputError",
+    "OutputExistsError",
+    "OutputPathError",
+    "check_ctc",
+    "check_export",
     "ctc_tracks",
+    "export_paths",
+    "export_tracking",
     "read_csv",
     "read_ctc",
     "read_geff",
@@ -41,7 +65,109 @@ __all__ = [
     "write_geff",
 ]
 
-_CTC_MAX_LABEL = 65535
+#: What :func:`export_tracking` can write, and the name of each output in its folder.
+EXPORT_FORMATS = ("ctc", "geff", "csv", "labels")
+EXPORT_NAMES = {"ctc": "ctc", "geff": "tracks.geff", "csv": "tracks.csv", "labels": "labels.tif"}
+
+
+# ====================================================================== one export
+def export_paths(destination: str | Path, formats: Iterable[str] | str = EXPORT_FORMATS) -> dict[str, Path]:
+    """``{format: path}`` of each output in ``destination``; ``formats`` as names or ``"ctc,csv"``."""
+    if isinstance(formats, str):
+        formats = formats.split(",")
+    wanted = list(dict.fromkeys(str(f).strip().lower() for f in formats if str(f).strip()))
+    unknown = [f for f in wanted if f not in EXPORT_FORMATS]
+    if unknown or not wanted:
+        raise ValueError(
+            f"unknown export format(s) {unknown or list(formats)!r}; choose from {', '.join(EXPORT_FORMATS)}"
+        )
+    folder = Path(destination).expanduser()
+    return {f: folder / EXPORT_NAMES[f] for f in wanted}
+
+
+def check_export(
+    destination: str | Path,
+    formats: Iterable[str] | str = EXPORT_FORMATS,
+    *,
+    overwrite: bool = False,
+    extra: Iterable[str] = (),
+) -> dict[str, Path]:
+    """Raise now what :func:`export_tracking` would raise, before any frame is tracked.
+
+    Checks the format names, that ``destination`` is (or can be made) a folder you can write
+    to, that the ``geff`` package is there when GEFF is asked for, and that no output exists
+    yet unless ``overwrite`` (for ``ctc/``: no earlier CTC file in it; other files are fine).
+    ``extra``: names of further files the caller will write into ``destination`` (same rule).
+    Returns :func:`export_paths`. Raises ValueError, ImportError, :class:`OutputExistsError`,
+    :class:`OutputPathError`.
+    """
+    paths = export_paths(destination, formats)
+    folder = Path(destination).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise OutputPathError(f"{folder} is a file, not a folder; choose a folder for the exports", folder)
+    check_output_path(folder / EXPORT_NAMES["csv"])  # the folder itself: creatable and writable
+    if "geff" in paths:
+        try:
+            import geff  # noqa: F401
+        except ImportError as exc:
+            raise ImportError(f"writing GEFF needs the geff package (pip install geff): {exc}") from exc
+    for fmt, path in paths.items():
+        if fmt == "ctc":
+            check_ctc(path, overwrite=overwrite)
+        elif fmt == "labels":
+            from .io.labels_out import check_writable
+
+            check_writable(path, overwrite=overwrite)
+        elif path.exists() and not overwrite:
+            raise OutputExistsError(path)
+    for name in extra:
+        if (folder / name).exists() and not overwrite:
+            raise OutputExistsError(folder / name)
+    return paths
+
+
+def export_tracking(
+    labels: Any,
+    graph: TrackGraph,
+    destination: str | Path,
+    formats: Iterable[str] | str = EXPORT_FORMATS,
+    *,
+    overwrite: bool = False,
+    metadata: SourceMetadata | None = None,
+) -> dict[str, Path]:
+    """Write a tracking run's outputs into the folder ``destination``; returns ``{format: path}``.
+
+    Args:
+        labels: the label stack (T, Y, X), label = track id (``TrackAllResult.labels``).
+        graph: its :class:`TrackGraph` (``TrackAllResult.graph``).
+        destination: the folder (created if needed; other files in it are left alone).
+        formats: any of ``"ctc"`` (``ctc/``: ``res_track.txt`` + ``maskTTT.tif``), ``"geff"``
+            (``tracks.geff``), ``"csv"`` (``tracks.csv``), ``"labels"`` (``labels.tif``, ImageJ).
+        overwrite: replace earlier outputs of these names (in ``ctc/`` only the CTC files);
+            without it an existing output raises :class:`OutputExistsError` and nothing is written.
+        metadata: the tracked input's ``SourceMetadata``: pixel size and units for
+            ``labels.tif`` and the GEFF axes; its axes without channels must be the labels' (T, Y, X).
+
+    Everything :func:`check_export` checks is checked before the first file is written; each
+    output appears complete or not at all.
+    """
+    paths = check_export(destination, formats, overwrite=overwrite)
+    make_folder(Path(destination).expanduser())
+    written: dict[str, Path] = {}
+    for fmt, path in paths.items():
+        if fmt == "ctc":
+            written[fmt] = write_ctc(labels, graph, path, overwrite=overwrite)
+        elif fmt == "geff":
+            written[fmt] = write_geff(graph, path, overwrite=overwrite, metadata=metadata)
+        elif fmt == "csv":
+            written[fmt] = write_csv(graph, path, overwrite=overwrite)
+        else:
+            from .io.labels_out import write_labels
+
+            written[fmt] = write_labels(
+                path, np.asarray(labels), metadata, name="tracks", overwrite=overwrite
+            )
+    return written
 
 
 def _channels(graph: TrackGraph) -> int:
@@ -90,12 +216,17 @@ _CSV_FIXED = [
 ]
 
 
-def write_csv(graph: TrackGraph, path: str | Path) -> Path:
-    """One row per object and frame; ``parent_id`` is the track's parent (0: none)."""
-    path = Path(path)
+def write_csv(graph: TrackGraph, path: str | Path, *, overwrite: bool = False) -> Path:
+    """One row per object and frame; ``parent_id`` is the track's parent (0: none).
+
+    An existing ``path`` is replaced only with ``overwrite=True`` (else :class:`OutputExistsError`).
+    """
+    return _atomic(Path(path).expanduser(), overwrite, ".csv", lambda tmp: _write_csv_rows(graph, tmp))
+
+
+def _write_csv_rows(graph: TrackGraph, tmp: Path) -> None:
     n = _channels(graph)
     names = _intensity_names(n) if n else []
-    tmp = path.with_name(path.name + ".part")
     with tmp.open("w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow([*_CSV_FIXED, *names, "score"])
@@ -107,8 +238,6 @@ def write_csv(graph: TrackGraph, path: str | Path) -> Path:
                 + [""] * (len(names) - len(r.mean_intensity))
                 + ["" if math.isnan(r.score) else f"{r.score:.6g}"]
             )
-    tmp.replace(path)
-    return path
 
 
 def read_csv(path: str | Path) -> TrackGraph:
@@ -149,118 +278,21 @@ def _natural(name: str) -> tuple:
     return (len(name), int(tail) if tail.isdigit() else -1, name)
 
 
-# ====================================================================== CTC
-def ctc_tracks(labels: Any, graph: TrackGraph) -> tuple[dict[tuple[int, int], int], np.ndarray]:
-    """CTC labels and rows for a label stack and its graph.
-
-    Returns ``segment_label[(track_id, first_frame_of_piece)]`` and the ``L B E P`` rows
-    (int64, sorted by L). Presence is read from ``labels`` (T, H, W); parents from ``graph``.
-    """
-    present: dict[int, list[int]] = {}
-    for t in range(len(labels)):
-        for i in np.unique(np.asarray(labels[t]))[1:].tolist():
-            present.setdefault(int(i), []).append(t)
-    pieces: dict[int, list[tuple[int, int]]] = {}
-    for i, frames in present.items():
-        pieces[i] = consecutive_runs(frames)
-    needed = sum(len(r) for r in pieces.values())
-    if needed > _CTC_MAX_LABEL:
-        raise ValueError(f"{needed} track pieces do not fit CTC's 16-bit labels (at most {_CTC_MAX_LABEL})")
-    renumber = bool(present) and max(present) > _CTC_MAX_LABEL
-    if renumber:  # compact, in order of appearance
-        order = sorted(((runs[0][0], i) for i, runs in pieces.items()))
-        first_label = {i: k + 1 for k, (_, i) in enumerate(order)}
-    else:
-        first_label = {i: i for i in pieces}
-    next_label = max(first_label.values(), default=0) + 1
-    seg_label: dict[tuple[int, int], int] = {}
-    for i in sorted(pieces, key=lambda i: first_label[i]):
-        for k, (b, _) in enumerate(pieces[i]):
-            if k == 0:
-                seg_label[(i, b)] = first_label[i]
-            else:
-                seg_label[(i, b)] = next_label
-                next_label += 1
-    rows = []
-    for i, runs in pieces.items():
-        for k, (b, e) in enumerate(runs):
-            if k:  # the piece after a gap continues the piece before it
-                parent_label = seg_label[(i, runs[k - 1][0])]
-            else:
-                parent = graph[i].parent if i in graph else None
-                parent_label = 0
-                # a parent must end before its child starts (else the link is not CTC, and dropped)
-                if parent is not None and parent in pieces and pieces[parent][-1][1] < b:
-                    parent_label = seg_label[(parent, pieces[parent][-1][0])]
-            rows.append((seg_label[(i, b)], b, e, parent_label))
-    table = np.asarray(sorted(rows), dtype=np.int64).reshape(-1, 4)
-    return seg_label, table
-
-
-def write_ctc(labels: Any, graph: TrackGraph, folder: str | Path, overwrite: bool = False) -> Path:
-    """Write ``man_track.txt`` and ``maskTTT.tif`` (uint16) for every frame into ``folder``.
-
-    Frame numbers have 3 digits, 4 when the stack has more than 1000 frames (CTC's rule).
-    The folder is written complete or not at all (built beside it, then moved in place).
-    """
-    import tifffile
-
-    folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()) and not overwrite:
-        raise FileExistsError(f"{folder} is not empty; pass overwrite=True to replace it")
-    seg_label, table = ctc_tracks(labels, graph)
-    T = len(labels)
-    digits = 3 if T <= 1000 else 4
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        pieces_by_track: dict[int, list[int]] = {}
-        for i, b in seg_label:
-            pieces_by_track.setdefault(i, []).append(b)
-        for starts in pieces_by_track.values():
-            starts.sort()
-        for t in range(T):
-            frame = np.asarray(labels[t])
-            ids = np.unique(frame)
-            lut = np.zeros(len(ids), dtype=np.uint16)
-            for k, i in enumerate(ids.tolist()):
-                if i:
-                    starts = pieces_by_track[int(i)]
-                    b = starts[int(np.searchsorted(starts, t, side="right")) - 1]
-                    lut[k] = seg_label[(int(i), b)]
-            out = lut[np.searchsorted(ids, frame)]
-            tifffile.imwrite(tmp / f"mask{t:0{digits}d}.tif", out, photometric="minisblack")
-        np.savetxt(tmp / "man_track.txt", table, fmt="%d", delimiter=" ")
-        if folder.exists():
-            shutil.rmtree(folder)
-        tmp.replace(folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return folder
-
-
-def read_ctc(folder: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """``(labels (T, H, W) uint16, rows (N, 4) int64)`` of a CTC folder (``*_track.txt`` + masks)."""
-    import tifffile
-
-    folder = Path(folder)
-    tracks = sorted(folder.glob("*_track.txt"))
-    if len(tracks) != 1:
-        raise FileNotFoundError(f"expected one *_track.txt in {folder}, found {len(tracks)}")
-    masks = sorted(folder.glob("mask*.tif"), key=lambda p: int(p.stem[4:]))
-    if not masks:
-        raise FileNotFoundError(f"no mask*.tif in {folder}")
-    labels = np.stack([tifffile.imread(p) for p in masks])
-    rows = np.loadtxt(tracks[0], dtype=np.int64, ndmin=2).reshape(-1, 4)
-    return labels, rows
-
-
 # ====================================================================== GEFF
-def write_geff(graph: TrackGraph, path: str | Path, overwrite: bool = False, **axis_kwargs: Any) -> Path:
+def write_geff(
+    graph: TrackGraph,
+    path: str | Path,
+    overwrite: bool = False,
+    *,
+    metadata: SourceMetadata | None = None,
+    **axis_kwargs: Any,
+) -> Path:
     """Write the graph as a GEFF zarr group (see the module doc); needs the ``geff`` package.
 
-    ``axis_kwargs`` (``axis_units``, ``axis_scales``...) go to ``geff.write``.
+    ``metadata`` (the tracked input's ``SourceMetadata``) gives the axes their units and pixel
+    size; ``axis_kwargs`` (``axis_units``, ``axis_scales``...) go to ``geff.write``. An existing
+    ``path`` is replaced only with ``overwrite=True`` (else :class:`OutputExistsError`); the
+    group is written beside it and moved in place once complete.
     """
     try:
         import geff
@@ -269,7 +301,9 @@ def write_geff(graph: TrackGraph, path: str | Path, overwrite: bool = False, **a
     except ImportError as exc:
         raise ImportError(f"writing GEFF needs the geff package (pip install geff): {exc}") from exc
 
-    path = Path(path)
+    path = Path(path).expanduser()
+    if path.exists() and not overwrite:  # before building the graph
+        raise OutputExistsError(path)
     n = _channels(graph)
     names = _intensity_names(n) if n else []
     g = nx.DiGraph()
@@ -301,14 +335,23 @@ def write_geff(graph: TrackGraph, path: str | Path, overwrite: bool = False, **a
     metadata = GeffMetadata(
         geff_version=geff.__version__,
         directed=True,
-        axes=[Axis(name="t", type="time"), Axis(name="y", type="space"), Axis(name="x", type="space")],
+        axes=[
+            Axis(
+                name=a,
+                type="time" if a == "t" else "space",
+                unit=metadata.unit_of(a) if metadata is not None else None,
+                scale=metadata.scale_of(a) if metadata is not None else None,
+            )
+            for a in "tyx"
+        ],
         node_props_metadata={},
         edge_props_metadata={},
         track_node_props={"tracklet": "track_id", "lineage": "lineage_id"},
         extra={"napari_sam2": {"parents": {str(t.track_id): t.parent or 0 for t in graph}}},
     )
-    geff.write(g, str(path), metadata=metadata, overwrite=overwrite, **axis_kwargs)
-    return path
+    return _atomic(
+        path, overwrite, ".geff", lambda tmp: geff.write(g, str(tmp), metadata=metadata, **axis_kwargs)
+    )
 
 
 def read_geff(path: str | Path) -> TrackGraph:

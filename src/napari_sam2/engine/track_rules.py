@@ -1,18 +1,23 @@
 """The per-frame rules of "track all": one object per pixel, and when a mask is two daughters.
 
 Pure functions of one frame's data, so they can be tested (and reused) on their own; the
-run that applies them over time is :mod:`napari_sam2.engine.track_all`.
+run that applies them over time is :mod:`napari_sam2.engine.track_all`. Its parameters
+(:class:`TrackAllConfig`) and the per-object bookkeeping it keeps (:class:`Live`,
+:class:`Pending`) live here too.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-__all__ = ["DivisionRule", "resolve_logits", "split_candidates"]
+from .discovery import DiscoveryConfig
+from .seeding import SeedFilter
+
+__all__ = ["DivisionRule", "Live", "Pending", "TrackAllConfig", "resolve_logits", "split_candidates"]
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,75 @@ class DivisionRule:
             raise ValueError(f"division min_fraction must be in (0, 0.5], got {self.min_fraction}")
         if self.max_distance_factor <= 0:
             raise ValueError(f"division max_distance_factor must be > 0, got {self.max_distance_factor}")
+
+
+@dataclass(frozen=True)
+class TrackAllConfig:
+    """Parameters of a track-all run (see the module doc for the rules).
+
+    Attributes:
+        start_frame: the frame seeded first; tracking runs forward from it.
+        end_frame: the last frame tracked (inclusive); None for the stack's last.
+        reseed_every: segment everything again every N frames after the start; 0 never.
+        lost_after: end a track after this many missing frames in a row.
+        match_iou: a re-seeded mask with at least this IoU with an object is that object.
+        seed_filter: which generator masks become objects (start and re-seeding).
+        division: the division rule.
+        discover_every_frame: look for new objects on every frame that is not re-seeded,
+            only where no tracked object is (see :mod:`napari_sam2.engine.discovery`);
+            None: on when a mask generator is given.
+        discovery: discovery's parameters.
+    """
+
+    start_frame: int = 0
+    end_frame: int | None = None
+    reseed_every: int = 10
+    lost_after: int = 3
+    match_iou: float = 0.5
+    seed_filter: SeedFilter = field(default_factory=SeedFilter)
+    division: DivisionRule = field(default_factory=DivisionRule)
+    discover_every_frame: bool | None = None
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
+
+    def __post_init__(self) -> None:
+        if self.start_frame < 0:
+            raise ValueError(f"start_frame must be >= 0, got {self.start_frame}")
+        if self.end_frame is not None and self.end_frame < self.start_frame:
+            raise ValueError(f"end_frame ({self.end_frame}) must be >= start_frame ({self.start_frame})")
+        if self.reseed_every < 0:
+            raise ValueError(f"reseed_every must be >= 0 (0: never), got {self.reseed_every}")
+        if self.lost_after < 1:
+            raise ValueError(f"lost_after must be >= 1 frame, got {self.lost_after}")
+        if not 0.0 < self.match_iou <= 1.0:
+            raise ValueError(f"match_iou must be in (0, 1], got {self.match_iou}")
+
+
+@dataclass
+class Live:
+    """An object the predictor follows."""
+
+    track_id: int
+    seen: list[int] = field(default_factory=list)  # recent frames it was present on
+    missing: int = 0
+    split_frames: list[int] = field(default_factory=list)
+    split_parts: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
+
+    def see(self, t: int, keep: int) -> None:
+        self.seen.append(t)
+        del self.seen[:-keep]
+        self.missing = 0
+
+    def reset_split(self) -> None:
+        self.split_frames, self.split_parts = [], []
+
+
+@dataclass
+class Pending:
+    """A tracked frame that a division may still relabel."""
+
+    frame: int
+    labels: np.ndarray
+    scores: dict[int, float]
 
 
 def _to_numpy(x: Any) -> np.ndarray:

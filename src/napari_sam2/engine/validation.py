@@ -16,6 +16,21 @@ The rules (docs/troubleshooting.md lists the messages):
   in order (top-left first), as the widget does when a box is drawn from any corner. A box
   of zero width or height is refused.
 - object ids are integers (``True``, ``1.5``, ``None``, strings and lists are refused).
+- segment-everything settings: thresholds (``pred_iou_thresh``, ``stability_score_thresh``,
+  ``box_nms_thresh``, ``crop_nms_thresh``, ``dedupe_iou_thresh``) are fractions in [0, 1];
+  88 is refused with "give 0.88" (a percentage), never read as "keep nothing".
+  ``points_per_side`` is a count of prompts along each side, an integer 1 ..
+  :data:`MAX_POINTS_PER_SIDE` (256): a larger value is almost always a pixel spacing, and
+  256 already prompts every 4 px of the model's 1024 px input (65,536 prompts).
+- model options (one home each, strings only, so no torch is needed to check them):
+  a device is ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (``cuda1`` gets "did you
+  mean 'cuda:1'"); a precision is ``fp32``/``float32``, ``bf16``/``bfloat16`` or
+  ``fp16``/``float16`` (the plugin and the CLI offer fp32 and bf16); ``compile`` is a bool or
+  a torch.compile mode without CUDA graphs (``default``, ``max-autotune-no-cudagraphs``):
+  ``reduce-overhead`` and ``max-autotune`` use CUDA graphs, which overwrite a compiled
+  module's outputs at its next call while the predictors keep features and memories across
+  calls, so they are refused rather than silently ignored.
+- an image is pixels, never a file name (``str``/``Path``): read the file first.
 - a mask prompt is a 2-D ``(H, W)`` array of the frame's size holding 0/1 (or bool), with
   at least one pixel set: an empty mask would tell the model the object is absent.
 """
@@ -23,20 +38,41 @@ The rules (docs/troubleshooting.md lists the messages):
 from __future__ import annotations
 
 import numbers
+import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "MAX_POINTS_PER_SIDE",
     "POINT_LABELS",
+    "ParameterError",
     "PromptError",
+    "check_compile_mode",
+    "check_device_name",
+    "check_fraction",
+    "check_precision_name",
+    "check_generator_settings",
+    "check_image_not_path",
     "check_box",
     "check_frame_index",
     "check_mask",
     "check_obj_id",
     "check_points",
 ]
+
+#: the largest points_per_side accepted: 256 points a side prompt every 4 px of the model's
+#: 1024 px input (65,536 prompts, 1,024 decoder batches); a larger number is a pixel spacing
+MAX_POINTS_PER_SIDE = 256
+#: the segment-everything settings that are fractions in [0, 1]
+FRACTION_SETTINGS = (
+    "pred_iou_thresh",
+    "stability_score_thresh",
+    "box_nms_thresh",
+    "crop_nms_thresh",
+    "dedupe_iou_thresh",
+)
 
 #: the point labels the public API takes
 POINT_LABELS = {1: "positive (part of the object)", 0: "negative (not part of the object)"}
@@ -45,6 +81,11 @@ POINT_LABELS = {1: "positive (part of the object)", 0: "negative (not part of th
 class PromptError(ValueError):
     """A prompt (point, box, mask, object id, frame) that cannot be used, with a message that
     names the argument, the value and what to do."""
+
+
+class ParameterError(ValueError):
+    """A setting (threshold, grid size, image argument) that cannot be used, with a message
+    that names the parameter, the value and the fix."""
 
 
 def _show(value: Any, limit: int = 60) -> str:
@@ -222,3 +263,143 @@ def describe_labels(labels: Sequence[int]) -> str:
     """'1 positive, 2 negative' for messages."""
     lab = np.asarray(labels)
     return f"{int((lab == 1).sum())} positive, {int((lab == 0).sum())} negative"
+
+
+def check_fraction(name: str, value: Any) -> float:
+    """A threshold in [0, 1]; a percentage (1 < value <= 100) is refused with its fraction."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.number)):
+        raise ParameterError(
+            f"{name} must be a number between 0 and 1; got {_show(value)} ({type(value).__name__})"
+        )
+    x = float(value)
+    if 0.0 <= x <= 1.0:
+        return x
+    if 1.0 < x <= 100.0:
+        raise ParameterError(
+            f"{name}={value:g} is outside [0, 1]: thresholds are fractions, not percentages; "
+            f"for {value:g} % give {name}={x / 100:g}"
+        )
+    raise ParameterError(f"{name}={_show(value)} is outside [0, 1]; give a fraction between 0 and 1")
+
+
+def check_points_per_side(value: Any, *, argument: str = "points_per_side") -> int:
+    """A prompt-grid size: an integer 1 .. MAX_POINTS_PER_SIDE (see the module doc)."""
+    if not _is_integer(value):
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            value = int(value)
+        else:
+            raise ParameterError(
+                f"{argument} must be a whole number of points along each side (e.g. 32); got {_show(value)}"
+            )
+    n = int(value)
+    if n < 1:
+        raise ParameterError(f"{argument} must be >= 1 (points along each side, e.g. 32); got {n}")
+    if n > MAX_POINTS_PER_SIDE:
+        raise ParameterError(
+            f"{argument}={n} is the number of prompt points along each side of the image (default 32, "
+            f"{n}x{n} = {n * n:,} prompts here), not a spacing in pixels; give at most {MAX_POINTS_PER_SIDE} "
+            "(for small, dense cells try 64 or 128, or crop_n_layers=1)"
+        )
+    return n
+
+
+def check_generator_settings(**settings: Any) -> None:
+    """Refuse segment-everything settings that cannot be meant (see the module doc); settings
+    not named in the rules pass through unchecked."""
+    for name, value in settings.items():
+        if name in FRACTION_SETTINGS:
+            check_fraction(name, value)
+        elif name == "points_per_side" and value is not None:
+            check_points_per_side(value)
+
+
+def check_image_not_path(image: Any, *, where: str = "generate") -> None:
+    """An image argument that is a file name gets a message saying to read the file first."""
+    if isinstance(image, (str, os.PathLike)):
+        raise ParameterError(
+            f"{where} takes the image's pixels, not a file name ({str(image)!r}); read it first, e.g. "
+            "tifffile.imread(path), or napari_sam2.engine.frames.open_frames(path)[t] for one frame of a stack"
+        )
+
+
+DEVICE_FORMS = (
+    "'auto' (CUDA, then Apple MPS, then CPU), 'cpu', 'cuda', 'cuda:N' (GPU number N, from 0) or 'mps'"
+)
+#: precision names -> the canonical name (the dtype's name without "torch.")
+PRECISION_NAMES = {
+    "fp32": "float32",
+    "float32": "float32",
+    "float": "float32",
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp16": "float16",
+    "float16": "float16",
+    "half": "float16",
+}
+#: torch.compile modes that keep a compiled module's outputs valid across calls (no CUDA graphs)
+COMPILE_MODES = ("default", "max-autotune-no-cudagraphs")
+_CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def check_device_name(device: str, *, argument: str = "device") -> str:
+    """A device string's syntax (availability is :func:`napari_sam2.engine.build.resolve_device`'s):
+    the normalised name, or a message naming the value and the forms that work."""
+    import re
+
+    if not isinstance(device, str):
+        raise ParameterError(f"{argument} must be a string, one of {DEVICE_FORMS}; got {_show(device)}")
+    name = device.strip().lower()
+    if name in ("auto", "cpu", "cuda", "mps") or re.fullmatch(r"(cuda|cpu|mps):\d+", name):
+        return name
+    hint = ""
+    m = re.fullmatch(r"(cuda|gpu)[\s_-]*(\d+)", name)
+    if m:
+        hint = f" (did you mean 'cuda:{m.group(2)}'?)"
+    elif name == "gpu":
+        hint = " (did you mean 'cuda'?)"
+    raise ParameterError(f"unknown {argument} {device!r}{hint}; use {DEVICE_FORMS}")
+
+
+def check_precision_name(
+    value: Any, *, argument: str = "precision", allowed: Sequence[str] | None = None
+) -> str:
+    """``"bf16"``, ``"bfloat16"``... -> the canonical dtype name (``"float32"``, ``"bfloat16"``,
+    ``"float16"``); ``allowed`` restricts the canonical names (the CLI and plugin: fp32, bf16)."""
+    key = str(value).strip().lower().removeprefix("torch.") if isinstance(value, str) else None
+    name = PRECISION_NAMES.get(key) if key is not None else None
+    choices = sorted(allowed or set(PRECISION_NAMES.values()))
+    words = ", ".join(k for k, v in PRECISION_NAMES.items() if v in choices)
+    if name is None:
+        raise ParameterError(f"{argument} {_show(value)} is not a precision; give one of {words}")
+    if allowed is not None and name not in allowed:
+        raise ParameterError(
+            f"{argument} {value!r} ({name}) is not offered here; give one of {words} (bf16 has float32's "
+            f"range; float16 mixed precision is available from Python as autocast_dtype=torch.float16)"
+        )
+    return name
+
+
+def check_compile_mode(compile: Any, *, argument: str = "compile") -> str | None:
+    """``compile=`` as the torch.compile mode to use, or None (not compiled); see the module doc."""
+    if compile is None or compile is False:
+        return None
+    if compile is True:
+        return "max-autotune-no-cudagraphs"
+    if isinstance(compile, str):
+        mode = compile.strip().lower()
+        if mode in COMPILE_MODES:
+            return mode
+        if mode in _CUDA_GRAPH_MODES:
+            raise ParameterError(
+                f"{argument}={compile!r} is not supported: it uses CUDA graphs, which overwrite a compiled "
+                "module's outputs at its next call, and the predictors keep image features and memories "
+                "across calls (masks would be silently wrong); use compile=True (max-autotune-no-cudagraphs) "
+                "or compile='default'"
+            )
+        raise ParameterError(
+            f"{argument}={compile!r} is not a torch.compile mode this model supports; use True, False, "
+            f"or one of {', '.join(COMPILE_MODES)}"
+        )
+    raise ParameterError(
+        f"{argument} must be True, False or a mode ({', '.join(COMPILE_MODES)}); got {_show(compile)}"
+    )

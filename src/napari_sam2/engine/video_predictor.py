@@ -28,8 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..model import SAM2Model
-from .build import build_sam2_model, resolve_device
+from ..model import FrameFeatures, SAM2Model
+from .build import build_sam2_model, resolve_autocast_dtype, resolve_device
 from .embedding_cache import resolve_embedding_cache
 from .frames import open_frames
 from .heap import trim_heap
@@ -98,7 +98,7 @@ class SAM2VideoPredictor(VideoInference):
         self.hot_frames = hot_frames
         self.spill_to_disk = spill_to_disk
         self.spill_dir = spill_dir
-        self.autocast_dtype = autocast_dtype
+        self.autocast_dtype = resolve_autocast_dtype(autocast_dtype)  # 'bf16' etc. mapped once
 
     # ================================================================== session
     @torch.inference_mode()
@@ -399,6 +399,14 @@ class SAM2VideoPredictor(VideoInference):
         return state.obj_ids, updated
 
     # ================================================================== inspection
+    def frame_features(self, state: VideoSession, frame_idx: int) -> FrameFeatures:
+        """The image features of one frame as tracking uses them: computed once per session
+        (through the embedding cache, when there is one) and kept in the state's feature
+        cache. The image predictor's ``set_image(..., features=)`` takes them, so segment
+        everything on a tracked frame runs no second encoder pass."""
+        with torch.inference_mode():
+            return self._features(state, self._check_frame(state, frame_idx))
+
     def frame_outputs(self, state: VideoSession, frame_idx: int) -> list[FrameOutput | None]:
         """Per object (in ``obj_ids`` order), the output held for a frame, or None."""
         return self._consolidated_low_res(state, frame_idx, None)

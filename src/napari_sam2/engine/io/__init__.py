@@ -17,10 +17,15 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
+from ._files import OutputError, OutputExistsError, OutputPathError, check_output_path
 from .labels_out import check_writable, label_format, write_labels
 from .metadata import SourceMetadata
 
 __all__ = [
+    "OutputError",
+    "OutputExistsError",
+    "OutputPathError",
+    "check_output_path",
     "SourceMetadata",
     "open_array",
     "path_kind",

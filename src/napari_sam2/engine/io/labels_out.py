@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from ._files import _atomic, _label_dtype
+from ._files import OutputExistsError, _atomic, _label_dtype, check_output_path
 from .labels_zarr import _is_ome_image, _write_into_image, _write_ome_zarr_new
 from .metadata import NGFF_TO_IMAGEJ_UNIT, NGFF_TO_OME_UNIT, SourceMetadata
 
@@ -216,26 +216,26 @@ def _write_nifti(path: Path, arr: np.ndarray, lm: SourceMetadata, metadata: Sour
 
 
 def check_writable(path: str | Path, *, name: str = "sam2", overwrite: bool = False) -> str:
-    """Fail now as :func:`write_labels` would fail later (unknown suffix, existing output), before
-    any tracking is spent. Returns the format (:func:`label_format`).
+    """Fail now as :func:`write_labels` would fail later (unknown suffix, existing output, a path
+    that cannot be written), before any tracking is spent. Returns the format (:func:`label_format`).
 
     An existing OME-Zarr image is writable (its ``labels/<name>`` is added) unless it already has a
     label image ``name``.
     """
     kind = label_format(path)
     path = Path(path).expanduser()
+    check_output_path(path)
     if overwrite or not path.exists():
         return kind
     if kind == "ome-zarr":
         is_image, is_label_image = _is_ome_image(path)
         if is_image and not is_label_image:
             if (path / "labels" / name).exists():
-                raise FileExistsError(
-                    f"{path} already has a label image {name!r}; pass overwrite=True (--overwrite) to replace it, or "
-                    "choose another name"
+                raise OutputExistsError(
+                    path, f"already has a label image {name!r}", "choose another label name"
                 )
             return kind
-    raise FileExistsError(f"{path} exists; pass overwrite=True (--overwrite) to replace it")
+    raise OutputExistsError(path)
 
 
 def write_labels(

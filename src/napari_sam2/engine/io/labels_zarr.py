@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from ._files import _label_dtype, _remove, _temporary_sibling
+from ._files import OutputExistsError, _label_dtype, _remove, _temporary_sibling
 from .metadata import SourceMetadata
 
 
@@ -161,10 +161,7 @@ def _write_into_image(
         labels_list = list(get_metadata(root["labels"]).get("labels", []))
     if target.exists() or name in labels_list:
         if not overwrite:
-            raise FileExistsError(
-                f"{path} already has a label image {name!r}; pass overwrite=True (--overwrite) to replace it, or "
-                "choose another name"
-            )
+            raise OutputExistsError(path, f"already has a label image {name!r}", "choose another label name")
         if target.exists():
             backup = _temporary_sibling(target, ".old")
             os.replace(target, backup)
