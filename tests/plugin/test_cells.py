@@ -155,3 +155,79 @@ def test_the_image_deleted_during_a_cell_run_stops_it_with_a_clear_message(ann, 
     assert "Stopped: the image layer 'cells' was deleted" in ann.status.text, ann.status.text
     assert "NoneType" not in ann.status.text
     assert ann.image_layer.name == "other"  # once the run ended, the next image is chosen
+
+
+# --------------------------------------------------------------------------- one tracking path
+
+
+class _Counting:
+    """A predictor wrapper that counts init_state calls (each is a video session)."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.init_states = inner, 0
+
+    def init_state(self, *args, **kwargs):
+        self.init_states += 1
+        return self.inner.init_state(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+
+def test_all_cells_runs_on_the_clicks_session_one_video_session(data):
+    image, truth, _ = data
+    viewer = ViewerModel()
+    viewer.add_image(image, name="cells")
+    ann = Annotator(viewer, synchronous=True)
+    predictor = _Counting(GroundTruthPredictor(truth))
+    ann.use_predictor(predictor)
+    ann.cells.use_mask_generator(GroundTruthMaskGenerator(image, truth))
+    ann.set_cells(reseed_every=5)
+    ann.add_point(0, 1, y=float(np.argwhere(truth[0] > 0)[0][0]), x=float(np.argwhere(truth[0] > 0)[0][1]))
+    ann.preview()
+    assert predictor.init_states == 1 and ann.model.session.ready
+    session_state = ann.model.session.state
+    ann.segment_everything(frame=0)
+    ann.track_all_cells(frame=0)
+    assert ann.status.outcome == "done" and ann.cells.track_graph is not None
+    assert predictor.init_states == 1  # the clicks' video session, not a second one
+    assert ann.model.session.state is session_state and ann.model.session.ready
+    ann.add_point(3, 1, y=float(np.argwhere(truth[3] > 0)[0][0]), x=float(np.argwhere(truth[3] > 0)[0][1]))
+    ann.preview()  # clicks go on on the same session after the run
+    assert predictor.init_states == 1 and ann.labels(3).any()
+
+
+@pytest.mark.slow
+def test_one_init_state_and_one_normalizer_fit_for_clicks_seeds_and_all_cells(small_model, monkeypatch):
+    from napari_sam2.engine.automatic_mask_generator import SAM2AutomaticMaskGenerator
+    from napari_sam2.engine.normalization import Normalizer
+    from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+
+    fits = []
+    fit = Normalizer.fit.__func__
+    monkeypatch.setattr(
+        Normalizer, "fit", classmethod(lambda cls, *a, **k: fits.append(1) or fit(cls, *a, **k))
+    )
+    rng = np.random.default_rng(0)
+    image = rng.normal(100, 10, (4, 64, 64)).astype(np.float32)
+    yy, xx = np.mgrid[:64, :64]
+    for f in range(4):
+        image[f][(yy - 20) ** 2 + (xx - 20 - f) ** 2 <= 81] += 400
+        image[f][(yy - 44) ** 2 + (xx - 40) ** 2 <= 64] += 300
+    viewer = ViewerModel()
+    viewer.add_image(image, name="cells")
+    ann = Annotator(viewer, synchronous=True)
+    predictor = _Counting(SAM2VideoPredictor(small_model))
+    ann.use_predictor(predictor)
+    ann.cells.use_mask_generator(
+        SAM2AutomaticMaskGenerator(
+            small_model, points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0
+        )
+    )
+    ann.set_cells(min_area=1, reseed_every=2, divisions=False)
+    ann.add_point(0, 1, y=20, x=20)
+    ann.preview()
+    ann.segment_everything(frame=0)
+    ann.track_all_cells(frame=0)
+    assert not ann.last_error, ann.last_error
+    assert predictor.init_states == 1 and len(fits) == 1, (predictor.init_states, len(fits))

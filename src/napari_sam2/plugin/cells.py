@@ -24,18 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.seeding import SeedFilter, default_mask_generator, seed_objects, with_stack_contrast
-from ..engine.session import SessionError, Status
-from ..engine.track_all import (
-    Division,
-    Finished,
-    FrameTracked,
-    TrackAllConfig,
-    TrackAllRun,
-    TrackEnded,
-    TrackStarted,
-)
-from ..engine.track_all import Status as TrackStatus
+from ..engine.events import Division, Finished, FrameTracked, Status, TrackEnded, TrackStarted
+from ..engine.seeding import NoSeedsError, SeedFilter, default_mask_generator, segment_frame
+from ..engine.session import SessionError
+from ..engine.track_all import TrackAllConfig, TrackAllRun
 from .geometry import StackGeometry, layer_data
 from .layers import find_layer, keep_selection, layer_transforms, role_metadata, unique_name
 from .run_kinds import Run, RunContext, plural
@@ -57,6 +49,15 @@ class CellSettings:
     divisions: bool = True
     tile_size: int = 0  # 0: one generator pass over the whole frame; else tiles of this size
     points_per_side: int = 32
+
+
+@dataclass(frozen=True)
+class NoSeeds:
+    """A job event: segment everything kept no object on ``frame``; ``message`` says how
+    many masks each filter removed and what to change."""
+
+    frame: int
+    message: str
 
 
 @dataclass(frozen=True)
@@ -161,7 +162,9 @@ class CellsWorkflow:
         return self._outputs.writer.plane_edited(layer, geom, frame)
 
     # ---- the generator
-    def _generator(self, model: Any, frames: Any, geom: StackGeometry):
+    def _generator(self, model: Any):
+        """The mask generator as given or built; the engine gives it the tracking session's
+        contrast mapping (one fit per session) and the tracker's image features."""
         cells = self._store.value.cells
         generator = self._generator_given
         if generator is None:
@@ -181,8 +184,7 @@ class CellsWorkflow:
                 )
             else:
                 generator = default_mask_generator(model, points_per_side=cells.points_per_side)
-        # every frame seen with the stack's contrast, as tracking sees it
-        return with_stack_contrast(generator, frames, None, self._image.channels(geom))
+        return generator
 
     # ---- runs
     def segment_everything(
@@ -211,11 +213,17 @@ class CellsWorkflow:
         session = self._model.session
 
         def job():
+            # on the clicks' tracking session: its frames, contrast mapping and image features
             yield from ctx.open_session()
-            frames = geom.frames(data, channels)
             yield Status(f"Segmenting everything on frame {frame}…")
-            generator = self._generator(getattr(session.predictor, "model", None), frames, geom)
-            seeds = seed_objects(np.asarray(frames[frame]), generator, cells.seeds)
+            generator = self._generator(getattr(session.predictor, "model", None))
+            try:
+                seeds = segment_frame(
+                    session, frame, generator, cells.seeds, frames=geom.frames(data, channels)
+                )
+            except NoSeedsError as e:  # every mask filtered away: say why, change nothing
+                yield NoSeeds(frame, str(e))
+                return "nothing"
             yield SeedsFound(frame, seeds.to_labels())
             return "done"
 
@@ -259,12 +267,11 @@ class CellsWorkflow:
         session, cancel = self._model.session, self._runs.runner.cancel_event
 
         def job():
+            # the run drives the clicks' tracking session: one video state, one contrast fit
             yield from ctx.open_session()
             frames = geom.frames(data, channels)
             generator = (
-                self._generator(getattr(session.predictor, "model", None), frames, geom)
-                if config.reseed_every
-                else None
+                self._generator(getattr(session.predictor, "model", None)) if config.reseed_every else None
             )
             result = yield from self._track(session, frames, generator, config, start, cancel)
             run.result = result
@@ -280,9 +287,9 @@ class CellsWorkflow:
 
     @staticmethod
     def _track(session, frames, generator, config: TrackAllConfig, start: np.ndarray, cancel):
-        """The one call into the engine's every-cell tracking: its events, then its result.
-        (Kept alone so that the run can move into the clicks' TrackingSession in one place.)"""
-        run = TrackAllRun(session.predictor, frames, generator, config, start_labels=start)
+        """The one call into the engine's every-cell tracking, on the open ``session`` (the
+        clicks'): its events, then its result."""
+        run = TrackAllRun(session, frames, generator, config, start_labels=start)
         events = run.events()
         try:
             for event in events:
@@ -339,7 +346,7 @@ class CellsWorkflow:
         the track file + one 16-bit mask TIFF per frame), ``tracks.geff`` and ``tracks.csv``.
         An existing output is replaced only with ``overwrite=True``: else FileExistsError
         names them all, before anything is written."""
-        from ..engine import track_exports as ex
+        from ..engine.track_exports import check_export, export_tracking
 
         if self.track_graph is None:
             raise SessionError("there are no tracks yet: run 'Track all cells' first")
@@ -349,22 +356,23 @@ class CellsWorkflow:
                 f"unknown export format(s) {sorted(bad)}; choose from {', '.join(EXPORT_FORMATS)}"
             )
         folder = Path(folder).expanduser()
-        targets = {"ctc": folder / "ctc", "geff": folder / "tracks.geff", "csv": folder / "tracks.csv"}
-        existing = [targets[f] for f in formats if _exists(targets[f])]
-        if existing and not overwrite:
+        # every output that exists, named at once (the engine names the first), before writing
+        existing = []
+        for fmt in formats:
+            try:
+                check_export(folder, [fmt], overwrite=overwrite)
+            except FileExistsError as e:
+                existing.append(Path(getattr(e, "path", None) or e.filename or folder))
+        if existing:
             raise FileExistsError(
                 f"{', '.join(str(p) for p in existing)} already exist{'s' if len(existing) == 1 else ''}"
             )
-        folder.mkdir(parents=True, exist_ok=True)
-        written = []
-        if "ctc" in formats:
-            written.append(
-                ex.write_ctc(self.track_labels, self.track_graph, targets["ctc"], overwrite=overwrite)
-            )
-        if "geff" in formats:
-            written.append(ex.write_geff(self.track_graph, targets["geff"], overwrite=overwrite))
-        if "csv" in formats:
-            written.append(ex.write_csv(self.track_graph, targets["csv"]))
+        # the one export function of the widget, the CLI and the API
+        written = list(
+            export_tracking(
+                self.track_labels, self.track_graph, folder, formats, overwrite=overwrite
+            ).values()
+        )
         self._status.say(f"Tracks written to {folder}: " + ", ".join(p.name for p in written))
         return written
 
@@ -384,13 +392,6 @@ def export_tracks_asking(
     return export(folder, overwrite=True)
 
 
-def _exists(path: Path) -> bool:
-    """An output that is there already (an empty folder does not count)."""
-    if path.is_dir():
-        return any(path.iterdir())
-    return path.exists()
-
-
 class _CellsRun(Run):
     """A run of the cell workflow: after a deleted layer, only status lines pass."""
 
@@ -399,7 +400,7 @@ class _CellsRun(Run):
         self.workflow = workflow
 
     def on_event(self, event: Any) -> None:
-        if self.ctx.stop_reason is not None and not isinstance(event, Status | TrackStatus):
+        if self.ctx.stop_reason is not None and not isinstance(event, Status):
             return
         if not self.cell_event(event):
             super().on_event(event)
@@ -412,6 +413,10 @@ class SegmentRun(_CellsRun):
     kind = "segment"
 
     def cell_event(self, event: Any) -> bool:
+        if isinstance(event, NoSeeds):
+            self.parts.status.say(f"{event.message} Your seeds are unchanged.")
+            self.parts.status.alert(event.message)
+            return True
         if not isinstance(event, SeedsFound):
             return False
         geom = self.ctx.geom
@@ -439,9 +444,8 @@ class TrackAllCellsRun(_CellsRun):
             p.outputs.writer.write_plane(layer, ctx.geom, event.frame, event.labels)
             self.set_total(event.total)
             self.frame_tracked(event.frame)
+            p.status.say(f"{p.status.text}, {plural(event.cells, 'cell')}, {plural(event.tracks, 'track')}")
             p.events.frame_written.emit(event.frame)
-        elif isinstance(event, TrackStatus):
-            p.status.say(event.message)
         elif isinstance(event, TrackStarted | TrackEnded | Division):
             pass  # in the graph at the end
         elif isinstance(event, Finished):

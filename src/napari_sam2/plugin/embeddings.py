@@ -165,26 +165,27 @@ class FeatureFill:
     # ---- the cache itself: every call into the engine's cache is in these three methods
     def cache(self) -> Any:
         """The embedding cache in use: the open session's, else the one the next session gets
-        (the default folder, unless turned off); None when there is none."""
+        (the default folder, unless turned off); None when there is none. Raises the engine's
+        EmbeddingCacheError (a ValueError) for a folder or setting it cannot use."""
         from ..engine.embedding_cache import resolve_embedding_cache
 
         predictor = self._session.predictor
         if predictor is not None:
             return getattr(predictor, "embedding_cache", None)
-        try:
-            return resolve_embedding_cache("auto")
-        except ValueError:  # a bad size bound in the environment: the session will say so
-            return None
+        return resolve_embedding_cache("auto")
 
-    def cache_info(self) -> tuple[Any, int] | None:
-        """(folder, bytes used) of the cache, or None when there is none."""
+    def cache_info(self) -> Any:
+        """The engine's CacheInfo (folder, entries, bytes, bound) of the cache, or None."""
+        from ..engine.embedding_cache import CacheInfo
+
         cache = self.cache()
         if cache is None:
             return None
-        return cache.folder, cache.usage().bytes if cache.folder.is_dir() else 0
+        usage = cache.usage()
+        return CacheInfo(cache.folder, usage.entries, usage.bytes, cache.max_bytes)
 
     def clear_cache(self) -> int:
-        """Stop a fill and remove the cache's entries; returns how many were removed."""
+        """Stop a fill and remove the cache's own entries (nothing else); returns how many."""
         self.stop()
         cache = self.cache()
         return 0 if cache is None or not cache.folder.is_dir() else cache.clear()

@@ -140,24 +140,37 @@ def test_export_asks_before_replacing_and_never_says_overwrite_true(cells_widget
 def test_the_cache_row_shows_folder_and_size_and_clears_after_asking(
     make_napari_viewer, monkeypatch, tmp_path
 ):
-    monkeypatch.setenv("NAPARI_SAM2_EMBEDDING_DIR", str(tmp_path / "cache"))
-    entry = tmp_path / "cache" / "ab" / "x.zarr.zip"
+    from napari_sam2.engine.embedding_cache import EmbeddingCache
+
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("NAPARI_SAM2_EMBEDDING_DIR", str(folder))
+    EmbeddingCache(folder).ensure_folder()  # the cache's own folder, as a session makes it
+    entry = folder / "v1" / "model" / ("ab" * 32 + ".zarr.zip")  # a name the cache writes
     entry.parent.mkdir(parents=True)
     entry.write_bytes(b"0" * 3_000_000)
-    mine = tmp_path / "cache" / "notes.txt"
+    mine = folder / "notes.txt"
     mine.write_text("not the cache's")
     viewer = make_napari_viewer()
     w = SAM2Widget(viewer, synchronous=True)
     mp = w.model_panel
-    assert mp.cache_label.text() == f"3.0 MB in {tmp_path / 'cache'}" and mp.cache_clear_btn.isEnabled()
+    assert mp.cache_label.text().startswith("3.0 MB of ") and mp.cache_label.text().endswith(f" in {folder}")
+    assert mp.cache_clear_btn.isEnabled()
     asked = _answer(monkeypatch, yes=False)
     mp.cache_clear_btn.click()
     assert len(asked) == 1 and entry.exists()
     asked = _answer(monkeypatch, yes=True)
     mp.cache_clear_btn.click()
     assert not entry.exists() and mine.read_text() == "not the cache's"
-    assert mp.cache_label.text().startswith("0 B in") and not mp.cache_clear_btn.isEnabled()
+    assert mp.cache_label.text().startswith("0 B of") and not mp.cache_clear_btn.isEnabled()
     assert "1 entry removed" in w.annotator.status.text
+    # a folder of the user's that the cache did not make: not used, and the row says why
+    other = tmp_path / "data"
+    other.mkdir()
+    (other / "image.tif").write_bytes(b"x")
+    monkeypatch.setenv("NAPARI_SAM2_EMBEDDING_DIR", str(other))
+    mp.show_cache()
+    assert mp.cache_label.text().startswith("not used: ") and "image.tif" in mp.cache_label.text()
+    assert not mp.cache_clear_btn.isEnabled() and (other / "image.tif").exists()
 
 
 def test_border_cells_are_kept_by_default(cells_widget):

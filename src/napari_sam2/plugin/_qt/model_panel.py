@@ -127,31 +127,38 @@ class ModelPanel(Panel):
             self.show_cache()
 
     def show_cache(self, *_) -> None:
-        """The cache row: its folder and size (the full path in the tooltip)."""
-        info = self.annotator.features.cache_info()
+        """The cache row: its size, bound and folder (the full path in the tooltip)."""
+        try:
+            info = self.annotator.features.cache_info()
+        except (ValueError, OSError) as e:  # a folder the cache refuses: say why
+            self.cache_label.setText(f"not used: {e}")
+            self.cache_clear_btn.setEnabled(False)
+            return
         if info is None:
             given = self.annotator.model.checkpoint_status() is None
             self.cache_label.setText("none (the predictor given from Python keeps none)" if given else "off")
             self.cache_clear_btn.setEnabled(False)
             return
-        folder, size = info
-        self.cache_label.setText(f"{_size(size)} in {folder}")
-        self.cache_clear_btn.setEnabled(size > 0 and self.annotator.busy is None)
+        self.cache_label.setText(f"{_size(info.bytes)} of {_size(info.max_bytes)} in {info.folder}")
+        self.cache_clear_btn.setEnabled(info.bytes > 0 and self.annotator.busy is None)
 
     def _on_clear_cache(self) -> None:
-        info = self.annotator.features.cache_info()
+        try:
+            info = self.annotator.features.cache_info()
+        except (ValueError, OSError) as e:
+            notify_error(str(e))
+            return
         if info is None:
             return
-        folder, size = info
         question = (
-            f"Delete the {_size(size)} of cached image features in {folder}? They are computed again when "
-            "needed (about a second per frame on a CPU). Only the cache's own files are removed."
+            f"Delete the {_size(info.bytes)} of cached image features in {info.folder}? They are computed "
+            "again when needed (about a second per frame on a CPU). Only the cache's own files are removed."
         )
         if ask(self, "Clear the embedding cache", question):
             try:
                 n = self.annotator.features.clear_cache()
-            except (OSError, SessionError) as e:
-                notify_error(f"could not clear the embedding cache in {folder}: {e}")
+            except (OSError, ValueError) as e:
+                notify_error(f"could not clear the embedding cache in {info.folder}: {e}")
             else:
                 self.annotator.status.say(
                     f"Embedding cache cleared: {n} {'entry' if n == 1 else 'entries'} removed."
