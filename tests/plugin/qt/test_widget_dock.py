@@ -147,13 +147,15 @@ def test_the_cache_row_shows_folder_and_size_and_clears_after_asking(
     EmbeddingCache(folder).ensure_folder()  # the cache's own folder, as a session makes it
     entry = folder / "v1" / "model" / ("ab" * 32 + ".zarr.zip")  # a name the cache writes
     entry.parent.mkdir(parents=True)
-    entry.write_bytes(b"0" * 3_000_000)
+    entry.write_bytes(b"0" * 3 * 2**20)
     mine = folder / "notes.txt"
     mine.write_text("not the cache's")
     viewer = make_napari_viewer()
     w = SAM2Widget(viewer, synchronous=True)
     mp = w.model_panel
-    assert mp.cache_label.text().startswith("3.0 MB of ") and mp.cache_label.text().endswith(f" in {folder}")
+    assert mp.cache_label.text().startswith("3.0 MiB of 20.0 GiB") and mp.cache_label.text().endswith(
+        f" in {folder}"
+    )
     assert mp.cache_clear_btn.isEnabled()
     asked = _answer(monkeypatch, yes=False)
     mp.cache_clear_btn.click()

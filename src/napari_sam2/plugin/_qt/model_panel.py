@@ -208,10 +208,11 @@ class ModelPanel(Panel):
 
 
 def _size(n: int) -> str:
-    """Bytes for people: ``0 B``, ``15.2 MB``, ``1.40 GB``."""
-    if n < 1e6:
-        return f"{n / 1e3:.0f} kB" if n >= 1e3 else f"{n} B"
-    return f"{n / 1e6:.1f} MB" if n < 1e9 else f"{n / 1e9:.2f} GB"
+    """Bytes for people, in the engine's binary units: ``0 B``, ``15.2 MiB``, ``20.0 GiB``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def _short(status) -> str:
