@@ -231,3 +231,13 @@ def test_one_init_state_and_one_normalizer_fit_for_clicks_seeds_and_all_cells(sm
     ann.track_all_cells(frame=0)
     assert not ann.last_error, ann.last_error
     assert predictor.init_states == 1 and len(fits) == 1, (predictor.init_states, len(fits))
+
+
+def test_a_seeding_that_keeps_nothing_says_why_and_leaves_the_seeds(ann):
+    first = ann.segment_everything(frame=0)
+    ann.set_cells(min_area=10**6)  # every mask is too small now
+    ann.segment_everything(frame=0, replace_edited=True)
+    text = ann.status.text
+    assert "frame 0" in text and "min_area" in text and "Your seeds are unchanged." in text, text
+    assert ann.errors and "min_area" in ann.errors[-1]  # a notification in the widget
+    np.testing.assert_array_equal(ann.cells.seeds_layer().data[0], first)
