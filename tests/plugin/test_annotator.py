@@ -77,7 +77,7 @@ def test_preview_and_propagate_equal_the_engine(viewer, ann):
     for f, ids, m in pred2.propagate_in_video(state2, start_frame_idx=0):
         np.testing.assert_array_equal(out.data[f], masks_to_labels(ids, m), err_msg=f"frame {f}")
     assert set(np.unique(out.data[5])) == {0, 1, 2}
-    assert ann.last_status == "Propagation done: 6 frame(s)."
+    assert ann.status.text == "Propagation done: 6 frames."
 
 
 def test_both_directions_count_each_frame_once(viewer, ann):
@@ -87,7 +87,7 @@ def test_both_directions_count_each_frame_once(viewer, ann):
     written = []
     ann.events.frame_written.connect(written.append)
     ann.propagate("both")
-    assert ann.last_status == "Propagation done: 12 frame(s)."  # frame 4 is yielded twice, counted once
+    assert ann.status.text == "Propagation done: 12 frames."  # frame 4 is yielded twice, counted once
     assert sorted(set(written)) == list(range(12))
 
 
@@ -107,7 +107,7 @@ def test_cancel_keeps_the_frames_done(viewer, ann):
     out = ann.output_layer().data
     assert written == [0, 0, 1]  # the preview of frame 0, then tracked frames 0 and 1
     assert out[0].any() and out[1].any() and not out[2:].any()
-    assert ann.last_status.startswith("Cancelled after 2 frame(s)") and not ann.errors
+    assert ann.status.text.startswith("Cancelled after 2 frames") and not ann.errors
     assert ann.busy is None
     ann.events.frame_written.disconnect(on_frame)
     ann.propagate("forward")  # a second run completes what was left
@@ -152,7 +152,7 @@ def test_removing_an_object_erases_its_label(viewer, ann):
     ann.add_point(0, 1, y=10, x=10)
     ann.add_point(0, 2, y=22, x=22)
     ann.propagate("forward")
-    pts = ann.points_layer()
+    pts = ann.prompting.points_layer()
     pts.selected_data = {i for i, o in enumerate(pts.features["obj_id"]) if o == 2}
     pts.remove_selected()
     ann.preview()
@@ -174,7 +174,7 @@ def test_engine_failure_is_one_plain_line_and_keeps_frames(viewer, ann):
     ann.add_point(0, 1, y=10, x=10)
     ann.propagate("forward")
     assert ann.errors == ["SAM 2 propagate failed: CUDA error: device-side assert triggered"]
-    assert "2 frame(s) done so far are kept" in ann.last_status and ann.busy is None
+    assert "2 frames done so far are kept" in ann.status.text and ann.busy is None
     out = ann.output_layer().data
     assert out[0].any() and out[1].any() and not out[2:].any()
 
@@ -212,10 +212,10 @@ def test_a_chosen_output_layer_keeps_every_label_the_plugin_did_not_write(viewer
     target = viewer.add_labels(hand.copy(), name="my labels")
     viewer.add_labels(np.zeros((3, 3), np.int32), name="wrong shape")
     ann.use_predictor(FakePredictor(radius=6))
-    ann.set_output("wrong shape")
+    ann.outputs.set_output("wrong shape")
     ann.add_point(0, 1, y=10, x=10)
     assert ann.preview() is None and "shape" in ann.errors[-1]
-    ann.set_output("my labels")
+    ann.outputs.set_output("my labels")
     ann.add_point(0, 2, y=22, x=18)  # object 2's disc overlaps the hand-drawn label
     ann.propagate("forward")
     assert ann.output_layer().name == "my labels"
@@ -239,10 +239,10 @@ def test_painted_corrections_are_kept_and_offered(viewer, ann):
     assert edits == {3: (1,), 4: (1,)}
     ann.propagate("forward", start=0)  # re-propagation: the edits must survive
     assert (out.data[3, 2:6, 2:6] == 1).all() and not (out.data[4] == 1).any()
-    assert "Your edits of the masks on frame(s) 3, 4 (object(s) 1) are kept" in ann.last_status
+    assert "Your edits of the masks on frames 3, 4 (object 1) are kept" in ann.status.text
     # taken over as corrections: mask prompts of object 1 on frames 3 and 4 (4 was erased fully)
     taken = ann.use_edits_as_corrections()
-    assert taken == [(3, 1)] and "object 1 on frame 4" in ann.last_status
+    assert taken == [(3, 1)] and "object 1 on frame 4" in ann.status.text
     ps = ann.prompts()
     assert ps.get(3, 1, create=False).mask is not None and (ps.get(3, 1, create=False).mask[2:6, 2:6]).all()
     assert [e.frame for e in ann.user_edits()] == [4]
@@ -268,7 +268,7 @@ def test_each_run_is_one_undo_step(viewer, ann):
 def test_one_layer_per_object(viewer, ann):
     viewer.add_image(_stack(), name="cells")
     ann.use_predictor(FakePredictor())
-    ann.set_output(None, per_object=True)
+    ann.outputs.set_output(None, per_object=True)
     ann.add_point(0, 1, y=10, x=10)
     ann.add_point(0, 2, y=22, x=22)
     ann.propagate("forward")
@@ -296,9 +296,9 @@ def test_a_layer_deleted_during_propagation_stops_it_cleanly(viewer, ann, which)
 
     ann.events.frame_written.connect(on_frame)
     ann.propagate("forward")
-    assert ann.busy is None and ann.last_outcome == "cancelled" and not ann.errors
+    assert ann.busy is None and ann.status.outcome == "cancelled" and not ann.errors
     name = "image layer 'cells'" if which == "image" else f"output layer '{out.name}'"
-    assert f"Stopped: the {name} was deleted during the propagate" in ann.last_status
+    assert f"Stopped: the {name} was deleted during the propagate" in ann.status.text
     assert written == [0, 1, 2]  # nothing written after the layer was gone
     if which == "image":
         assert out.data[:3].any() and not out.data[3:].any()  # the frames done are kept
@@ -313,7 +313,7 @@ def test_bad_inputs_are_refused_with_a_message_and_change_nothing(viewer, ann):
     assert len(ann.errors) == 2 and "choose an image layer first" in ann.errors[0]
     assert len(viewer.layers) == 0
     viewer.add_image(_stack(), name="cells")
-    ann.points_layer(create=True)
+    ann.prompting.points_layer(create=True)
     names = [lay.name for lay in viewer.layers]
     assert ann.propagate("forward") is None and "no prompts" in ann.errors[-1]
     assert ann.preview() is None and "no prompts" in ann.errors[-1]
@@ -330,7 +330,7 @@ def test_bad_inputs_are_refused_with_a_message_and_change_nothing(viewer, ann):
         ann.add_point(0, 1, y=5, x=5, positive=7)
     with pytest.raises(PromptError, match="zero width"):
         ann.add_box(0, 1, y0=2, x0=3, y1=2, x1=9)
-    assert len(ann.points_layer().data) == 0  # nothing reached the layer
+    assert len(ann.prompting.points_layer().data) == 0  # nothing reached the layer
     assert ann.propagate("sideways") is None and "direction" in ann.errors[-1]
     viewer.add_image(np.zeros((24, 24), np.uint8), name="flat")
     ann.set_image("flat")
@@ -342,7 +342,7 @@ def test_a_point_moved_outside_the_image_in_the_layer_is_refused(viewer, ann):
     viewer.add_image(_stack(), name="cells")
     ann.use_predictor(FakePredictor())
     ann.add_point(0, 1, y=10, x=10)
-    pts = ann.points_layer()
+    pts = ann.prompting.points_layer()
     pts.data = np.array([[0, 10, 45]])  # dragged beyond the right edge
     assert ann.propagate("forward") is None
     assert "outside the 32 x 32 frame" in ann.errors[-1] and ann.output_layer() is None
@@ -354,7 +354,7 @@ def test_a_missing_or_wrong_checkpoint_is_explained_with_the_place_to_put_it(
     monkeypatch.setenv("NAPARI_SAM2_CHECKPOINT_DIR", str(tmp_path))
     viewer.add_image(_stack(), name="cells")
     ann.set_model("sam2.1_hiera_l")
-    status = ann.checkpoint_status()
+    status = ann.model.checkpoint_status()
     assert status.state == "missing"
     ann.add_point(0, 1, y=5, x=5)
     assert ann.preview() is None
@@ -363,7 +363,7 @@ def test_a_missing_or_wrong_checkpoint_is_explained_with_the_place_to_put_it(
     assert "https://dl.fbaipublicfiles.com/segment_anything_2/092824/sam2.1_hiera_large.pt" in msg
     assert "898,083,611 bytes" in msg and "sha256 2647878d" in msg and "click 'Download'" in msg
     (tmp_path / "sam2.1_hiera_large.pt").write_bytes(b"x" * 100)  # an interrupted download
-    assert ann.checkpoint_status().state == "wrong_size"
+    assert ann.model.checkpoint_status().state == "wrong_size"
     assert ann.preview() is None and "has 100 bytes but the official" in ann.errors[-1]
     assert ann.output_layer() is None
 
@@ -377,9 +377,9 @@ def test_3d_plus_t_propagates_along_z_with_t_held_and_scale(viewer, ann):
     ann.use_predictor(FakePredictor())
     ann.set_image(img, axis=1)
     viewer.dims.set_current_step(0, 2)  # t = 2 is held
-    assert ann.geometry().held == ((0, 2),)
+    assert ann.image.geometry().held == ((0, 2),)
     ann.add_point(1, 1, y=12, x=6)
-    pts = ann.points_layer()
+    pts = ann.prompting.points_layer()
     np.testing.assert_allclose(pts.data_to_world(pts.data[0]), [2, 2, 100 + 6, 50 + 3])
     ann.propagate("forward")
     out = ann.output_layer()
@@ -415,9 +415,9 @@ def test_rgb_and_channel_axis(viewer, ann):
 def test_prompt_layer_keys_colours_and_object_ids(viewer, ann):
     viewer.add_image(_stack(), name="cells")
     ann.use_predictor(FakePredictor())
-    pts = ann.points_layer(create=True)
+    pts = ann.prompting.points_layer(create=True)
     pts.add([[0, 5, 5]])
-    ann.toggle_positive(pts)  # 't' in add mode: the next points are negative
+    ann.prompting.toggle_positive(pts)  # 't' in add mode: the next points are negative
     assert not ann.settings.positive
     pts.add([[0, 6, 6]])
     assert pts.features["positive"].tolist() == [True, False]
@@ -429,7 +429,7 @@ def test_prompt_layer_keys_colours_and_object_ids(viewer, ann):
     assert not np.allclose(pts.face_color[0], pts.face_color[2])  # colour by object
     pts.mode = "select"
     pts.selected_data = {1}
-    ann.toggle_positive(pts)  # 't' in select mode flips the selected points
+    ann.prompting.toggle_positive(pts)  # 't' in select mode flips the selected points
     assert pts.features["positive"].tolist() == [True, True, True]
     assert any(str(k).lower() == "t" for k in pts.keymap) and any(str(k).lower() == "n" for k in pts.keymap)
     ps = ann.prompts()
@@ -441,7 +441,7 @@ def test_selecting_a_point_makes_its_object_current(viewer, ann):
     ann.use_predictor(FakePredictor())
     ann.add_point(0, 4, y=5, x=5, positive=False)
     ann.add_point(0, 1, y=9, x=9)
-    pts = ann.points_layer()
+    pts = ann.prompting.points_layer()
     pts.mode = "select"
     pts.selected_data = {0}
     assert ann.settings.obj_id == 4 and not ann.settings.positive
@@ -470,7 +470,7 @@ def test_box_and_mask_prompts(viewer, ann):
     assert (out[1, 2:9, 3:13] == 4).all() and out[1].sum() == 4 * 7 * 10
     assert ("points", 1, 4, None, None, [3.0, 2.0, 12.0, 8.0]) in pred.calls  # corners put in order
     assert ("mask", 2, 7, 30) in pred.calls and ("mask", 2, 9, 30) in pred.calls
-    ann.clear_mask_prompts()
+    ann.prompting.clear_mask_prompts()
     ann.preview()
     assert ("remove", 7) in pred.calls and 7 not in np.unique(ann.output_layer().data)
 
@@ -515,7 +515,7 @@ def test_the_channel_selection_is_saved_and_applied(viewer, ann, tmp_path):
     viewer2.add_image(np.zeros((3, 4, 20, 20), np.uint16), name="4ch")
     ann2 = Annotator(viewer2, synchronous=True)
     ann2.load_prompts(path)
-    assert ann2.settings.channels == (2, 0) and ann2.geometry().channel_axis == 1
+    assert ann2.settings.channels == (2, 0) and ann2.image.geometry().channel_axis == 1
 
 
 def test_bad_prompt_file_is_a_plain_error(viewer, ann, tmp_path):
@@ -535,7 +535,7 @@ def test_loading_prompts_returns_to_their_held_slice(viewer, ann, tmp_path):
     ann.add_point(1, 1, y=5, x=6)
     path = ann.save_prompts(tmp_path / "p.json")
     assert json.loads(path.read_text())["stack"]["held"] == [[1, 3]]
-    ann.points_layer().data = np.zeros((0, 4))
+    ann.prompting.points_layer().data = np.zeros((0, 4))
     viewer.dims.set_current_step(1, 0)
     ann.load_prompts(path)
     assert viewer.dims.current_step[1] == 3
@@ -547,10 +547,10 @@ def test_renaming_the_image_keeps_its_prompt_and_output_layers(viewer, ann):
     ann.use_predictor(FakePredictor())
     ann.add_point(0, 1, y=10, x=10)
     ann.preview()
-    names = {ann.points_layer().name, ann.output_layer().name}
+    names = {ann.prompting.points_layer().name, ann.output_layer().name}
     viewer.layers["cells"].name = "nuclei"
     assert ann.image_layer.name == "nuclei"
-    assert {ann.points_layer().name, ann.output_layer().name} == names
+    assert {ann.prompting.points_layer().name, ann.output_layer().name} == names
     ann.add_point(2, 1, y=12, x=12)
     ann.propagate("forward")
     assert sum(isinstance(lay, Labels) for lay in viewer.layers) == 1

@@ -9,7 +9,7 @@ import pytest
 from napari_sam2.engine.embedding_cache import EmbeddingCache
 from napari_sam2.engine.session import TrackingSession
 from napari_sam2.engine.video_predictor import SAM2VideoPredictor
-from napari_sam2.plugin.embeddings import BackgroundFill, fill_order, start_background_fill
+from napari_sam2.plugin.embeddings import BackgroundFill, FeatureFill, fill_order
 
 
 def _frames(t=4):
@@ -91,18 +91,19 @@ def test_nothing_starts_without_a_session_or_a_cache(small_model):
     assert not BackgroundFill(s, lambda: False, synchronous=True).start()
 
 
-def test_start_background_fill_uses_the_annotators_session_and_runner(session):
+def test_the_feature_fill_part_uses_the_session_and_runner_it_was_given(session):
     class Runner:
         busy = False
         synchronous = True
 
-    class Annotator:
-        pass
+    class Store:
+        value = None
 
-    ann = Annotator()
-    ann.session, ann.runner = session, Runner()
-    fill = start_background_fill(ann, first_frame=2)
-    assert fill is not None and fill.outcome == "done" and fill.total == 4
+    progress = []
+    part = FeatureFill(Store(), session, Runner(), lambda d, t: progress.append((d, t)), lambda: 2)
+    assert part.fill()  # from the current frame (2)
+    assert part.current.outcome == "done" and part.current.total == 4 and progress[-1] == (4, 4)
+    assert not FeatureFill(Store(), TrackingSession(), Runner(), print, lambda: 0).fill()  # no session open
 
 
 def test_the_annotator_fills_after_a_preview_and_the_propagation_reads(small_model, tmp_path, monkeypatch):
@@ -125,19 +126,19 @@ def test_the_annotator_fills_after_a_preview_and_the_propagation_reads(small_mod
     sam.add_point(frame=2, obj_id=1, y=16, x=15)
     sam.preview(frame=2)
     assert progress == []  # synchronous (a script): no fill starts by itself
-    assert sam.fill_features(first_frame=2)
-    assert progress[-1] == (5, 5) and sam.feature_fill.outcome == "done"
+    assert sam.features.fill(first_frame=2)
+    assert progress[-1] == (5, 5) and sam.features.current.outcome == "done"
     encoded = len(calls)
     sam.propagate("both")
     assert len(calls) == encoded
-    assert sam.last_status == "Propagation done: 5 frame(s)."  # masks mean nothing with test weights
+    assert sam.status.text == "Propagation done: 5 frames."  # masks mean nothing with test weights
 
     # run asynchronously (the widget), the end of a preview starts the fill itself
     started = []
-    monkeypatch.setattr(sam, "fill_features", lambda *a, **k: started.append(1) or True)
-    sam.runner.synchronous = False
+    monkeypatch.setattr(sam.runs, "fill", lambda *a, **k: started.append(1) or True)
+    sam.runs.runner.synchronous = False
     sam.preview(frame=3, synchronous=True)
     assert started == [1]
-    sam.set_fill_features(False)
+    sam.features.set_enabled(False)
     sam.preview(frame=1, synchronous=True)
     assert started == [1]

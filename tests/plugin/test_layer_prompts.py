@@ -141,3 +141,17 @@ def test_labels_to_masks():
     assert sorted(masks) == [5, 7] and masks[5].sum() == 4
     with pytest.raises(ValueError, match="does not match"):
         labels_to_masks(Labels(np.zeros((4, 4), np.uint8)), image, g, 0)
+
+
+def test_conversion_messages_count_with_the_right_plural():
+    from napari_sam2.plugin.layer_prompts import ConversionReport
+
+    one = ConversionReport(off_sequence=1, not_rectangles=1, extra_boxes=1).messages()
+    assert one == [
+        "1 prompt on another slice of the held axes or outside the frames was left out",
+        "1 shape that is not a rectangle was left out",
+        "1 extra box for the same object and frame was left out (one box each)",
+    ]
+    two = " ".join(ConversionReport(off_sequence=2, not_rectangles=3, extra_boxes=2).messages())
+    assert "2 prompts" in two and "3 shapes that are not a rectangle were" in two and "2 extra boxes" in two
+    assert "(s)" not in two and "(es)" not in two

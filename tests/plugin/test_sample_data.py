@@ -278,3 +278,34 @@ def test_lineage_rejects_bad_parameters(kwargs, match):
 
     with pytest.raises(ValueError, match=match):
         synthetic_lineage_timelapse(**kwargs)
+
+
+def test_save_sample_writes_tiffs_to_try_the_cli_on_and_never_replaces_files(tmp_path, capsys):
+    import tifffile
+
+    from napari_sam2.plugin.sample_data import main, save_sample
+    from napari_sam2.plugin.sample_lineage import synthetic_lineage_timelapse
+
+    paths = save_sample("lineage", tmp_path / "s")
+    assert [p.name for p in paths] == ["lineage.tif", "lineage_truth.tif", "lineage_man_track.txt"]
+    image, labels, lineage = synthetic_lineage_timelapse()
+    with tifffile.TiffFile(paths[0]) as tif:
+        assert tif.series[0].axes == "TYX"
+        np.testing.assert_array_equal(tif.asarray(), image)
+    np.testing.assert_array_equal(tifffile.imread(paths[1]), labels)
+    np.testing.assert_array_equal(np.loadtxt(paths[2], dtype=np.int64).reshape(-1, 4), lineage)
+    # the engine's reader opens it as the CLI will
+    from napari_sam2.engine.frames import open_frames
+
+    assert open_frames(str(paths[0])).shape[:3] == image.shape
+    # a second time: refused, naming the files, and the user's file is untouched
+    paths[1].write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match=r"lineage\.tif, .*lineage_truth\.tif, .* already exist"):
+        save_sample("lineage", tmp_path / "s")
+    assert paths[1].read_bytes() == b"mine"
+    assert main(["lineage", str(tmp_path / "s")]) == 1
+    assert "already exist" in capsys.readouterr().err and paths[1].read_bytes() == b"mine"
+    with pytest.raises(ValueError, match="unknown sample 'cells'.*timelapse, volume, lineage"):
+        save_sample("cells", tmp_path)
+    assert main(["volume", str(tmp_path / "v")]) == 0
+    assert "wrote" in capsys.readouterr().out and tifffile.imread(tmp_path / "v" / "volume.tif").ndim == 3

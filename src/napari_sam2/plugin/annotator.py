@@ -1,11 +1,26 @@
-"""The annotator: the plugin's state and its scripted API, without Qt.
+"""The annotator: the plugin's scripted API, without Qt, a thin facade over its parts.
 
 An :class:`Annotator` works on a napari viewer (a full ``napari.Viewer`` or a Qt-free
-``napari.components.ViewerModel``). It owns the settings (:class:`AnnotatorSettings`), the
-image and how it is cut into frames, the prompts (clicks and boxes in prompt layers, mask
-prompts here), the engine session, the output layers and the running job. The Qt widget
-(``plugin/_qt``) only shows the settings and calls these methods; a script calls them
-directly::
+``napari.components.ViewerModel``). Its state lives in the parts it owns and names, each
+piece in exactly one of them:
+
+============== =================================================================== ==========================
+attribute      what it owns                                                        module
+============== =================================================================== ==========================
+``settings``   everything the user chose (:class:`AnnotatorSettings`, frozen)     ``plugin/state.py``
+``status``     the status line, the last job's outcome and error                   ``plugin/state.py``
+``image``      the chosen image layer; its axes and frames (``geometry()``)        ``plugin/image_choice.py``
+``model``      the model choice, a given predictor, the engine's TrackingSession   ``plugin/model_choice.py``
+``prompting`` clicks and boxes (prompt layers), mask prompts, loaded corrections  ``plugin/prompting.py``
+``outputs``    the output Labels layers and what the plugin wrote in them          ``plugin/outputs.py``
+``runs``       the running job, its context and its handler (one class per kind)   ``plugin/runs.py``
+``features``   the background fill of the embedding cache                          ``plugin/embeddings.py``
+``cells``      the "Track all cells" workflow: seeds, tracks, lineage, export     ``plugin/cells.py``
+============== =================================================================== ==========================
+
+The parts get what they use when they are built (never the annotator), so calls go down.
+The Qt widget (``plugin/_qt``) only shows the settings and calls these methods; a script
+calls them directly::
 
     sam = Annotator(viewer, synchronous=True)
     sam.set_image("cells", axis=0)
@@ -21,30 +36,74 @@ thread that made the change: the GUI thread, since jobs hand their events back t
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from psygnal import Signal, SignalGroup
 
-from ..engine.checkpoints import CheckpointStatus, checkpoint_status
-from ..engine.normalization import choose_channels
 from ..engine.prompts import PromptSet
-from ..engine.session import DIRECTIONS, ModelSpec, SessionError, TrackingSession
-from ..model.variants import VARIANTS, resolve_variant
-from .cells import CellSettings, CellsMixin
-from .geometry import StackGeometry
-from .jobs import JobRunner
+from ..engine.session import ModelSpec, SessionError
+from .cells import CellSettings, CellsWorkflow
+from .embeddings import FeatureFill
+from .image_choice import ImageChoice
+from .model_choice import DEVICES, ModelChoice
+from .output_layers import UserEdit
 from .outputs import Outputs
-from .prompt_layers import PromptLayers
-from .prompting import PromptingMixin
-from .runs import RunMixin
+from .prompting import PromptModel
+from .run_kinds import plural
+from .runs import START_CHOICES, Runs
+from .state import SettingsStore, StatusLine
 
-__all__ = ["Annotator", "AnnotatorEvents", "AnnotatorSettings"]
+__all__ = ["DEVICES", "START_CHOICES", "Annotator", "AnnotatorEvents", "AnnotatorSettings"]
 
-DEVICES = ("auto", "cpu", "cuda", "mps")
-START_CHOICES = ("auto", "first", "current")
+# Names of the annotator before its parts had names: they still work, with a
+# DeprecationWarning naming the new spelling.
+MOVED = {
+    "boxes_layer": "prompting.boxes_layer",
+    "channels": "image.channels",
+    "checkpoint_status": "model.checkpoint_status",
+    "clear_mask_prompts": "prompting.clear_mask_prompts",
+    "current_frame": "image.current_frame",
+    "download_checkpoint": "runs.download_checkpoint",
+    "feature_fill": "features.current",
+    "fill_features": "features.fill",
+    "geometry": "image.geometry",
+    "image_layers": "image.image_layers",
+    "labels_layers": "image.labels_layers",
+    "last_outcome": "status.outcome",
+    "last_status": "status.text",
+    "lineage_layer": "cells.lineage_layer",
+    "obj_id": "prompting.obj_id",
+    "points_layer": "prompting.points_layer",
+    "positive": "prompting.positive",
+    "prompt_layers": "prompting.layers",
+    "runner": "runs.runner",
+    "seeds_layer": "cells.seeds_layer",
+    "session": "model.session",
+    "set_channel_axis": "image.set_channel_axis",
+    "set_channels": "image.set_channels",
+    "set_fill_features": "features.set_enabled",
+    "set_live_preview": "runs.set_live_preview",
+    "set_output": "outputs.set_output",
+    "set_tracking": "runs.set_tracking",
+    "stack_info": "prompting.stack_info",
+    "stop_feature_fill": "features.stop",
+    "toggle_positive": "prompting.toggle_positive",
+    "track_graph": "cells.track_graph",
+    "tracks_layer": "cells.tracks_layer",
+    "use_mask_generator": "cells.use_mask_generator",
+    "variants": "model.variants",
+}
+
+
+def resolve(root: Any, dotted: str) -> Any:
+    """``resolve(annotator, "image.geometry")``: the attribute at the end of the path."""
+    for name in dotted.split("."):
+        root = getattr(root, name)
+    return root
 
 
 class AnnotatorEvents(SignalGroup):
@@ -86,72 +145,89 @@ class AnnotatorSettings:
     cells: CellSettings = field(default_factory=CellSettings)  # the "Track all cells" workflow
 
 
-class Annotator(PromptingMixin, CellsMixin, RunMixin):
-    """The plugin's state and scripted API (see the module doc)."""
+class Annotator:
+    """The plugin's scripted API: a facade over its parts (see the module doc)."""
 
     def __init__(self, viewer, *, synchronous: bool | None = None) -> None:
         if synchronous is None:
             synchronous = os.environ.get("NAPARI_SAM2_SYNCHRONOUS", "") not in ("", "0", "false", "False")
         self.viewer = viewer
         self.events = AnnotatorEvents()
-        self.settings = AnnotatorSettings()
-        self.session = TrackingSession()
-        self.runner = JobRunner(synchronous=bool(synchronous))
-        self.prompt_layers = PromptLayers(viewer, self)
-        self.outputs = Outputs(self)
-        self._image = None
-        self._mask_prompts: dict[tuple, PromptSet] = {}
-        self._given_predictor = None
-        self.feature_fill = None  # the BackgroundFill of the open session, if one was started
-        self.last_error: str | None = None
-        self.last_outcome: str | None = None
-        self.last_status = ""
-        ev = viewer.layers.events
-        ev.inserted.connect(self._on_layers_changed)
-        ev.removed.connect(self._on_layers_removed)
-        ev.reordered.connect(self._on_layers_changed)
-        viewer.dims.events.current_step.connect(self._on_step)
-        images = self.image_layers()
+        self._store = SettingsStore(AnnotatorSettings(), self.events.settings)
+        self.status = StatusLine(self.events)
+        self.model = ModelChoice(self._store, self.events)
+        session = self.model.session
+        busy = lambda: self.runs.busy is not None  # noqa: E731 - the runs part is built below
+        self.image = ImageChoice(
+            viewer,
+            self._store,
+            self.events,
+            link=lambda lay: self.prompting.link(lay),
+            busy=busy,
+            close=session.close,
+        )
+        self.prompting = PromptModel(viewer, self._store, self.events, self.image, session)
+        self.outputs = Outputs(viewer, self._store, self.image, self.prompting.layers.raise_to_top)
+        self.runs = Runs(
+            viewer,
+            self._store,
+            self.events,
+            self.status,
+            self.image,
+            self.model,
+            self.prompting,
+            self.outputs,
+            bool(synchronous),
+        )
+        self.features = FeatureFill(
+            self._store, session, self.runs.runner, self.events.features.emit, self.image.current_frame
+        )
+        self.runs.fill = self.features.fill
+        self.cells = CellsWorkflow(
+            viewer, self._store, self.status, self.image, self.model, self.runs, self.outputs
+        )
+        images = self.image.image_layers()
         if images:
             self.set_image(images[-1])
 
-    # ================================================================== status
-    def _status(self, text: str) -> None:
-        self.last_status = text
-        self.events.status.emit(text)
+    def __getattr__(self, name: str) -> Any:
+        new = MOVED.get(name)
+        if new is None or name.startswith("__"):
+            raise AttributeError(f"'Annotator' object has no attribute {name!r}")
+        warnings.warn(
+            f"Annotator.{name} is deprecated: use Annotator.{new}", DeprecationWarning, stacklevel=2
+        )
+        return resolve(self, new)
+
+    # ================================================================== state
+    @property
+    def settings(self) -> AnnotatorSettings:
+        """Everything the user chose (frozen; the setters below change it)."""
+        return self._store.value
 
     @property
     def synchronous(self) -> bool:
-        return self.runner.synchronous
+        return self.runs.runner.synchronous
 
     @synchronous.setter
     def synchronous(self, value: bool) -> None:
-        self.runner.synchronous = bool(value)
+        self.runs.runner.synchronous = bool(value)
 
     @property
     def busy(self) -> str | None:
-        """The running job ("preview", "propagate", "download") or None."""
-        return self.runner.kind
+        """The running job ("preview", "propagate", "segment", "track-all", "download") or None."""
+        return self.runs.busy
 
-    def _update(self, **changes: Any) -> None:
-        self.settings = replace(self.settings, **changes)
-        self.events.settings.emit()
+    @property
+    def last_error(self) -> str | None:
+        """The message of the last job that failed or was refused (None after a success)."""
+        return self.status.error
 
-    # ================================================================== image and geometry
-    def image_layers(self) -> list:
-        from napari.layers import Image
-
-        return [lay for lay in self.viewer.layers if isinstance(lay, Image)]
-
-    def labels_layers(self) -> list:
-        from napari.layers import Labels
-
-        return [lay for lay in self.viewer.layers if isinstance(lay, Labels)]
-
+    # ================================================================== image and model
     @property
     def image_layer(self):
         """The chosen image layer, or None."""
-        return self._image if self._image is not None and self._image in self.viewer.layers else None
+        return self.image.layer
 
     def set_image(
         self,
@@ -163,117 +239,12 @@ class Annotator(PromptingMixin, CellsMixin, RunMixin):
         """Choose the image (a layer or its name), the axis to propagate along (an axis of the
         layer; ``"auto"``: the first free axis) and, for multichannel data without RGB, the
         ``channel_axis`` and the ``channels`` the model sees (1 to 3; default the first three)."""
-        if isinstance(layer, str):
-            if layer not in self.viewer.layers:
-                raise SessionError(f"there is no layer named {layer!r} in the viewer")
-            layer = self.viewer.layers[layer]
-        if layer is not None and layer not in self.image_layers():
-            raise SessionError(f"{layer.name!r} is not an image layer; choose an Image layer")
-        if self.busy and layer is not self._image:
-            raise SessionError(f"SAM 2 is busy ({self.busy}); cancel it before changing the image")
-        self._image = layer
-        if layer is not None:
-            StackGeometry.from_layer(layer, axis, channel_axis)  # refuse impossible axes now
-            self.prompt_layers.points(layer)
-            self.prompt_layers.boxes(layer)
-        self._update(frame_axis=axis, channel_axis=channel_axis, channels=channels)
-        if channels is not None:
-            self.set_channels(channels)
-        self.events.image.emit()
+        self.image.choose(layer, axis, channel_axis, channels)
 
     def set_propagation_axis(self, axis: int | None) -> None:
         """Propagate along this axis of the image layer (e.g. 0 for t in (T, Z, Y, X), 1 for z)."""
-        image = self._require_image()
-        StackGeometry.from_layer(image, axis, self.settings.channel_axis)
-        self._update(frame_axis=axis)
-        self.events.image.emit()
+        self.image.set_propagation_axis(axis)
 
-    def set_channel_axis(self, channel_axis: int | None) -> None:
-        image = self._require_image()
-        StackGeometry.from_layer(image, "auto", channel_axis)
-        axis = self.settings.frame_axis
-        try:
-            StackGeometry.from_layer(image, axis, channel_axis)
-        except ValueError:
-            axis = "auto"
-        self._update(channel_axis=channel_axis, frame_axis=axis, channels=None)
-        self.events.image.emit()
-
-    def set_channels(self, channels: tuple[int, ...] | None) -> None:
-        """The 1 to 3 channels of the channel axis the model sees (None: the first three)."""
-        geom = self.geometry()
-        if channels is not None:
-            if geom.channel_axis is None:
-                raise SessionError("the image has no channel axis: choose one first")
-            channels = choose_channels(geom.shape[geom.channel_axis], tuple(channels))
-        self._update(channels=channels)
-
-    def geometry(self, quiet: bool = False) -> StackGeometry | None:
-        """How the image is cut into frames now (None with ``quiet`` when it cannot be)."""
-        image = self.image_layer
-        try:
-            if image is None:
-                raise SessionError(
-                    "choose an image layer first (open an image, or File ▸ Open Sample ▸ SAM 2)"
-                )
-            position = np.asarray(image.world_to_data(self.viewer.dims.point), dtype=float)
-            return StackGeometry.from_layer(
-                image, self.settings.frame_axis, self.settings.channel_axis, position
-            )
-        except (ValueError, SessionError) as e:
-            if quiet:
-                return None
-            raise SessionError(str(e)) from None
-
-    def _require_image(self):
-        if self.image_layer is None:
-            raise SessionError("choose an image layer first (open an image, or File ▸ Open Sample ▸ SAM 2)")
-        return self.image_layer
-
-    def channels(self, geom: StackGeometry) -> tuple[int, ...] | None:
-        if geom.channel_axis is None:
-            return None
-        return choose_channels(geom.shape[geom.channel_axis], self.settings.channels)
-
-    def current_frame(self) -> int:
-        """The frame (index along the propagation axis) the viewer shows."""
-        geom = self.geometry(quiet=True)
-        if geom is None:
-            return 0
-        return geom.frame_of(np.asarray(self.image_layer.world_to_data(self.viewer.dims.point), dtype=float))
-
-    def _seq_key(self, geom: StackGeometry) -> tuple:
-        return (self.image_layer.unique_id, geom.frame_axis, geom.channel_axis, geom.held)
-
-    def _on_step(self, event=None) -> None:
-        if self.image_layer is not None:
-            self.events.image.emit()
-
-    def _on_layers_changed(self, event=None) -> None:
-        for layer in self.viewer.layers:
-            if not getattr(layer, "_sam2_name_watch", False):
-                layer.events.name.connect(self._on_layers_changed)
-                layer._sam2_name_watch = True
-        if self._image is None and self.image_layers():
-            self.set_image(self.image_layers()[-1])
-        self.events.image.emit()
-
-    def _on_layers_removed(self, event=None) -> None:
-        gone = getattr(event, "value", None)
-        if gone is not None and gone is self._image:
-            self._image = None
-            if self.busy in ("preview", "propagate"):
-                self.runner.cancel()
-                self._stop_reason = f"the image layer '{gone.name}' was deleted"
-            self.session.close() if not self.busy else None
-            images = self.image_layers()
-            if images and not self.busy:
-                self.set_image(images[-1])
-        if gone is not None:
-            self.outputs.layer_removed(gone)
-        self.events.image.emit()
-
-    # ================================================================== model
     def set_model(
         self,
         config_name: str | None = None,
@@ -284,105 +255,192 @@ class Annotator(PromptingMixin, CellsMixin, RunMixin):
     ) -> None:
         """Choose the model variant, a checkpoint file (None: the official one from the cache),
         the device, the precision ("fp32" or "bf16") and torch.compile."""
-        spec = self.settings.model
-        if config_name is not None:
-            try:
-                spec = replace(spec, config_name=resolve_variant(config_name))
-            except ValueError as e:
-                raise SessionError(str(e)) from None
-        if device is not None:
-            if device not in DEVICES and not str(device).startswith("cuda:"):
-                raise SessionError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
-            spec = replace(spec, device=device)
-        if checkpoint is not None:
-            p = Path(checkpoint).expanduser()
-            if not p.is_file():
-                raise SessionError(f"the checkpoint file {p} does not exist")
-            spec = replace(spec, checkpoint=str(p))
-        if precision is not None:
-            spec = replace(spec, precision=precision)
-        if compile is not None:
-            spec = replace(spec, compile=bool(compile))
-        self._update(model=spec)
-        self.events.checkpoint.emit(self.checkpoint_status())
+        self.model.set_model(config_name, checkpoint, device, precision, compile)
 
     def use_predictor(self, predictor) -> None:
         """Use this predictor object (anything with the engine's video-predictor methods)
         instead of building one from the model settings."""
-        self._given_predictor = predictor
-        self.session.use_predictor(predictor)
-        self.events.checkpoint.emit(self.checkpoint_status())
+        self.model.use_predictor(predictor)
 
-    def checkpoint_status(self) -> CheckpointStatus | None:
-        """The checkpoint the model would load (None when a predictor was given)."""
-        if self._given_predictor is not None:
+    # ================================================================== prompts
+    def set_object(self, obj_id: int) -> None:
+        """The object the next point or box belongs to (its label value in the output)."""
+        self.prompting.set_object(obj_id)
+
+    def set_positive(self, positive: bool) -> None:
+        """The type of the next points: positive (the object) or negative (not the object)."""
+        self.prompting.set_positive(positive)
+
+    def new_object(self, layer=None) -> int:
+        """Select a fresh object id (one more than any in use) and return it."""
+        return self.prompting.new_object(layer)
+
+    def add_point(self, frame: int, obj_id: int, y: float, x: float, positive: bool = True) -> None:
+        """A click at row ``y``, column ``x`` of ``frame`` (index along the propagation axis)
+        for object ``obj_id``; other axes at the held position. Points outside the frame are
+        refused (as in the engine)."""
+        self.prompting.add_point(frame, obj_id, y, x, positive)
+
+    def add_box(self, frame: int, obj_id: int, y0: float, x0: float, y1: float, x1: float) -> None:
+        """A box with corners (row ``y0``, column ``x0``) and (``y1``, ``x1``) on ``frame``."""
+        self.prompting.add_box(frame, obj_id, y0, x0, y1, x1)
+
+    def add_mask_prompt(
+        self,
+        frame: int,
+        labels,
+        obj_id: int | None = None,
+        label: int | None = None,
+        all_labels: bool = False,
+    ) -> list[int]:
+        """Use a mask as the prompt of an object on ``frame`` (see
+        :meth:`PromptModel.add_mask_prompt <napari_sam2.plugin.prompting.PromptModel.add_mask_prompt>`);
+        returns the object ids that got a mask."""
+        return self.prompting.add_mask_prompt(frame, labels, obj_id, label, all_labels)
+
+    def prompts(self) -> PromptSet:
+        """All prompts of the current sequence (points, boxes, mask prompts) in frame pixels
+        ``(x, y)`` per frame and object, with the corrections."""
+        return self.prompting.prompts()
+
+    def save_prompts(self, path: str | os.PathLike) -> Path:
+        """Save the prompts of the current sequence: JSON (everything, with how the image was
+        cut into frames and which channels the model saw) or CSV (points and boxes only)."""
+        return self.prompting.save_prompts(path)
+
+    def load_prompts(self, path: str | os.PathLike) -> PromptSet:
+        """Add the prompts of a file to the prompt layers (existing prompts are kept). The
+        image must have the shape the prompts were made on; the file's frame axis, channel
+        axis, channels and held position are applied."""
+        return self.prompting.load_prompts(path, self.set_image)
+
+    # ================================================================== jobs
+    def preview(self, frame: int | None = None, synchronous: bool | None = None, explicit: bool = True):
+        """Segment the frames whose prompts changed and write their masks.
+
+        Returns the labels of ``frame`` (default: the current frame) when run synchronously,
+        else None. Problems end up in the status line and :attr:`last_error`.
+        """
+        started = self.runs.preview(synchronous, explicit)
+        sync = self.synchronous if synchronous is None else synchronous
+        if started and sync and self.status.outcome != "failed":
+            return self.labels(frame)
+        return None
+
+    def propagate(
+        self,
+        direction: str | None = None,
+        synchronous: bool | None = None,
+        start: str | int | None = None,
+        max_frames: int | None = None,
+    ):
+        """Propagate the masks through the stack ("forward", "backward" or "both"; default
+        the setting); returns the output Labels layer when run synchronously.
+
+        ``start``: "auto" (the prompted frame, or after a correction the corrected frame),
+        "first" (the prompted frame), "current" or a frame index. ``max_frames``: frames to
+        track per direction (None: to the end).
+        """
+        started = self.runs.propagate(direction, synchronous, start, max_frames, self.image.current_frame)
+        sync = self.synchronous if synchronous is None else synchronous
+        return self.output_layer() if started and sync and self.status.outcome != "failed" else None
+
+    def cancel(self) -> None:
+        """Stop the running job after the frame in progress (frames done are kept)."""
+        self.runs.runner.cancel()
+
+    def wait(self, timeout: float = 600.0) -> bool:
+        """Process Qt events until no job runs (for scripts using ``synchronous=False``)."""
+        return self.runs.runner.wait(timeout)
+
+    def reset(self) -> None:
+        """Forget the engine's state (prompts and outputs stay); the next run starts afresh."""
+        if self.busy is not None:
+            raise SessionError("cancel the running job first")
+        self.features.stop()
+        self.model.reset()
+
+    # ================================================================== output
+    def output_layer(self, obj_id: int | None = None, create: bool = False):
+        """The Labels layer the masks go to (object ``obj_id`` in one-layer-per-object mode)."""
+        return self.outputs.layer(self.image.geometry(quiet=True), obj_id, create)
+
+    def labels(self, frame: int | None = None) -> np.ndarray | None:
+        """The output labels of one frame (None: the current frame), a copy."""
+        geom = self.image.geometry(quiet=True)
+        layer = self.output_layer()
+        if geom is None or layer is None:
             return None
-        spec = self.settings.model
-        return checkpoint_status(spec.config_name, spec.checkpoint)
+        f = self.image.current_frame() if frame is None else int(frame)
+        return np.array(layer.data[geom.output_index(f)])
 
-    @staticmethod
-    def variants() -> tuple[str, ...]:
-        return VARIANTS
+    def user_edits(self) -> list[UserEdit]:
+        """The user's changes to the output since the plugin wrote it (they are kept)."""
+        geom = self.image.geometry(quiet=True)
+        return [] if geom is None else self.outputs.find_edits(geom)
 
-    # ================================================================== other settings
-    def set_live_preview(self, on: bool) -> None:
-        self._update(live_preview=bool(on))
+    def use_edits_as_corrections(self, frames: list[int] | None = None) -> list[tuple[int, int]]:
+        """Turn the user's edits of the output (of ``frames``, or all) into mask prompts: each
+        edited object's mask on that frame, as the user left it, becomes its mask prompt there.
+        Returns the (frame, object) pairs that became corrections; an object erased completely
+        on a frame is reported in the status line (a mask prompt cannot be empty)."""
+        geom = self.image.geometry()
+        done, erased = [], []
+        for edit in self.outputs.find_edits(geom):
+            if frames is not None and edit.frame not in frames:
+                continue
+            layer = self.viewer.layers[edit.layer_name]
+            plane = np.asarray(layer.data[geom.output_index(edit.frame)])
+            took = []
+            for obj in edit.obj_ids:
+                mask = plane == obj
+                if mask.any():
+                    self.prompting.add_mask_prompt(edit.frame, mask, obj_id=obj)
+                    took.append(obj)
+                    done.append((edit.frame, obj))
+                else:
+                    erased.append((edit.frame, obj))
+            self.outputs.writer.release(layer, geom, edit.frame, took)
+        msg = f"{plural(len(done), 'edit')} became mask-prompt {'correction' if len(done) == 1 else 'corrections'}."
+        if erased:
+            msg += " Erased completely (delete the object's prompts there instead): " + ", ".join(
+                f"object {o} on frame {f}" for f, o in erased
+            )
+        self.status.say(msg)
+        self.events.edits.emit(self.user_edits())
+        return done
 
-    # ================================================================== features in the background
-    def set_fill_features(self, on: bool) -> None:
-        """Encode the other frames in the background after a preview (on by default; off stops
-        a fill in progress, what it stored stays)."""
-        self._update(fill_features=bool(on))
-        if not on:
-            self.stop_feature_fill()
+    def discard_edits(self, frames: list[int] | None = None) -> None:
+        """Let the next run overwrite the user's edits of the output (of ``frames``, or all)."""
+        geom = self.image.geometry()
+        for edit in self.outputs.find_edits(geom):
+            if frames is None or edit.frame in frames:
+                self.outputs.writer.release(self.viewer.layers[edit.layer_name], geom, edit.frame)
+        self.events.edits.emit(self.user_edits())
 
-    def fill_features(self, first_frame: int | None = None, synchronous: bool | None = None) -> bool:
-        """Encode every frame of the open session into the embedding cache, nearest
-        ``first_frame`` (default: the current frame) first, pausing while a job of the user runs.
-        False when nothing was started: no session is open yet (preview first), the predictor
-        has no embedding cache, or a fill is running."""
-        from .embeddings import BackgroundFill
+    # ================================================================== all cells
+    def set_cells(self, **changes: Any) -> None:
+        """Settings of the "Track all cells" workflow (see
+        :meth:`CellsWorkflow.set_cells <napari_sam2.plugin.cells.CellsWorkflow.set_cells>`)."""
+        self.cells.set_cells(**changes)
 
-        if self.feature_fill is not None and self.feature_fill.running:
-            return False
-        sync = self.synchronous if synchronous is None else bool(synchronous)
-        fill = BackgroundFill(
-            self.session, lambda: self.runner.busy, synchronous=sync, on_progress=self.events.features.emit
-        )
-        frame = self.current_frame() if first_frame is None else int(first_frame)
-        if not fill.start(frame):
-            return False
-        self.feature_fill = fill
-        return True
+    def segment_everything(
+        self, frame: int | None = None, synchronous: bool | None = None, replace_edited: bool = False
+    ) -> np.ndarray | None:
+        """Segment everything on ``frame`` (default: the current one) into the seeds layer;
+        seeds edited by hand there are replaced only with ``replace_edited=True``."""
+        return self.cells.segment_everything(frame, synchronous, replace_edited)
 
-    def stop_feature_fill(self) -> None:
-        if self.feature_fill is not None:
-            self.feature_fill.stop()
+    def track_all_cells(self, frame: int | None = None, synchronous: bool | None = None):
+        """Track every cell from the seeds on ``frame``; returns the tracks layer when synchronous."""
+        return self.cells.track_all_cells(frame, synchronous)
 
-    def set_tracking(
-        self, direction: str | None = None, start: str | int | None = None, max_frames: int | None = -1
-    ) -> None:
-        """Defaults of propagate(): direction, start ("auto", "first", "current" or a frame), frames per direction."""
-        changes: dict = {}
-        if direction is not None:
-            if direction not in DIRECTIONS:
-                raise SessionError(f"direction must be one of {', '.join(DIRECTIONS)}")
-            changes["direction"] = direction
-        if start is not None:
-            if not isinstance(start, int) and start not in START_CHOICES:
-                raise SessionError(f"start must be one of {', '.join(START_CHOICES)} or a frame index")
-            changes["start"] = start
-        if max_frames != -1:
-            changes["max_frames"] = max_frames or None
-        self._update(**changes)
-
-    def set_output(self, layer: str | None = None, per_object: bool | None = None) -> None:
-        """Where the masks go: None for the plugin's own layer, or a Labels layer (its name) of
-        the image's shape; ``per_object`` for one layer per object."""
-        name = getattr(layer, "name", layer)
-        if name is not None and name not in [lay.name for lay in self.labels_layers()]:
-            raise SessionError(f"there is no Labels layer named {name!r}")
-        changes: dict = {"output": name}
-        if per_object is not None:
-            changes["per_object"] = bool(per_object)
-        self._update(**changes)
+    def export_tracks(
+        self,
+        folder: str | os.PathLike,
+        formats: tuple[str, ...] = ("ctc", "geff", "csv"),
+        overwrite: bool = False,
+    ) -> list[Path]:
+        """Write the last run's tracks (CTC, GEFF, CSV) into ``folder``; an existing output is
+        replaced only with ``overwrite=True`` (else FileExistsError)."""
+        return self.cells.export_tracks(folder, formats, overwrite)

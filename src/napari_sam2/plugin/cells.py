@@ -1,42 +1,38 @@
 """Track all cells (no Qt): segment everything on a frame -> review the seeds -> track every
 cell with divisions -> the lineage, as layers and files.
 
-1. :meth:`CellsMixin.segment_everything` runs SAM 2's automatic mask generator on the current
+1. :meth:`CellsWorkflow.segment_everything` runs SAM 2's automatic mask generator on the current
    frame (tiled for large fields of view), keeps one object per mask after the user's filters
    (:class:`~napari_sam2.engine.seeding.SeedFilter`), and writes the seeds into a Labels layer
    ``SAM2 seeds [image]``: the user deletes, merges or paints them there with napari's tools.
-2. :meth:`CellsMixin.track_all_cells` starts a :class:`~napari_sam2.engine.track_all.TrackAllRun`
+   Running it again on a frame whose seeds the user edited is refused unless asked
+   (``replace_edited=True``; the widget asks); the new seeds are one undo step.
+2. :meth:`CellsWorkflow.track_all_cells` starts a :class:`~napari_sam2.engine.track_all.TrackAllRun`
    from the seeds on that frame: all objects propagated together, new cells found by
    re-seeding every N frames, lost cells ended, divisions recorded. Final frames are written
    into ``SAM2 tracks [image]`` (a user's edits of it are kept, as in every output layer).
 3. At the end the track graph becomes a napari Tracks layer ``SAM2 lineage [image]`` (with the
-   division graph), and :meth:`CellsMixin.export_tracks` writes CTC, GEFF and CSV.
+   division graph), and :meth:`CellsWorkflow.export_tracks` writes CTC, GEFF and CSV.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..engine.seeding import SeedFilter, default_mask_generator, seed_objects, with_stack_contrast
-from ..engine.session import SessionError, Status
-from ..engine.track_all import (
-    Division,
-    Finished,
-    FrameTracked,
-    TrackAllConfig,
-    TrackAllRun,
-    TrackEnded,
-    TrackStarted,
-)
-from ..engine.track_all import Status as TrackStatus
+from ..engine.events import Division, Finished, FrameTracked, Status, TrackEnded, TrackStarted
+from ..engine.seeding import NoSeedsError, SeedFilter, default_mask_generator, segment_frame
+from ..engine.session import SessionError
+from ..engine.track_all import TrackAllConfig, TrackAllRun
 from .geometry import StackGeometry, layer_data
 from .layers import find_layer, keep_selection, layer_transforms, role_metadata, unique_name
+from .run_kinds import Run, RunContext, plural
 
-__all__ = ["CellSettings", "CellsMixin", "SeedsFound"]
+__all__ = ["CellSettings", "CellsWorkflow", "SeedsFound", "export_tracks_asking"]
 
 EXPORT_FORMATS = ("ctc", "geff", "csv")
 
@@ -45,12 +41,23 @@ EXPORT_FORMATS = ("ctc", "geff", "csv")
 class CellSettings:
     """The choices of the "Track all cells" workflow."""
 
-    seeds: SeedFilter = field(default_factory=SeedFilter)
+    # cells touching the border are kept: the Cell Tracking Challenge's ground truth tracks
+    # cells entering the field (the same default as the engine and the CLI)
+    seeds: SeedFilter = field(default_factory=lambda: SeedFilter(drop_border_touching=False))
     reseed_every: int = 10
     lost_after: int = 3
     divisions: bool = True
     tile_size: int = 0  # 0: one generator pass over the whole frame; else tiles of this size
     points_per_side: int = 32
+
+
+@dataclass(frozen=True)
+class NoSeeds:
+    """A job event: segment everything kept no object on ``frame``; ``message`` says how
+    many masks each filter removed and what to change."""
+
+    frame: int
+    message: str
 
 
 @dataclass(frozen=True)
@@ -61,18 +68,25 @@ class SeedsFound:
     labels: np.ndarray
 
 
-class CellsMixin:
-    """The "Track all cells" workflow of the :class:`~napari_sam2.plugin.annotator.Annotator`."""
+class CellsWorkflow:
+    """The "Track all cells" part of the :class:`~napari_sam2.plugin.annotator.Annotator`:
+    its settings, seeds, tracks and lineage layers, its two runs and the export."""
 
-    _mask_generator_given: Any = None
-    track_graph = None
+    def __init__(self, viewer, store, status, image, model, runs, outputs) -> None:
+        self.viewer = viewer
+        self._store, self._status, self._image = store, status, image
+        self._model, self._runs, self._outputs = model, runs, outputs
+        self._generator_given: Any = None
+        #: the track graph and the track-id labels of the last run (None before one)
+        self.track_graph = None
+        self.track_labels = None
 
     # ---- settings
     def set_cells(self, **changes: Any) -> None:
         """Change the workflow's settings: ``min_area``, ``max_area``, ``min_score``,
         ``drop_border_touching`` (the seed filter), ``reseed_every``, ``lost_after``,
         ``divisions``, ``tile_size``, ``points_per_side``."""
-        cells = self.settings.cells
+        cells = self._store.value.cells
         seed_keys = {"min_area", "max_area", "min_score", "drop_border_touching", "max_overlap"}
         seed_changes = {k: v for k, v in changes.items() if k in seed_keys}
         other = {k: v for k, v in changes.items() if k not in seed_keys}
@@ -85,36 +99,35 @@ class CellsMixin:
             TrackAllConfig(reseed_every=cells.reseed_every, lost_after=cells.lost_after)
         except ValueError as e:
             raise SessionError(str(e)) from None
-        self._update(cells=cells)
+        self._store.update(cells=cells)
 
     def use_mask_generator(self, generator: Any) -> None:
         """Segment everything with this generator (a callable frame -> masks, or anything with
         ``generate``) instead of SAM 2's automatic mask generator on the chosen model."""
-        self._mask_generator_given = generator
+        self._generator_given = generator
 
     # ---- layers
     def seeds_layer(self, create: bool = False):
         """The Labels layer of the seeds (the objects found on the seeding frame)."""
-        return self._cells_layer("seeds", create)
+        return self._layer("seeds", create, self._image.layer, self._image.geometry(quiet=True))
 
     def tracks_layer(self, create: bool = False):
         """The Labels layer the track-all run writes (track id per pixel)."""
-        return self._cells_layer("tracks", create)
+        return self._layer("tracks", create, self._image.layer, self._image.geometry(quiet=True))
 
     def lineage_layer(self):
         """The Tracks layer of the last run (None before one finished)."""
         from napari.layers import Tracks
 
-        image = self.image_layer
+        image = self._image.layer
         return None if image is None else find_layer(self.viewer, "lineage", image, Tracks)
 
-    def _cells_layer(self, role: str, create: bool):
+    def _layer(self, role: str, create: bool, image, geom: StackGeometry | None):
+        """The ``role`` Labels layer of ``image`` (a run passes the image it started on)."""
         from napari.layers import Labels
 
         from .output_layers import OUTPUT_DTYPE, shared_channel_labels
 
-        image = self.image_layer
-        geom = self.geometry(quiet=True)
         if image is None or geom is None:
             return None
         layer = find_layer(self.viewer, role, image, Labels)
@@ -138,10 +151,22 @@ class CellsMixin:
             self.viewer.add_layer(layer)
         return layer
 
+    def seeds_edited(self, frame: int | None = None) -> bool:
+        """Whether the seeds of ``frame`` (default: the current one) were changed by hand
+        (painted, merged, deleted) since segment everything wrote them."""
+        geom = self._image.geometry(quiet=True)
+        layer = self.seeds_layer()
+        if geom is None or layer is None:
+            return False
+        frame = self._image.current_frame() if frame is None else int(frame)
+        return self._outputs.writer.plane_edited(layer, geom, frame)
+
     # ---- the generator
-    def _generator(self, model: Any, frames: Any, geom: StackGeometry):
-        cells = self.settings.cells
-        generator = self._mask_generator_given
+    def _generator(self, model: Any):
+        """The mask generator as given or built; the engine gives it the tracking session's
+        contrast mapping (one fit per session) and the tracker's image features."""
+        cells = self._store.value.cells
+        generator = self._generator_given
         if generator is None:
             if model is None:
                 raise SessionError(
@@ -159,52 +184,68 @@ class CellsMixin:
                 )
             else:
                 generator = default_mask_generator(model, points_per_side=cells.points_per_side)
-        # every frame seen with the stack's contrast, as tracking sees it
-        return with_stack_contrast(generator, frames, None, self.channels(geom))
+        return generator
 
-    # ---- jobs
+    # ---- runs
     def segment_everything(
-        self, frame: int | None = None, synchronous: bool | None = None
+        self, frame: int | None = None, synchronous: bool | None = None, replace_edited: bool = False
     ) -> np.ndarray | None:
         """Segment everything on ``frame`` (default: the current one) and write the seeds into
-        the seeds layer; returns the seed labels of that frame when run synchronously."""
-        if self._busy_refusal():
+        the seeds layer (one undo step); returns the seed labels of that frame when run
+        synchronously. Seeds of that frame edited by hand are replaced only with
+        ``replace_edited=True`` (else a SessionError says so, and nothing runs)."""
+        if self._runs.refused_busy():
             return None
         try:
-            geom, _, open_session = self._prepare(need_prompts=False)
-            frame = self.current_frame() if frame is None else self._check_frame(geom, frame)
+            ctx = self._runs.prepare(need_prompts=False)
+            geom = ctx.geom
+            frame = self._image.current_frame() if frame is None else self._image.check_frame(geom, frame)
         except Exception as e:  # noqa: BLE001 - refused with its message
-            self._refuse(e)
+            self._status.refuse(e)
             return None
-        data, channels = layer_data(self.image_layer), self.channels(geom)
-        cells = self.settings.cells
+        if not replace_edited and self.seeds_edited(frame):
+            raise SessionError(
+                f"the seeds on frame {frame} in '{self.seeds_layer().name}' were edited by hand; to replace "
+                "them with new ones call segment_everything(replace_edited=True) (Ctrl+Z on the seeds layer "
+                "brings them back), or segment another frame"
+            )
+        data, channels, cells = layer_data(ctx.image), self._image.channels(geom), self._store.value.cells
+        session = self._model.session
 
         def job():
-            yield from open_session()
-            frames = geom.frames(data, channels)
+            # on the clicks' tracking session: its frames, contrast mapping and image features
+            yield from ctx.open_session()
             yield Status(f"Segmenting everything on frame {frame}…")
-            model = getattr(self.session.predictor, "model", None)
-            generator = self._generator(model, frames, geom)
-            seeds = seed_objects(np.asarray(frames[frame]), generator, cells.seeds)
+            generator = self._generator(getattr(session.predictor, "model", None))
+            try:
+                seeds = segment_frame(
+                    session, frame, generator, cells.seeds, frames=geom.frames(data, channels)
+                )
+            except NoSeedsError as e:  # every mask filtered away: say why, change nothing
+                yield NoSeeds(frame, str(e))
+                return "nothing"
             yield SeedsFound(frame, seeds.to_labels())
             return "done"
 
-        self._start("segment", job(), geom, synchronous, "SAM 2: segment everything")
+        self._runs.start(
+            SegmentRun(ctx, self._runs.parts, self), job(), synchronous, "SAM 2: segment everything"
+        )
         layer = self.seeds_layer()
-        if layer is None or not (self.synchronous if synchronous is None else synchronous):
+        if layer is None or not (self._runs.runner.synchronous if synchronous is None else synchronous):
             return None
         return np.array(layer.data[geom.output_index(frame)])
 
     def track_all_cells(self, frame: int | None = None, synchronous: bool | None = None):
         """Track every cell from the seeds on ``frame`` (default: the current frame); returns the
         tracks layer when run synchronously."""
-        if self._busy_refusal():
+        if self._runs.refused_busy():
             return None
         try:
-            geom, _, open_session = self._prepare(need_prompts=False)
+            ctx = self._runs.prepare(need_prompts=False)
+            geom = ctx.geom
             if not geom.can_propagate:
                 raise SessionError("tracking needs a stack with a time or z axis: this is a single 2D image")
-            frame = self.current_frame() if frame is None else self._check_frame(geom, frame)
+            frame = self._image.current_frame() if frame is None else self._image.check_frame(geom, frame)
             seeds = self.seeds_layer()
             start = None if seeds is None else np.array(seeds.data[geom.output_index(frame)])
             if start is None or not start.any():
@@ -213,84 +254,61 @@ class CellsMixin:
                     "into the seeds layer)"
                 )
         except Exception as e:  # noqa: BLE001 - refused with its message
-            self._refuse(e)
+            self._status.refuse(e)
             return None
-        data, channels = layer_data(self.image_layer), self.channels(geom)
-        cells = self.settings.cells
+        data, channels, cells = layer_data(ctx.image), self._image.channels(geom), self._store.value.cells
         config = TrackAllConfig(
             start_frame=frame, reseed_every=cells.reseed_every, lost_after=cells.lost_after
         )
         if not cells.divisions:
             config = replace(config, division=replace(config.division, enabled=False))
         config = replace(config, seed_filter=cells.seeds)
-        cancel = self.runner.cancel_event
+        run = TrackAllCellsRun(ctx, self._runs.parts, self)
+        session, cancel = self._model.session, self._runs.runner.cancel_event
 
         def job():
-            yield from open_session()
+            # the run drives the clicks' tracking session: one video state, one contrast fit
+            yield from ctx.open_session()
             frames = geom.frames(data, channels)
-            model = getattr(self.session.predictor, "model", None)
-            generator = self._generator(model, frames, geom) if config.reseed_every else None
-            run = TrackAllRun(self.session.predictor, frames, generator, config, start_labels=start)
-            events = run.events()
-            try:
-                for event in events:
-                    if cancel.is_set():
-                        run.cancel()
-                    yield event
-            finally:
-                events.close()
-            self._track_result = run.result()
-            return "cancelled" if run.result().cancelled else "done"
-
-        self.track_graph = None
-        self._start("track-all", job(), geom, synchronous, "SAM 2: tracking all cells")
-        return self.tracks_layer() if (self.synchronous if synchronous is None else synchronous) else None
-
-    def _cells_event(self, geom: StackGeometry, event: Any) -> bool:
-        """Handle the events of the cell jobs; False for events that are not theirs."""
-        if isinstance(event, SeedsFound):
-            layer = self.seeds_layer(create=True)
-            plane = np.zeros(layer.data[geom.output_index(event.frame)].shape, layer.data.dtype)
-            plane[:] = event.labels
-            self.outputs.writer.forget_plane(layer, geom, event.frame)
-            layer.data[geom.output_index(event.frame)] = plane
-            layer.refresh()
-            self._status(
-                f"{int(event.labels.max())} object(s) on frame {event.frame}. Check them in "
-                f"'{layer.name}' (delete, merge or paint labels), then click 'Track all cells'."
+            generator = (
+                self._generator(getattr(session.predictor, "model", None)) if config.reseed_every else None
             )
-        elif isinstance(event, FrameTracked):
-            layer = self.tracks_layer(create=True)
-            self.outputs.in_use.add(layer.unique_id)
-            self.outputs.writer.write_plane(layer, geom, event.frame, event.labels)
-            self._frames_done.add(event.frame)
-            if self._pbar is not None:
-                self._pbar.total = event.total
-                self._pbar.update(1)
-            self.events.frame_written.emit(event.frame)
-        elif isinstance(event, TrackStatus):
-            self._status(event.message)
-        elif isinstance(event, TrackStarted | TrackEnded | Division):
-            pass  # in the graph at the end
-        elif isinstance(event, Finished):
-            self._status(
-                f"Tracked {event.frames_done} frame(s): "
-                + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in event.summary.items())
-            )
-        else:
-            return False
-        return True
+            result = yield from self._track(session, frames, generator, config, start, cancel)
+            run.result = result
+            return "cancelled" if result.cancelled else "done"
 
-    def _cells_finished(self, geom: StackGeometry) -> None:
-        """After a track-all run: the lineage as a napari Tracks layer."""
-        result = getattr(self, "_track_result", None)
-        if result is None:
+        self.track_graph = self.track_labels = None
+        self._runs.start(run, job(), synchronous, "SAM 2: tracking all cells")
+        return (
+            self.tracks_layer()
+            if (self._runs.runner.synchronous if synchronous is None else synchronous)
+            else None
+        )
+
+    @staticmethod
+    def _track(session, frames, generator, config: TrackAllConfig, start: np.ndarray, cancel):
+        """The one call into the engine's every-cell tracking, on the open ``session`` (the
+        clicks'): its events, then its result."""
+        run = TrackAllRun(session, frames, generator, config, start_labels=start)
+        events = run.events()
+        try:
+            for event in events:
+                if cancel.is_set():
+                    run.cancel()
+                yield event
+        finally:
+            events.close()
+        return run.result()
+
+    def finished(self, run: TrackAllCellsRun) -> None:
+        """After a track-all run (done or cancelled): keep its graph, show the lineage."""
+        if run.result is None:
             return
-        self.track_graph = result.graph
-        self._track_labels = result.labels
-        self._show_lineage(geom, result.graph)
+        self.track_graph = run.result.graph
+        self.track_labels = run.result.labels
+        self._show_lineage(run.ctx, run.result.graph)
 
-    def _show_lineage(self, geom: StackGeometry, graph) -> None:
+    def _show_lineage(self, ctx: RunContext, graph) -> None:
         from napari.layers import Tracks
 
         from ..engine.track_exports import tracks_layer_data
@@ -298,14 +316,14 @@ class CellsMixin:
         data, parents, properties = tracks_layer_data(graph)
         if not len(data):
             return
+        geom, image = ctx.geom, ctx.image
         if geom.frame_axis != 0 or geom.held or geom.channel_axis is not None:
-            self._status(
-                self.last_status + " (the lineage layer needs time as the image's first axis and no held "
+            self._status.say(
+                self._status.text + " (the lineage layer needs time as the image's first axis and no held "
                 "or channel axis; export the tracks instead)"
             )
             return
-        image = self.image_layer
-        old = self.lineage_layer()
+        old = find_layer(self.viewer, "lineage", image, Tracks)
         with keep_selection(self.viewer):
             if old is not None:
                 self.viewer.layers.remove(old)
@@ -320,12 +338,15 @@ class CellsMixin:
             )
             self.viewer.add_layer(layer)
 
+    # ---- export
     def export_tracks(
         self, folder: str | Path, formats: tuple[str, ...] = EXPORT_FORMATS, overwrite: bool = False
     ) -> list[Path]:
         """Write the last run's tracks into ``folder``: ``ctc/`` (Cell Tracking Challenge:
-        man_track.txt + one 16-bit mask TIFF per frame), ``tracks.geff`` and ``tracks.csv``."""
-        from ..engine import track_exports as ex
+        the track file + one 16-bit mask TIFF per frame), ``tracks.geff`` and ``tracks.csv``.
+        An existing output is replaced only with ``overwrite=True``: else FileExistsError
+        names them all, before anything is written."""
+        from ..engine.track_exports import check_export, export_tracking
 
         if self.track_graph is None:
             raise SessionError("there are no tracks yet: run 'Track all cells' first")
@@ -335,18 +356,110 @@ class CellsMixin:
                 f"unknown export format(s) {sorted(bad)}; choose from {', '.join(EXPORT_FORMATS)}"
             )
         folder = Path(folder).expanduser()
-        folder.mkdir(parents=True, exist_ok=True)
-        written = []
-        if "ctc" in formats:
-            written.append(
-                ex.write_ctc(self._track_labels, self.track_graph, folder / "ctc", overwrite=overwrite)
+        # every output that exists, named at once (the engine names the first), before writing
+        existing = []
+        for fmt in formats:
+            try:
+                check_export(folder, [fmt], overwrite=overwrite)
+            except FileExistsError as e:
+                existing.append(Path(getattr(e, "path", None) or e.filename or folder))
+        if existing:
+            raise FileExistsError(
+                f"{', '.join(str(p) for p in existing)} already exist{'s' if len(existing) == 1 else ''}"
             )
-        if "geff" in formats:
-            written.append(ex.write_geff(self.track_graph, folder / "tracks.geff", overwrite=overwrite))
-        if "csv" in formats:
-            path = folder / "tracks.csv"
-            if path.exists() and not overwrite:
-                raise SessionError(f"{path} exists; choose another folder or allow overwriting")
-            written.append(ex.write_csv(self.track_graph, path))
-        self._status(f"Tracks written to {folder}: " + ", ".join(p.name for p in written))
+        # the one export function of the widget, the CLI and the API
+        written = list(
+            export_tracking(
+                self.track_labels, self.track_graph, folder, formats, overwrite=overwrite
+            ).values()
+        )
+        self._status.say(f"Tracks written to {folder}: " + ", ".join(p.name for p in written))
         return written
+
+
+def export_tracks_asking(
+    export: Callable[..., list[Path]], folder: str | Path, ask: Callable[[str], bool]
+) -> list[Path] | None:
+    """Export through ``export(folder, overwrite=...)``; when outputs exist already, ``ask``
+    (given what exists) decides whether they are replaced. None when the user said no.
+    (The one place the widget's export goes through: the engine's export call lives in
+    :meth:`CellsWorkflow.export_tracks`.)"""
+    try:
+        return export(folder)
+    except FileExistsError as e:
+        if not ask(str(e)):
+            return None
+    return export(folder, overwrite=True)
+
+
+class _CellsRun(Run):
+    """A run of the cell workflow: after a deleted layer, only status lines pass."""
+
+    def __init__(self, ctx: RunContext, parts, workflow: CellsWorkflow) -> None:
+        super().__init__(ctx, parts)
+        self.workflow = workflow
+
+    def on_event(self, event: Any) -> None:
+        if self.ctx.stop_reason is not None and not isinstance(event, Status):
+            return
+        if not self.cell_event(event):
+            super().on_event(event)
+
+    def cell_event(self, event: Any) -> bool:  # pragma: no cover - each run has its own
+        return False
+
+
+class SegmentRun(_CellsRun):
+    kind = "segment"
+
+    def cell_event(self, event: Any) -> bool:
+        if isinstance(event, NoSeeds):
+            self.parts.status.say(f"{event.message} Your seeds are unchanged.")
+            self.parts.status.alert(event.message)
+            return True
+        if not isinstance(event, SeedsFound):
+            return False
+        geom = self.ctx.geom
+        layer = self.workflow._layer("seeds", True, self.ctx.image, geom)
+        # the whole plane is replaced (the user agreed, or had not edited it): one undo step
+        self.parts.outputs.writer.replace_plane(layer, geom, event.frame, event.labels)
+        n = int(len(np.unique(event.labels[event.labels > 0])))
+        self.parts.status.say(
+            f"{plural(n, 'object')} on frame {event.frame}. Check them in '{layer.name}' (delete, merge or "
+            "paint labels), then click 'Track all cells'."
+        )
+        return True
+
+
+class TrackAllCellsRun(_CellsRun):
+    kind = "track-all"
+    progress = True
+    result = None  # the engine's TrackAllResult, set by the job (None: not finished)
+
+    def cell_event(self, event: Any) -> bool:
+        ctx, p = self.ctx, self.parts
+        if isinstance(event, FrameTracked):
+            layer = self.workflow._layer("tracks", True, ctx.image, ctx.geom)
+            p.outputs.in_use.add(layer.unique_id)
+            p.outputs.writer.write_plane(layer, ctx.geom, event.frame, event.labels)
+            self.set_total(event.total)
+            self.frame_tracked(event.frame)
+            p.status.say(f"{p.status.text}, {plural(event.cells, 'cell')}, {plural(event.tracks, 'track')}")
+            p.events.frame_written.emit(event.frame)
+        elif isinstance(event, TrackStarted | TrackEnded | Division):
+            pass  # in the graph at the end
+        elif isinstance(event, Finished):
+            p.status.say(
+                f"Tracked {plural(event.frames_done, 'frame')}: "
+                + ", ".join(f"{v} {k.replace('_', ' ')}" for k, v in event.summary.items())
+            )
+        else:
+            return False
+        return True
+
+    def cancelled(self) -> None:
+        self.workflow.finished(self)
+        super().cancelled()
+
+    def done(self, outcome: str) -> None:
+        self.workflow.finished(self)

@@ -23,7 +23,7 @@ from typing import Any
 from ..engine.precompute import FrameEmbedded, precompute_frames
 from .jobs import JobRunner
 
-__all__ = ["BackgroundFill", "fill_order", "start_background_fill"]
+__all__ = ["BackgroundFill", "FeatureFill", "fill_order"]
 
 ProgressHandler = Callable[[int, int], None]
 
@@ -119,15 +119,73 @@ class BackgroundFill:
         self.outcome, self.error = outcome, error
 
 
-def start_background_fill(
-    annotator: Any, first_frame: int = 0, on_progress: ProgressHandler | None = None
-) -> BackgroundFill | None:
-    """A fill of the annotator's open session, started (see :class:`BackgroundFill`); None
-    when nothing was started (no session open yet, or no embedding cache)."""
-    fill = BackgroundFill(
-        annotator.session,
-        lambda: annotator.runner.busy,
-        synchronous=annotator.runner.synchronous,
-        on_progress=on_progress,
-    )
-    return fill if fill.start(first_frame) else None
+class FeatureFill:
+    """The annotator's part that starts and stops :class:`BackgroundFill` runs: on after a
+    preview (the ``fill_features`` setting), or from a script with :meth:`fill`."""
+
+    def __init__(
+        self, store, session, runner: JobRunner, on_progress: ProgressHandler, current_frame
+    ) -> None:
+        self._store = store
+        self._session = session
+        self._runner = runner  # the user's jobs: the fill waits while one runs
+        self._on_progress = on_progress
+        self._current_frame = current_frame
+        self.current: BackgroundFill | None = None  # the fill of the open session, if one was started
+
+    def set_enabled(self, on: bool) -> None:
+        """Encode the other frames in the background after a preview (on by default; off
+        stops a fill in progress, what it stored stays)."""
+        self._store.update(fill_features=bool(on))
+        if not on:
+            self.stop()
+
+    def fill(self, first_frame: int | None = None, synchronous: bool | None = None) -> bool:
+        """Encode every frame of the open session into the embedding cache, nearest
+        ``first_frame`` (default: the current frame) first, pausing while a job of the user
+        runs. False when nothing was started: no session is open yet (preview first), the
+        predictor has no embedding cache, or a fill is running."""
+        if self.current is not None and self.current.running:
+            return False
+        sync = self._runner.synchronous if synchronous is None else bool(synchronous)
+        runner = self._runner
+        fill = BackgroundFill(
+            self._session, lambda: runner.busy, synchronous=sync, on_progress=self._on_progress
+        )
+        frame = self._current_frame() if first_frame is None else int(first_frame)
+        if not fill.start(frame):
+            return False
+        self.current = fill
+        return True
+
+    def stop(self) -> None:
+        if self.current is not None:
+            self.current.stop()
+
+    # ---- the cache itself: every call into the engine's cache is in these three methods
+    def cache(self) -> Any:
+        """The embedding cache in use: the open session's, else the one the next session gets
+        (the default folder, unless turned off); None when there is none. Raises the engine's
+        EmbeddingCacheError (a ValueError) for a folder or setting it cannot use."""
+        from ..engine.embedding_cache import resolve_embedding_cache
+
+        predictor = self._session.predictor
+        if predictor is not None:
+            return getattr(predictor, "embedding_cache", None)
+        return resolve_embedding_cache("auto")
+
+    def cache_info(self) -> Any:
+        """The engine's CacheInfo (folder, entries, bytes, bound) of the cache, or None."""
+        from ..engine.embedding_cache import CacheInfo
+
+        cache = self.cache()
+        if cache is None:
+            return None
+        usage = cache.usage()
+        return CacheInfo(cache.folder, usage.entries, usage.bytes, cache.max_bytes)
+
+    def clear_cache(self) -> int:
+        """Stop a fill and remove the cache's own entries (nothing else); returns how many."""
+        self.stop()
+        cache = self.cache()
+        return 0 if cache is None or not cache.folder.is_dir() else cache.clear()

@@ -17,6 +17,7 @@ import numpy as np
 
 from ..engine.prompts import PromptSet
 from .geometry import StackGeometry, layer_data, layer_shape
+from .state import plural
 
 #: feature names carried by the prompt layers
 OBJ_FEATURE = "obj_id"
@@ -60,16 +61,24 @@ class ConversionReport:
         msgs = []
         if self.off_sequence:
             msgs.append(
-                f"{self.off_sequence} prompt(s) lie on another slice of the held axes or outside the frames "
-                "and were left out"
+                f"{plural(self.off_sequence, 'prompt')} on another slice of the held axes or outside the "
+                f"frames {_were(self.off_sequence)} left out"
             )
         if self.not_rectangles:
-            msgs.append(f"{self.not_rectangles} shape(s) are not rectangles and were left out")
+            msgs.append(
+                f"{plural(self.not_rectangles, 'shape')} that {'is' if self.not_rectangles == 1 else 'are'} "
+                f"not a rectangle {_were(self.not_rectangles)} left out"
+            )
         if self.extra_boxes:
             msgs.append(
-                f"{self.extra_boxes} extra box(es) for the same object and frame were left out (one box each)"
+                f"{plural(self.extra_boxes, 'extra box', 'extra boxes')} for the same object and frame "
+                f"{_were(self.extra_boxes)} left out (one box each)"
             )
         return msgs
+
+
+def _were(count: int) -> str:
+    return "was" if count == 1 else "were"
 
 
 def _feature_column(layer, name: str, n: int, default) -> np.ndarray:

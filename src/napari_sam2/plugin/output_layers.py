@@ -252,6 +252,44 @@ class OutputWriter:
         self.ledgers[key] = FrameLedger.make(final, writable & (new != 0), users, edited_objects)
         return edit
 
+    def replace_plane(self, layer, view: StackView, frame: int, new: np.ndarray) -> None:
+        """Replace one plane as a whole (e.g. new seeds, once the user agreed), as one undo
+        step of the layer: written through its ``data_setitem`` inside the run's history
+        group, so that Ctrl+Z brings the old plane back. The new plane becomes the plugin's."""
+        new = np.asarray(new)
+        idx = view.output_index(frame)
+        cur = np.array(layer.data[idx])
+        if cur.shape != new.shape:
+            raise ValueError(
+                f"the layer '{layer.name}' has planes of {cur.shape}, the new plane is {new.shape}"
+            )
+        final = new.astype(layer.data.dtype, copy=False)
+        changed = final != cur
+        if changed.any():
+            ys, xs = np.nonzero(changed)
+            setitem = getattr(layer, "data_setitem", None)
+            block = getattr(layer, "block_history", None)
+            with block() if (block is not None and self._history is None) else contextlib.nullcontext():
+                self._group(layer)
+                if setitem is not None:
+                    setitem(_full_index(view, frame, ys, xs), final[changed])
+                else:
+                    layer.data[idx] = final
+                    layer.refresh()
+        self.ledgers[self._key(layer, view, frame)] = FrameLedger.make(
+            final, final != 0, np.zeros(final.shape, bool), frozenset()
+        )
+        self.edits.pop((layer.name, int(frame)), None)
+
+    def plane_edited(self, layer, view: StackView, frame: int) -> bool:
+        """Whether anyone but this writer changed the plane: it differs from what the writer
+        wrote last, or the writer never wrote it and it is not empty."""
+        cur = np.asarray(layer.data[view.output_index(frame)])
+        entry = self.ledgers.get(self._key(layer, view, frame))
+        if entry is None:
+            return bool(cur.any())
+        return bool((cur != entry.plane()).any())
+
     def erase(self, layer, view: StackView, obj_id: int, frames: Iterable[int]) -> None:
         """Remove ``obj_id``'s pixels that are still the plugin's own from ``frames``."""
         for frame in frames:

@@ -16,22 +16,36 @@ __all__ = ["Outputs"]
 
 
 class Outputs:
-    """The output layers of one annotator."""
+    """The output layers of one annotator's image (``image``: the ImageChoice part;
+    ``raise_prompts(image)`` keeps the prompt layers above a new output layer)."""
 
-    def __init__(self, annotator) -> None:
-        self._ann = annotator
+    def __init__(self, viewer, store, image, raise_prompts) -> None:
+        self.viewer = viewer
+        self._store = store
+        self._image = image
+        self._raise_prompts = raise_prompts
         self.writer = OutputWriter()
         #: layers written by the running job (a deleted one stops it)
         self.in_use: set[int] = set()
 
-    @property
-    def viewer(self):
-        return self._ann.viewer
+    def set_output(self, layer: str | None = None, per_object: bool | None = None) -> None:
+        """Where the masks go: None for the plugin's own layer, or a Labels layer (its name) of
+        the image's shape; ``per_object`` for one layer per object."""
+        from napari.layers import Labels
+
+        name = getattr(layer, "name", layer)
+        labels = [lay.name for lay in self.viewer.layers if isinstance(lay, Labels)]
+        if name is not None and name not in labels:
+            raise SessionError(f"there is no Labels layer named {name!r}")
+        changes: dict = {"output": name}
+        if per_object is not None:
+            changes["per_object"] = bool(per_object)
+        self._store.update(**changes)
 
     def target(self, geom: StackGeometry):
         """The user's chosen Labels layer, or None for the plugin's own layer(s)."""
-        name = self._ann.settings.output
-        if not name or self._ann.settings.per_object:
+        name = self._store.value.output
+        if not name or self._store.value.per_object:
             return None
         if name not in self.viewer.layers:
             raise SessionError(f"the output layer '{name}' is gone; choose another output")
@@ -47,7 +61,7 @@ class Outputs:
         """The Labels layer the masks go to (object ``obj_id`` in one-layer-per-object mode)."""
         from napari.layers import Labels
 
-        image = self._ann.image_layer
+        image = self._image.layer
         if geom is None or image is None:
             return None
         if obj_id is None:
@@ -80,7 +94,7 @@ class Outputs:
         )
         with keep_selection(self.viewer):  # the prompt layer keeps the focus: the next click adds a point
             self.viewer.add_layer(layer)
-            self._ann.prompt_layers.raise_to_top(image)
+            self._raise_prompts(image)
         return layer
 
     # ---- writing
@@ -90,7 +104,7 @@ class Outputs:
                 f"the engine returned {done.logits.shape[-2:]} masks for {(geom.height, geom.width)} frames"
             )
         edits = []
-        if self._ann.settings.per_object:
+        if self._store.value.per_object:
             for obj in done.obj_ids:
                 layer = self.layer(geom, obj_id=obj, create=True)
                 self.in_use.add(layer.unique_id)
@@ -103,7 +117,7 @@ class Outputs:
 
     def erase(self, geom: StackGeometry, obj_id: int) -> None:
         """Remove an object's pixels that are still the plugin's from this sequence."""
-        layer = self.layer(geom, obj_id=obj_id if self._ann.settings.per_object else None)
+        layer = self.layer(geom, obj_id=obj_id if self._store.value.per_object else None)
         if layer is not None:
             self.writer.erase(layer, geom, obj_id, range(geom.n_frames))
 
@@ -115,18 +129,18 @@ class Outputs:
         self.writer.end_run()
         self.in_use = set()
 
-    def layer_removed(self, layer) -> None:
-        if layer.unique_id in self.in_use and self._ann.busy:
-            self._ann.runner.cancel()
-            self._ann._stop_reason = f"the output layer '{layer.name}' was deleted"
+    def layer_removed(self, layer) -> bool:
+        """A layer was deleted: forget its ledgers; True when the running job wrote to it."""
+        used = layer.unique_id in self.in_use
         self.writer.forget(layer)
+        return used
 
     # ---- user edits
     def output_layers(self, geom: StackGeometry) -> list:
-        if self._ann.settings.per_object:
+        if self._store.value.per_object:
             from napari.layers import Labels
 
-            image = self._ann.image_layer
+            image = self._image.layer
             return [
                 lay
                 for lay in self.viewer.layers

@@ -17,16 +17,27 @@ Both return ``(image, labels)``: ``image`` is ``uint16`` with Poisson (shot) and
 time). :func:`make_timelapse_sample` and :func:`make_volume_sample` wrap them as napari
 ``LayerDataTuple`` lists for the npe2 ``sample_data`` contributions.
 
+:func:`save_sample` writes a sample as TIFF files, to try the command line on it::
+
+    python -m napari_sam2.plugin.sample_data lineage sample/
+    napari-sam2 track-all sample/lineage.tif results/
+
 Only numpy is used, so the generators work without napari or Qt.
 """
 
 from __future__ import annotations
 
+import os
+import sys
+from pathlib import Path
+
 import numpy as np
 
 __all__ = [
+    "SAMPLES",
     "make_timelapse_sample",
     "make_volume_sample",
+    "save_sample",
     "synthetic_timelapse",
     "synthetic_volume",
 ]
@@ -332,3 +343,79 @@ def make_volume_sample() -> list[tuple]:
     """npe2 sample data: 48-slice synthetic volume (image + ground-truth labels)."""
     image, labels = synthetic_volume()
     return _layers(image, labels, "synthetic volume")
+
+
+# the samples save_sample writes (the keys of napari's File > Open Sample > SAM 2 menu)
+SAMPLES = ("timelapse", "volume", "lineage")
+
+
+def save_sample(which: str, folder: str | os.PathLike, overwrite: bool = False) -> list[Path]:
+    """Write sample ``which`` ("timelapse", "volume" or "lineage") into ``folder`` as
+    ``<which>.tif`` (the image, an ImageJ TIFF: T or Z, Y, X) and ``<which>_truth.tif`` (the
+    ground-truth labels); "lineage" also as ``<which>_man_track.txt`` (its lineage, the Cell
+    Tracking Challenge's ``L B E P`` rows). Files there already are replaced only with
+    ``overwrite=True`` (else FileExistsError names them, and nothing is written).
+    Returns the files written."""
+    import tifffile
+
+    if which not in SAMPLES:
+        raise ValueError(f"unknown sample {which!r}: choose one of {', '.join(SAMPLES)}")
+    folder = Path(folder).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} is a file, not a folder: give a folder for the sample's files")
+    names = [f"{which}.tif", f"{which}_truth.tif"] + (
+        [f"{which}_man_track.txt"] if which == "lineage" else []
+    )
+    paths = [folder / n for n in names]
+    existing = [p for p in paths if p.exists()]
+    if existing and not overwrite:
+        raise FileExistsError(
+            f"{', '.join(map(str, existing))} already exist{'s' if len(existing) == 1 else ''}: choose "
+            "another folder, or replace them with overwrite=True (--overwrite)"
+        )
+    lineage = None
+    if which == "lineage":
+        from .sample_lineage import synthetic_lineage_timelapse
+
+        image, labels, lineage = synthetic_lineage_timelapse()
+    elif which == "volume":
+        image, labels = synthetic_volume()
+    else:
+        image, labels = synthetic_timelapse()
+    axes = "ZYX" if which == "volume" else "TYX"
+    folder.mkdir(parents=True, exist_ok=True)
+    tifffile.imwrite(paths[0], image, imagej=True, metadata={"axes": axes})
+    tifffile.imwrite(paths[1], labels, imagej=True, metadata={"axes": axes})
+    if lineage is not None:
+        np.savetxt(paths[2], lineage, fmt="%d")
+    return paths
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m napari_sam2.plugin.sample_data [timelapse|volume|lineage] [FOLDER] [--overwrite]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(
+        prog="python -m napari_sam2.plugin.sample_data",
+        description="Save a synthetic sample (image + ground truth) as TIFF files, to try the CLI on.",
+    )
+    parser.add_argument("sample", choices=SAMPLES, nargs="?", default="lineage")
+    parser.add_argument(
+        "folder", nargs="?", default="napari-sam2-sample", help="where (default: %(default)s)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace the sample's files there")
+    args = parser.parse_args(argv)
+    try:
+        paths = save_sample(args.sample, args.folder, overwrite=args.overwrite)
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for p in paths:
+        print(f"wrote {p}")
+    command = "track-all" if args.sample == "lineage" else "track"
+    print(f"try: napari-sam2 {command} {paths[0]} ... (napari-sam2 {command} --help)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

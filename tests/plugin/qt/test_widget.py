@@ -63,7 +63,7 @@ def test_controls_are_the_annotators_settings(viewer_widget):
     ann = w.annotator
     ip = w.image_panel
     ip.channel_combo.setCurrentIndex(ip.channel_combo.findData(1))
-    assert ann.settings.channel_axis == 1 and ann.geometry().frame_axis == 0
+    assert ann.settings.channel_axis == 1 and ann.image.geometry().frame_axis == 0
     ip.channels_edit.setText("2,0")
     ip.channels_edit.editingFinished.emit()
     assert ann.settings.channels == (2, 0)
@@ -123,7 +123,7 @@ def test_worker_thread_path(viewer_widget, qtbot):
         assert not w.image_panel.image_combo.isEnabled()
     assert sig.args == ["propagate", "done"]
     assert order == [0, 0, 1, 2, 3, 4, 5]  # in order, though writing a frame processes Qt events
-    assert w.status_label.text() == "Propagation done: 6 frame(s)."
+    assert w.status_label.text() == "Propagation done: 6 frames."
     assert all(w.output_layer().data[f].any() for f in range(6))
     assert w.busy is None and not w.track_panel.cancel_btn.isEnabled()
 
@@ -212,7 +212,7 @@ def test_user_edits_offer_buttons(viewer_widget):
     assert not op.use_edits_btn.isVisibleTo(w)
     w.output_layer().data[2, 0:3, 0:3] = 1
     w.propagate("forward", start=0)
-    assert op.use_edits_btn.isVisibleTo(w) and "frame(s) 2" in op.edits_label.text()
+    assert op.use_edits_btn.isVisibleTo(w) and "frame 2" in op.edits_label.text()
     op.use_edits_btn.click()
     assert not op.use_edits_btn.isVisibleTo(w)
     assert w.prompts().get(2, 1, create=False).mask is not None

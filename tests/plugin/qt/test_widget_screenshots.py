@@ -62,7 +62,7 @@ def test_click_and_track_screenshots(make_napari_viewer):
     _grab(viewer, "widget-docked.png")
     gt = np.asarray(viewer.layers["ground truth"].data)
     w.use_predictor(GroundTruthPredictor(gt))
-    w.annotator.set_live_preview(False)
+    w.annotator.runs.set_live_preview(False)
 
     # prompts on frame 0: a click per cell, a negative click, a box
     t = 0
@@ -115,8 +115,8 @@ def test_track_all_cells_screenshots(make_napari_viewer):
     assert seeds.max() >= 3
     _grab(viewer, "cells-seeds.png")
     w.track_all_cells(frame=0)
-    assert w.annotator.track_graph is not None and len(w.annotator.track_graph.divisions()) >= 1
-    lineage = w.annotator.lineage_layer()
+    assert w.annotator.cells.track_graph is not None and len(w.annotator.cells.track_graph.divisions()) >= 1
+    lineage = w.annotator.cells.lineage_layer()
     assert lineage is not None
     viewer.layers["SAM2 seeds [synthetic dividing cells]"].visible = False
     viewer.dims.set_current_step(0, gt.shape[0] - 1)

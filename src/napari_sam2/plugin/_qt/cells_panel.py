@@ -7,7 +7,6 @@ from qtpy.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
-    QGroupBox,
     QHBoxLayout,
     QLabel,
     QPushButton,
@@ -15,19 +14,19 @@ from qtpy.QtWidgets import (
 )
 
 from ...engine.session import SessionError
-from ._common import Refreshing, notify_error
+from ..cells import export_tracks_asking
+from ._common import Panel, ask, notify_error, wrapping_label
 
 
-class CellsPanel(QGroupBox, Refreshing):
+class CellsPanel(Panel):
     def __init__(self, annotator, parent=None) -> None:
         super().__init__("Track all cells", parent)
         self.annotator = annotator
         form = QFormLayout(self)
-        intro = QLabel(
+        intro = wrapping_label(
             "1. Segment everything on this frame. 2. Check the seeds in the 'SAM2 seeds' layer "
             "(delete, merge or paint labels). 3. Track all cells: new cells, divisions and the lineage."
         )
-        intro.setWordWrap(True)
         form.addRow(intro)
         row = QHBoxLayout()
         self.min_area_spin = QSpinBox()
@@ -36,7 +35,6 @@ class CellsPanel(QGroupBox, Refreshing):
         self.max_area_spin = QSpinBox()
         self.max_area_spin.setRange(0, 100_000_000)
         self.max_area_spin.setSpecialValueText("no limit")
-        self.max_area_spin.setMinimumWidth(110)
         self.max_area_spin.setToolTip(
             "Largest object kept, in pixels (a mask of the background is the usual reason)"
         )
@@ -50,7 +48,10 @@ class CellsPanel(QGroupBox, Refreshing):
         self.min_score_spin.setSingleStep(0.05)
         self.min_score_spin.setToolTip("Lowest predicted IoU of a mask kept")
         self.border_check = QCheckBox("drop border cells")
-        self.border_check.setToolTip("Drop masks that touch the frame's edge (cells cut by the border)")
+        self.border_check.setToolTip(
+            "Drop masks that touch the frame's edge (cells cut by the border). Off by default: cells "
+            "entering the field are tracked, as in the Cell Tracking Challenge's ground truth"
+        )
         row.addWidget(self.min_score_spin)
         row.addWidget(self.border_check)
         form.addRow("Min score", row)
@@ -103,13 +104,16 @@ class CellsPanel(QGroupBox, Refreshing):
         self.min_score_spin.valueChanged.connect(self._on_settings)
         self.border_check.toggled.connect(self._on_settings)
         self.divisions_check.toggled.connect(self._on_settings)
-        self.segment_btn.clicked.connect(lambda: annotator.segment_everything())
+        self.segment_btn.clicked.connect(self._on_segment)
         self.track_btn.clicked.connect(lambda: annotator.track_all_cells())
         self.cancel_btn.clicked.connect(annotator.cancel)
         self.export_btn.clicked.connect(self._on_export)
         for signal in (annotator.events.settings, annotator.events.busy, annotator.events.image):
             signal.connect(self.refresh)
         annotator.events.job_finished.connect(self.refresh)
+        for spin in self.findChildren((QSpinBox, QDoubleSpinBox)):
+            # wide enough for the longest value or special text ("no limit", "whole frame")
+            spin.setMinimumWidth(spin.sizeHint().width())
         self.refresh()
 
     def _on_settings(self, *_) -> None:
@@ -130,11 +134,33 @@ class CellsPanel(QGroupBox, Refreshing):
             notify_error(str(e))
             self.refresh()
 
+    def _on_segment(self) -> None:
+        """Segment everything; seeds edited by hand on this frame are replaced only if the
+        user says so (and then Ctrl+Z on the seeds layer brings them back)."""
+        ann = self.annotator
+        replace = False
+        if ann.cells.seeds_edited():
+            frame = ann.image.current_frame()
+            replace = ask(
+                self,
+                "Replace your seeds?",
+                f"You edited the seeds on frame {frame} (painted, merged or deleted labels). Segment "
+                "everything again and replace them? (Ctrl+Z on the seeds layer brings them back.)",
+            )
+            if not replace:
+                ann.status.say(f"Your seeds on frame {frame} are kept; nothing was segmented.")
+                return
+        ann.segment_everything(replace_edited=replace)
+
     def _on_export(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Export tracks into a folder")
         if folder:
             try:
-                self.annotator.export_tracks(folder)
+                export_tracks_asking(
+                    self.annotator.export_tracks,
+                    folder,
+                    lambda existing: ask(self, "Replace the exported tracks?", f"{existing}. Replace them?"),
+                )
             except (SessionError, OSError, ValueError) as e:
                 notify_error(str(e))
 
@@ -150,8 +176,8 @@ class CellsPanel(QGroupBox, Refreshing):
         self.lost_spin.setValue(c.lost_after)
         self.divisions_check.setChecked(c.divisions)
         idle = ann.busy is None and ann.image_layer is not None
-        geom = ann.geometry(quiet=True)
+        geom = ann.image.geometry(quiet=True)
         self.segment_btn.setEnabled(idle)
         self.track_btn.setEnabled(idle and geom is not None and geom.can_propagate)
         self.cancel_btn.setEnabled(ann.busy in ("segment", "track-all"))
-        self.export_btn.setEnabled(ann.busy is None and ann.track_graph is not None)
+        self.export_btn.setEnabled(ann.busy is None and ann.cells.track_graph is not None)

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QLineEdit
+from qtpy.QtWidgets import QComboBox, QFormLayout, QLineEdit
 
 from ...engine.session import SessionError
 from ..geometry import candidate_frame_axes, layer_shape
-from ._common import Refreshing, notify_error
+from ._common import Panel, notify_error, wrapping_label
 
 
-class ImagePanel(QGroupBox, Refreshing):
+class ImagePanel(Panel):
     def __init__(self, annotator, parent=None) -> None:
         super().__init__("Image", parent)
         self.annotator = annotator
@@ -32,8 +32,7 @@ class ImagePanel(QGroupBox, Refreshing):
         self.channels_edit.setPlaceholderText("all (up to 3), or e.g. 0,2")
         self.channels_edit.setToolTip("Which channels the model sees (1 to 3), comma separated")
         form.addRow("Channels", self.channels_edit)
-        self.geometry_label = QLabel("")
-        self.geometry_label.setWordWrap(True)
+        self.geometry_label = wrapping_label("")
         form.addRow(self.geometry_label)
 
         self.image_combo.currentIndexChanged.connect(self._on_image)
@@ -62,13 +61,13 @@ class ImagePanel(QGroupBox, Refreshing):
 
     def _on_channel_axis(self, *_) -> None:
         if not self.refreshing:
-            self.annotator.set_channel_axis(self.channel_combo.currentData())
+            self.annotator.image.set_channel_axis(self.channel_combo.currentData())
 
     def _on_channels(self) -> None:
         text = self.channels_edit.text().strip()
         try:
             chans = tuple(int(t) for t in text.replace(";", ",").split(",") if t.strip()) if text else None
-            self.annotator.set_channels(chans)
+            self.annotator.image.set_channels(chans)
         except ValueError:
             notify_error(f"channels must be numbers separated by commas, e.g. 0,2; not '{text}'")
         except SessionError as e:
@@ -85,7 +84,7 @@ class ImagePanel(QGroupBox, Refreshing):
     def _refresh(self) -> None:
         ann = self.annotator
         layer = ann.image_layer
-        names = [lay.name for lay in ann.image_layers()]
+        names = [lay.name for lay in ann.image.image_layers()]
         self.image_combo.clear()
         self.image_combo.addItems(names)
         if layer is not None:
@@ -93,7 +92,7 @@ class ImagePanel(QGroupBox, Refreshing):
         self.image_combo.setEnabled(ann.busy is None)
         self.axis_combo.clear()
         self.channel_combo.clear()
-        geom = ann.geometry(quiet=True)
+        geom = ann.image.geometry(quiet=True)
         if layer is not None:
             shape, axis_names = layer_shape(layer), self._axis_names(layer)
             if getattr(layer, "rgb", False):
@@ -124,5 +123,5 @@ class ImagePanel(QGroupBox, Refreshing):
             return
         text = geom.describe(self._axis_names(layer))
         if geom.frame_axis is not None:
-            text += f"; current frame {ann.current_frame()}"
+            text += f"; current frame {ann.image.current_frame()}"
         self.geometry_label.setText(text)

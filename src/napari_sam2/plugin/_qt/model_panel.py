@@ -8,25 +8,24 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QGroupBox,
     QHBoxLayout,
-    QLabel,
     QProgressBar,
     QPushButton,
+    QWidget,
 )
 
 from ...engine.session import SessionError
 from ..annotator import DEVICES
-from ._common import Refreshing, notify_error
+from ._common import Panel, ask, notify_error, wrapping_label
 
 
-class ModelPanel(QGroupBox, Refreshing):
+class ModelPanel(Panel):
     def __init__(self, annotator, parent=None) -> None:
         super().__init__("Model", parent)
         self.annotator = annotator
         form = QFormLayout(self)
         self.model_combo = QComboBox()
-        self.model_combo.addItems(annotator.variants())
+        self.model_combo.addItems(annotator.model.variants())
         self.model_combo.setToolTip("SAM 2 variant: t (tiny, fastest) ... l (large, most accurate)")
         form.addRow("Variant", self.model_combo)
         row = QHBoxLayout()
@@ -52,12 +51,24 @@ class ModelPanel(QGroupBox, Refreshing):
             "you place prompts, into the embedding cache on disk: the propagation, re-runs and later "
             "sessions on this stack read them instead of encoding again"
         )
-        self.fill_label = QLabel("")
+        self.fill_label = wrapping_label("")
         row.addWidget(self.fill_check)
         row.addWidget(self.fill_label, 1)
         form.addRow("Features", row)
-        self.checkpoint_label = QLabel("")
-        self.checkpoint_label.setWordWrap(True)
+        # the embedding cache on disk: where, how big, and a way to empty it
+        # (in a widget of its own: a wrapped label in a nested layout would get one line's height)
+        cache_row = QWidget()
+        row = QHBoxLayout(cache_row)
+        row.setContentsMargins(0, 0, 0, 0)
+        self.cache_label = wrapping_label("")
+        self.cache_clear_btn = QPushButton("Clear")
+        self.cache_clear_btn.setToolTip(
+            "Delete the cached image features (they are computed again when needed)"
+        )
+        row.addWidget(self.cache_label, 1)
+        row.addWidget(self.cache_clear_btn)
+        form.addRow("Cache", cache_row)
+        self.checkpoint_label = wrapping_label("", breakable=False)
         # the folder and URL in the message can be selected and copied
         self.checkpoint_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         form.addRow("Checkpoint", self.checkpoint_label)
@@ -79,9 +90,11 @@ class ModelPanel(QGroupBox, Refreshing):
         self.precision_combo.currentIndexChanged.connect(self._on_model)
         self.compile_check.toggled.connect(self._on_model)
         self.fill_check.toggled.connect(self._on_fill)
-        self.download_btn.clicked.connect(lambda: annotator.download_checkpoint())
+        self.download_btn.clicked.connect(lambda: annotator.runs.download_checkpoint())
         self.download_cancel_btn.clicked.connect(annotator.cancel)
         self.browse_btn.clicked.connect(self._on_browse)
+        self.cache_clear_btn.clicked.connect(self._on_clear_cache)
+        annotator.events.job_finished.connect(self.show_cache)
         annotator.events.settings.connect(self.refresh)
         annotator.events.checkpoint.connect(self.refresh)
         annotator.events.busy.connect(self.refresh)
@@ -104,12 +117,53 @@ class ModelPanel(QGroupBox, Refreshing):
 
     def _on_fill(self, on: bool) -> None:
         if not self.refreshing:
-            self.annotator.set_fill_features(on)
+            self.annotator.features.set_enabled(on)
 
     def _on_features(self, done: int, total: int) -> None:
         self.fill_label.setText(
             f"{done} / {total} frames cached" if done < total else f"all {total} frames cached"
         )
+        if done >= total:
+            self.show_cache()
+
+    def show_cache(self, *_) -> None:
+        """The cache row: its size, bound and folder (the full path in the tooltip)."""
+        try:
+            info = self.annotator.features.cache_info()
+        except (ValueError, OSError) as e:  # a folder the cache refuses: say why
+            self.cache_label.setText(f"not used: {e}")
+            self.cache_clear_btn.setEnabled(False)
+            return
+        if info is None:
+            given = self.annotator.model.checkpoint_status() is None
+            self.cache_label.setText("none (the predictor given from Python keeps none)" if given else "off")
+            self.cache_clear_btn.setEnabled(False)
+            return
+        self.cache_label.setText(f"{_size(info.bytes)} of {_size(info.max_bytes)} in {info.folder}")
+        self.cache_clear_btn.setEnabled(info.bytes > 0 and self.annotator.busy is None)
+
+    def _on_clear_cache(self) -> None:
+        try:
+            info = self.annotator.features.cache_info()
+        except (ValueError, OSError) as e:
+            notify_error(str(e))
+            return
+        if info is None:
+            return
+        question = (
+            f"Delete the {_size(info.bytes)} of cached image features in {info.folder}? They are computed "
+            "again when needed (about a second per frame on a CPU). Only the cache's own files are removed."
+        )
+        if ask(self, "Clear the embedding cache", question):
+            try:
+                n = self.annotator.features.clear_cache()
+            except (OSError, ValueError) as e:
+                notify_error(f"could not clear the embedding cache in {info.folder}: {e}")
+            else:
+                self.annotator.status.say(
+                    f"Embedding cache cleared: {n} {'entry' if n == 1 else 'entries'} removed."
+                )
+            self.show_cache()
 
     def _on_browse(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
@@ -142,7 +196,8 @@ class ModelPanel(QGroupBox, Refreshing):
         if downloading:
             self.download_bar.setRange(0, 0)
         self.download_cancel_btn.setEnabled(downloading)
-        status = ann.checkpoint_status()
+        self.show_cache()
+        status = ann.model.checkpoint_status()
         if status is None:
             self.checkpoint_label.setText("a predictor given from Python is used")
             self.download_btn.setEnabled(False)
@@ -150,6 +205,14 @@ class ModelPanel(QGroupBox, Refreshing):
         self.checkpoint_label.setText(_short(status))
         self.checkpoint_label.setToolTip(status.message)  # with the size and sha256
         self.download_btn.setEnabled(ann.busy is None and status.state in ("missing", "wrong_size"))
+
+
+def _size(n: int) -> str:
+    """Bytes for people, in the engine's binary units: ``0 B``, ``15.2 MiB``, ``20.0 GiB``."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} B"
 
 
 def _short(status) -> str:

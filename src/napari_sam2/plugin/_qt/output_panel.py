@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QPushButton
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QPushButton
 
 from ...engine.session import SessionError
 from ..layers import role_of
-from ._common import Refreshing, notify_error
+from ._common import Panel, notify_error, wrapping_label
 
 
-class OutputPanel(QGroupBox, Refreshing):
+class OutputPanel(Panel):
     def __init__(self, annotator, parent=None) -> None:
         super().__init__("Output", parent)
         self.annotator = annotator
@@ -22,8 +22,7 @@ class OutputPanel(QGroupBox, Refreshing):
         form.addRow("Labels layer", self.output_combo)
         self.per_object_check = QCheckBox("One layer per object")
         form.addRow(self.per_object_check)
-        self.edits_label = QLabel("")
-        self.edits_label.setWordWrap(True)
+        self.edits_label = wrapping_label("")
         form.addRow(self.edits_label)
         row = QHBoxLayout()
         self.use_edits_btn = QPushButton("Use my edits")
@@ -50,7 +49,9 @@ class OutputPanel(QGroupBox, Refreshing):
         if self.refreshing:
             return
         try:
-            self.annotator.set_output(self.output_combo.currentData(), self.per_object_check.isChecked())
+            self.annotator.outputs.set_output(
+                self.output_combo.currentData(), self.per_object_check.isChecked()
+            )
         except SessionError as e:
             notify_error(str(e))
 
@@ -63,7 +64,8 @@ class OutputPanel(QGroupBox, Refreshing):
     def _on_edits(self, edits) -> None:
         if edits:
             frames = ", ".join(str(e.frame) for e in edits[:8]) + (" …" if len(edits) > 8 else "")
-            self.edits_label.setText(f"You edited the masks on frame(s) {frames}; your edits are kept.")
+            on = "frame" if len(edits) == 1 else "frames"
+            self.edits_label.setText(f"You edited the masks on {on} {frames}; your edits are kept.")
         else:
             self.edits_label.setText("")
         self.edits_label.setVisible(bool(edits))
@@ -74,7 +76,7 @@ class OutputPanel(QGroupBox, Refreshing):
         s = self.annotator.settings
         self.output_combo.clear()
         self.output_combo.addItem("new layer (SAM2 masks [image])", None)
-        for layer in self.annotator.labels_layers():
+        for layer in self.annotator.image.labels_layers():
             if role_of(layer).get("role") != "output":
                 self.output_combo.addItem(layer.name, layer.name)
         self.output_combo.setCurrentIndex(max(0, self.output_combo.findData(s.output)))

@@ -7,7 +7,6 @@ from qtpy.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QGroupBox,
     QHBoxLayout,
     QPushButton,
     QSpinBox,
@@ -15,10 +14,10 @@ from qtpy.QtWidgets import (
 
 from ...engine.prompts import MAX_OBJECT_ID
 from ...engine.session import SessionError
-from ._common import Refreshing, notify_error, notify_warning
+from ._common import Panel, notify_error, notify_warning
 
 
-class PromptsPanel(QGroupBox, Refreshing):
+class PromptsPanel(Panel):
     def __init__(self, annotator, parent=None) -> None:
         super().__init__("Prompts", parent)
         self.annotator = annotator
@@ -87,7 +86,7 @@ class PromptsPanel(QGroupBox, Refreshing):
         self.mask_all_btn.clicked.connect(lambda: self._on_mask(True))
         self.save_btn.clicked.connect(self._on_save)
         self.load_btn.clicked.connect(self._on_load)
-        self.clear_masks_btn.clicked.connect(lambda: annotator.clear_mask_prompts())
+        self.clear_masks_btn.clicked.connect(lambda: annotator.prompting.clear_mask_prompts())
         annotator.events.settings.connect(self.refresh)
         annotator.events.image.connect(self.refresh)
         self.refresh()
@@ -110,14 +109,14 @@ class PromptsPanel(QGroupBox, Refreshing):
     def points_mode(self) -> None:
         image = self._image_or_warn()
         if image is not None:
-            layer = self.annotator.prompt_layers.points(image, create=True)
+            layer = self.annotator.prompting.layers.points(image, create=True)
             self.annotator.viewer.layers.selection.active = layer
             layer.mode = "add"
 
     def boxes_mode(self) -> None:
         image = self._image_or_warn()
         if image is not None:
-            layer = self.annotator.prompt_layers.boxes(image, create=True)
+            layer = self.annotator.prompting.layers.boxes(image, create=True)
             self.annotator.viewer.layers.selection.active = layer
             layer.mode = "add_rectangle"
 
@@ -129,12 +128,14 @@ class PromptsPanel(QGroupBox, Refreshing):
         ann = self.annotator
         label = self.mask_label_spin.value() or None
         try:
-            frame = ann.current_frame()
+            frame = ann.image.current_frame()
             got = ann.add_mask_prompt(frame, name, label=label, all_labels=all_labels)
         except SessionError as e:
             notify_error(str(e))
             return
-        ann._status(f"Mask prompt(s) on frame {frame} for object(s) {', '.join(map(str, got))}.")
+        prompts = "A mask prompt" if len(got) == 1 else "Mask prompts"
+        of = "object" if len(got) == 1 else "objects"
+        ann.status.say(f"{prompts} on frame {frame} for {of} {', '.join(map(str, got))}.")
 
     def _on_save(self) -> None:
         if self._image_or_warn() is None:
@@ -143,7 +144,7 @@ class PromptsPanel(QGroupBox, Refreshing):
         if path:
             try:
                 self.annotator.save_prompts(path)
-                self.annotator._status(f"Prompts saved to {path}")
+                self.annotator.status.say(f"Prompts saved to {path}")
             except SessionError as e:
                 notify_error(str(e))
 
@@ -154,7 +155,7 @@ class PromptsPanel(QGroupBox, Refreshing):
         if path:
             try:
                 ps = self.annotator.load_prompts(path)
-                self.annotator._status(f"Loaded {ps!r} from {path}")
+                self.annotator.status.say(f"Loaded {ps!r} from {path}")
             except SessionError as e:
                 notify_error(str(e))
 
@@ -166,7 +167,7 @@ class PromptsPanel(QGroupBox, Refreshing):
         self.positive_btn.setText("Positive (t)" if s.positive else "Negative (t)")
         self.mask_btn.setText(f"Use as mask of object {s.obj_id}")
         current = self.mask_combo.currentText()
-        names = [lay.name for lay in self.annotator.labels_layers()]
+        names = [lay.name for lay in self.annotator.image.labels_layers()]
         self.mask_combo.clear()
         self.mask_combo.addItems(names)
         if current in names:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QPushButton, QSpinBox
+from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QPushButton, QSpinBox
 
-from ._common import Refreshing
+from ._common import Panel
 
 START_TEXT = {
     "auto": "from last correction (auto)",
@@ -13,7 +13,7 @@ START_TEXT = {
 }
 
 
-class TrackPanel(QGroupBox, Refreshing):
+class TrackPanel(Panel):
     def __init__(self, annotator, parent=None) -> None:
         super().__init__("Segment && track", parent)
         self.annotator = annotator
@@ -51,13 +51,13 @@ class TrackPanel(QGroupBox, Refreshing):
         self.cancel_btn.setToolTip("Stop after the current frame; frames done so far are kept")
         form.addRow(self.cancel_btn)
 
-        self.live_check.toggled.connect(lambda on: self.refreshing or annotator.set_live_preview(on))
+        self.live_check.toggled.connect(lambda on: self.refreshing or annotator.runs.set_live_preview(on))
         self.preview_btn.clicked.connect(lambda: annotator.preview())
         self.start_combo.currentIndexChanged.connect(
-            lambda _: self.refreshing or annotator.set_tracking(start=self.start_combo.currentData())
+            lambda _: self.refreshing or annotator.runs.set_tracking(start=self.start_combo.currentData())
         )
         self.max_frames_spin.valueChanged.connect(
-            lambda v: self.refreshing or annotator.set_tracking(max_frames=v or None)
+            lambda v: self.refreshing or annotator.runs.set_tracking(max_frames=v or None)
         )
         self.cancel_btn.clicked.connect(annotator.cancel)
         for signal in (annotator.events.settings, annotator.events.busy, annotator.events.image):
@@ -71,7 +71,7 @@ class TrackPanel(QGroupBox, Refreshing):
         start = s.start if isinstance(s.start, str) else "auto"
         self.start_combo.setCurrentIndex(max(0, self.start_combo.findData(start)))
         self.max_frames_spin.setValue(s.max_frames or 0)
-        geom = ann.geometry(quiet=True)
+        geom = ann.image.geometry(quiet=True)
         can = geom is not None and geom.can_propagate
         for b in (self.backward_btn, self.both_btn, self.forward_btn):
             b.setEnabled(can and ann.busy is None)

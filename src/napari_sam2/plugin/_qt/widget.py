@@ -15,11 +15,11 @@ announcements into Qt signals. Everything else is the annotator's: scripts use
 
 from __future__ import annotations
 
-from qtpy.QtCore import QTimer, Signal
-from qtpy.QtWidgets import QLabel, QScrollArea, QTabWidget, QVBoxLayout, QWidget
+from qtpy.QtCore import Qt, QTimer, Signal
+from qtpy.QtWidgets import QScrollArea, QTabWidget, QVBoxLayout, QWidget
 
-from ..annotator import Annotator
-from ._common import notify_error
+from ..annotator import Annotator, resolve
+from ._common import notify_error, wrapping_label
 from .cells_panel import CellsPanel
 from .image_panel import ImagePanel
 from .model_panel import ModelPanel
@@ -29,64 +29,79 @@ from .track_panel import TrackPanel
 
 PREVIEW_DELAY_MS = 200
 
-# The annotator's scripted API, also offered on the widget (the documented way to script it).
-_DELEGATED = frozenset(
-    {
-        "add_box",
-        "add_mask_prompt",
-        "add_point",
-        "boxes_layer",
-        "busy",
-        "cancel",
-        "clear_mask_prompts",
-        "current_frame",
-        "discard_edits",
-        "download_checkpoint",
-        "export_tracks",
-        "geometry",
-        "image_layer",
-        "labels",
-        "last_error",
-        "load_prompts",
-        "new_object",
-        "output_layer",
-        "points_layer",
-        "preview",
-        "prompts",
-        "propagate",
-        "reset",
-        "save_prompts",
-        "segment_everything",
-        "seeds_layer",
-        "set_cells",
-        "set_model",
-        "set_object",
-        "set_positive",
-        "set_propagation_axis",
-        "track_all_cells",
-        "tracks_layer",
-        "use_edits_as_corrections",
-        "use_mask_generator",
-        "use_predictor",
-        "user_edits",
-        "wait",
-    }
-)
+# The annotator's scripted API, also offered on the widget (the documented way to script
+# it): the widget's name -> where it lives on the annotator.
+_DELEGATED = {
+    **{
+        name: name
+        for name in (
+            "add_box",
+            "add_mask_prompt",
+            "add_point",
+            "busy",
+            "cancel",
+            "discard_edits",
+            "export_tracks",
+            "image_layer",
+            "labels",
+            "last_error",
+            "load_prompts",
+            "new_object",
+            "output_layer",
+            "preview",
+            "prompts",
+            "propagate",
+            "reset",
+            "save_prompts",
+            "segment_everything",
+            "set_cells",
+            "set_model",
+            "set_object",
+            "set_positive",
+            "set_propagation_axis",
+            "track_all_cells",
+            "use_edits_as_corrections",
+            "use_predictor",
+            "user_edits",
+            "wait",
+        )
+    },
+    "boxes_layer": "prompting.boxes_layer",
+    "clear_mask_prompts": "prompting.clear_mask_prompts",
+    "current_frame": "image.current_frame",
+    "download_checkpoint": "runs.download_checkpoint",
+    "geometry": "image.geometry",
+    "points_layer": "prompting.points_layer",
+    "seeds_layer": "cells.seeds_layer",
+    "tracks_layer": "cells.tracks_layer",
+    "use_mask_generator": "cells.use_mask_generator",
+}
 
 
-def _column(*panels) -> QScrollArea:
-    """Panels one above the other, scrolling when the dock is short."""
-    inner = QWidget()
-    column = QVBoxLayout(inner)
-    column.setContentsMargins(0, 0, 0, 0)
-    for panel in panels:
-        column.addWidget(panel)
-    column.addStretch(1)
-    scroll = QScrollArea()
-    scroll.setWidgetResizable(True)
-    scroll.setFrameShape(QScrollArea.Shape.NoFrame)
-    scroll.setWidget(inner)
-    return scroll
+class _Column(QScrollArea):
+    """Panels one above the other, scrolling up and down when the dock is short. It is as
+    wide as its panels need (plus the vertical scroll bar), asked again whenever the style
+    or the texts change, so no button or label is cut at the right and nothing scrolls
+    sideways."""
+
+    def __init__(self, *panels) -> None:
+        super().__init__()
+        inner = QWidget()
+        column = QVBoxLayout(inner)
+        column.setContentsMargins(0, 0, 0, 0)
+        for panel in panels:
+            column.addWidget(panel)
+        column.addStretch(1)
+        self.setWidgetResizable(True)
+        self.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidget(inner)
+
+    def minimumSizeHint(self):  # noqa: N802 - Qt name
+        hint = super().minimumSizeHint()
+        need = self.widget().minimumSizeHint().width() + self.verticalScrollBar().sizeHint().width()
+        hint.setWidth(max(hint.width(), need + 2 * self.frameWidth()))
+        return hint
 
 
 class SAM2Widget(QWidget):
@@ -97,8 +112,9 @@ class SAM2Widget(QWidget):
     frame_written(int)
         after the masks of a frame were written to the output layer (GUI thread).
     job_finished(str, str)
-        after a job ended: ``(kind, outcome)``, kind ``"preview"``, ``"propagate"`` or
-        ``"download"``; outcome ``"done"``, ``"cancelled"`` or ``"failed"``.
+        after a job ended: ``(kind, outcome)``, kind ``"preview"``, ``"propagate"``,
+        ``"segment"``, ``"track-all"`` or ``"download"``; outcome ``"done"``, ``"cancelled"``
+        or ``"failed"``.
     """
 
     frame_written = Signal(int)
@@ -122,11 +138,11 @@ class SAM2Widget(QWidget):
         root.addWidget(self.model_panel)
         # two ways to work: click the objects to follow, or find and follow every cell
         self.tabs = QTabWidget()
-        self.tabs.addTab(_column(self.prompts_panel, self.track_panel, self.output_panel), "Click objects")
-        self.tabs.addTab(_column(self.cells_panel), "All cells")
+        self.tabs.addTab(_Column(self.prompts_panel, self.track_panel, self.output_panel), "Click objects")
+        self.tabs.addTab(_Column(self.cells_panel), "All cells")
         root.addWidget(self.tabs, 1)  # the tabs take the height the dock has
-        self.status_label = QLabel("")
-        self.status_label.setWordWrap(True)
+        # long lines (paths, messages) wrap; the full text is in the tooltip
+        self.status_label = wrapping_label("")
         root.addWidget(self.status_label)
 
         self._preview_timer = QTimer(self)
@@ -164,7 +180,7 @@ class SAM2Widget(QWidget):
     # ---- the scripted API
     def __getattr__(self, name: str):
         if name in _DELEGATED:
-            return getattr(self.__dict__["annotator"], name)
+            return resolve(self.__dict__["annotator"], _DELEGATED[name])
         raise AttributeError(f"'SAM2Widget' object has no attribute {name!r}")
 
     @property
