@@ -76,21 +76,6 @@ def default_cache_folder() -> Path:
     return default_cache_dir()
 
 
-def _env_max_bytes() -> int | None:
-    text = os.environ.get(ENV_CACHE_GB, "").strip()
-    if not text:
-        return None
-    try:
-        gb = float(text)
-    except ValueError:
-        raise ValueError(f"{ENV_CACHE_GB}={text!r}: give the cache's size bound in GiB, e.g. 20") from None
-    if not gb > 0:
-        raise ValueError(
-            f"{ENV_CACHE_GB}={text!r}: the bound must be > 0 GiB (to turn the cache off set {ENV_CACHE_SWITCH}=0)"
-        )
-    return int(gb * 2**30)
-
-
 def env_max_bytes() -> int | None:
     text = os.environ.get(ENV_CACHE_GB, "").strip()
     if not text:
