@@ -54,7 +54,7 @@ NMS_SECONDS = [0.0]  # time in the NMS stand-in on Meta's side
 
 def lineage_frames(n: int) -> list[np.ndarray]:
     """The first ``n`` frames of the lineage sample as uint8 RGB (one normaliser for the stack)."""
-    from napari_sam2.engine.normalization import Normalizer
+    from napari_sam2.engine.frames.normalization import Normalizer
     from napari_sam2.plugin.sample_lineage import synthetic_lineage_timelapse
 
     stack, _, _ = synthetic_lineage_timelapse(n_frames=max(20, n))
@@ -77,7 +77,7 @@ def install_torchvision_standin() -> bool:
     import torch.nn.functional as F
     from torch import nn
 
-    from napari_sam2.engine import mask_utils
+    from napari_sam2.engine.segment import mask_utils
 
     def batched_nms(boxes, scores, idxs, iou_threshold):
         t = time.perf_counter()

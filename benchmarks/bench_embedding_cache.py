@@ -98,8 +98,8 @@ def inputs(n_frames: int):
 def measure(spec: dict) -> dict:
     import torch
 
-    from napari_sam2.engine.embedding_cache import EmbeddingCache
-    from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.cache.embedding_cache import EmbeddingCache
+    from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
 
     bs.setup_torch(spec.get("threads"))
     load_start = _load_avg()

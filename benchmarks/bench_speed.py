@@ -189,7 +189,7 @@ def resolve_checkpoint(config: str, weights: str, checkpoint: str | None = None)
     if checkpoint:
         return Path(checkpoint)
     if weights == "official":
-        from napari_sam2.engine.download import ensure_checkpoint
+        from napari_sam2.engine.weights.download import ensure_checkpoint
 
         return ensure_checkpoint(config, None, download=False)
     sys.path.insert(0, str(ROOT / "tests"))
@@ -396,7 +396,7 @@ def emit(record: dict, out: Path) -> None:
 def timed_model_load(spec: dict, ckpt: Path):
     """Build the model from its checkpoint (``compile`` only wraps it: compiling happens at the
     first calls, in the untimed warm-up). Returns (model, seconds)."""
-    from napari_sam2.engine.build import build_sam2_model, compile_model
+    from napari_sam2.engine.weights.build import build_sam2_model, compile_model
 
     device = spec["device"]
     sync(device)
@@ -416,8 +416,8 @@ def _model_at_size(config: str, ckpt: Path, device: str, image_size: int):
     dry runs on a CPU: its numbers are not the variant's)."""
     import dataclasses
 
-    from napari_sam2.engine.build import load_model_weights
-    from napari_sam2.engine.checkpoints import load_state_dict_file
+    from napari_sam2.engine.weights.build import load_model_weights
+    from napari_sam2.engine.weights.checkpoints import load_state_dict_file
     from napari_sam2.model import SAM2Model, load_config
 
     cfg = load_config(config)
@@ -442,7 +442,7 @@ def compile_options(spec: dict) -> dict:
 
 
 def measure_image(spec: dict) -> dict:
-    from napari_sam2.engine.image_predictor import SAM2ImagePredictor
+    from napari_sam2.engine.predict.image_predictor import SAM2ImagePredictor
     from napari_sam2.plugin.sample_data import synthetic_timelapse
 
     setup_torch(spec.get("threads"))
@@ -522,7 +522,7 @@ def low_res_logits(predictor, state, frame_idx) -> list[np.ndarray]:
 def measure_track(spec: dict) -> dict:
     import torch
 
-    from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
 
     setup_torch(spec.get("threads"))
     device, dtype = spec["device"], spec["dtype"]
@@ -754,7 +754,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile the model's heavy components (napari_sam2.engine.build.compile_model); "
+        help="torch.compile the model's heavy components (napari_sam2.engine.weights.build.compile_model); "
         "the untimed warm-up calls and frames then include compilation",
     )
     ap.add_argument(
@@ -809,7 +809,7 @@ def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
 
 def resolve_devices(names: list[str]) -> tuple[list[str], list[str]]:
     """Devices as torch names ("auto" resolved), and the problems found (e.g. no CUDA)."""
-    from napari_sam2.engine.build import resolve_device
+    from napari_sam2.engine.weights.build import resolve_device
 
     devices, problems = [], []
     for name in names:

@@ -72,9 +72,9 @@ def make_engine(args, image, labels):
         from fakes import GroundTruthMaskGenerator, GroundTruthPredictor
 
         return GroundTruthPredictor(labels), GroundTruthMaskGenerator(image, labels)
-    from napari_sam2.engine.build import build_sam2_model, resolve_device
-    from napari_sam2.engine.seeding import automatic_mask_generator_class
-    from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.cells.seeding import automatic_mask_generator_class
+    from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.weights.build import build_sam2_model, resolve_device
 
     generator_class = automatic_mask_generator_class()  # ImportError with a clear message
     checkpoint = args.checkpoint
@@ -138,11 +138,11 @@ def score(gt_dir: Path, res_dir: Path) -> dict[str, Any]:
 def run_one(args, seed: int, every: int, work: Path) -> dict[str, Any]:
     import numpy as np
 
-    from napari_sam2.engine.lineage import TrackGraph
-    from napari_sam2.engine.seeding import SeedFilter
-    from napari_sam2.engine.track_all import TrackAllConfig, TrackAllRun
-    from napari_sam2.engine.track_exports import write_ctc
-    from napari_sam2.engine.track_rules import DivisionRule
+    from napari_sam2.engine.cells.lineage import TrackGraph
+    from napari_sam2.engine.cells.seeding import SeedFilter
+    from napari_sam2.engine.cells.track_all import TrackAllConfig, TrackAllRun
+    from napari_sam2.engine.cells.track_exports import write_ctc
+    from napari_sam2.engine.cells.track_rules import DivisionRule
     from napari_sam2.plugin.sample_lineage import synthetic_lineage_timelapse
 
     image, labels, truth = synthetic_lineage_timelapse(
@@ -234,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     import bench_speed  # machine description, command line and date, as the other benchmarks
 
     if args.predictor == "model":
-        from napari_sam2.engine.seeding import automatic_mask_generator_class
+        from napari_sam2.engine.cells.seeding import automatic_mask_generator_class
 
         try:
             automatic_mask_generator_class()

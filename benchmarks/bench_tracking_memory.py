@@ -46,8 +46,8 @@ def run_one(n_frames: int, out: Path, threads: int, config: str) -> None:
     sys.path.insert(0, str(ROOT / "tests"))
     from conftest import make_test_checkpoint  # the tests' deterministic weights
 
-    from napari_sam2.engine.build import build_sam2_model
-    from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.weights.build import build_sam2_model
     from napari_sam2.plugin.sample_data import synthetic_timelapse
 
     torch.set_num_threads(threads)

@@ -267,7 +267,7 @@ def part_install(run: Run, summary: gs.Summary) -> bool:
                 run.env["PYTHONPATH"] = os.pathsep.join([str(site), run.env["PYTHONPATH"]])
                 status, note = "ok", f"installed {len(missing)} missing: {', '.join(missing)}"
     probe = "import importlib, sys\nfor m in sys.argv[1:]:\n    importlib.import_module(m)\n"
-    mods = [*REQUIRED_MODULES, "napari_sam2.engine.video_predictor", "napari_sam2.plugin.sample_data"]
+    mods = [*REQUIRED_MODULES, "napari_sam2.engine.predict.video_predictor", "napari_sam2.plugin.sample_data"]
     proc = subprocess.run(
         [sys.executable, "-c", probe, *mods], env=run.env, capture_output=True, text=True, timeout=300
     )

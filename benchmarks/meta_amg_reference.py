@@ -144,7 +144,7 @@ def nms_check(seed: int = 0) -> dict:
     import torch
     from torchvision.ops import batched_nms as tv_batched_nms
 
-    from napari_sam2.engine.mask_utils import batched_nms
+    from napari_sam2.engine.segment.mask_utils import batched_nms
 
     rng = np.random.default_rng(seed)
     trials = mismatches = 0
@@ -171,8 +171,8 @@ def postprocess_check(meta_amg, m_amg_module, records: list[dict], min_area: int
     """Meta's postprocess_small_regions (OpenCV) vs ours, on the same masks."""
     import torch
 
-    from napari_sam2.engine.automatic_mask_generator import SAM2AutomaticMaskGenerator as Ours
-    from napari_sam2.engine.mask_utils import MaskRecords, mask_to_rle_pytorch
+    from napari_sam2.engine.segment.automatic_mask_generator import SAM2AutomaticMaskGenerator as Ours
+    from napari_sam2.engine.segment.mask_utils import MaskRecords, mask_to_rle_pytorch
 
     masks = torch.from_numpy(np.stack([r["segmentation"] for r in records]))
     boxes = torch.tensor([[b[0], b[1], b[0] + b[2], b[1] + b[3]] for r in records for b in [r["bbox"]]])

@@ -273,9 +273,9 @@ def module_mb(module) -> float:
 def measure(spec: dict) -> dict:
     import torch
 
-    from napari_sam2.engine.build import build_sam2_model, compile_model
-    from napari_sam2.engine.normalization import Normalizer, preprocess
-    from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.frames.normalization import Normalizer, preprocess
+    from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.weights.build import build_sam2_model, compile_model
     from napari_sam2.model import load_config
 
     bs.setup_torch(spec.get("threads"))
@@ -520,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--compile",
         action="store_true",
-        help="torch.compile ours too (napari_sam2.engine.build.compile_model); with --meta-vos and --dtype bf16 "
+        help="torch.compile ours too (napari_sam2.engine.weights.build.compile_model); with --meta-vos and --dtype bf16 "
         "this is each implementation's fastest mode",
     )
     ap.add_argument(

@@ -170,9 +170,9 @@ def make_engine(args: argparse.Namespace, image: Any, labels: Any) -> tuple[Any,
             _StandinGenerator(GroundTruthMaskGenerator(image, labels)),
             None,
         )
-    from napari_sam2.engine.build import build_sam2_model
-    from napari_sam2.engine.seeding import default_mask_generator
-    from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.cells.seeding import default_mask_generator
+    from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.weights.build import build_sam2_model
 
     checkpoint = args.checkpoint
     if checkpoint is None:
@@ -186,7 +186,7 @@ def make_engine(args: argparse.Namespace, image: Any, labels: Any) -> tuple[Any,
 
 
 def instrumented_run_class(meter: Meter, shadow: bool) -> type:
-    from napari_sam2.engine.track_all import TrackAllRun
+    from napari_sam2.engine.cells.track_all import TrackAllRun
 
     class Instrumented(TrackAllRun):
         def _seed_start(self, t0):
@@ -219,9 +219,9 @@ def measure(
     args, predictor_factory, generator, model, image, start_labels, name, reseed_every, discover, shadow
 ):
     """One instrumented run; returns its record."""
-    from napari_sam2.engine.events import TrackStarted
-    from napari_sam2.engine.seeding import SeedFilter
-    from napari_sam2.engine.track_all import TrackAllConfig
+    from napari_sam2.engine.cells.seeding import SeedFilter
+    from napari_sam2.engine.cells.track_all import TrackAllConfig
+    from napari_sam2.engine.track.events import TrackStarted
 
     meter = Meter()
     hooks = meter.hook_encoder(model) if model is not None else []

@@ -131,11 +131,11 @@ def run_one(data: str, seed: int, name: str, work: Path, min_area: int, cache: d
     sys.path.insert(0, str(ROOT / "tests"))
     from fakes import GroundTruthMaskGenerator, GroundTruthPredictor
 
-    from napari_sam2.engine.discovery import DiscoveryConfig
-    from napari_sam2.engine.lineage import TrackGraph
-    from napari_sam2.engine.seeding import SeedFilter
-    from napari_sam2.engine.track_all import TrackAllConfig, TrackAllRun
-    from napari_sam2.engine.track_exports import write_ctc
+    from napari_sam2.engine.cells.discovery import DiscoveryConfig
+    from napari_sam2.engine.cells.lineage import TrackGraph
+    from napari_sam2.engine.cells.seeding import SeedFilter
+    from napari_sam2.engine.cells.track_all import TrackAllConfig, TrackAllRun
+    from napari_sam2.engine.cells.track_exports import write_ctc
     from napari_sam2.plugin.sample_lineage import synthetic_lineage_timelapse
 
     key = (data, seed)

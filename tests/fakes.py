@@ -259,7 +259,7 @@ class FakeTileGenerator:
         self.calls: list[tuple] = []
 
     def generate(self, image, normalizer=None):
-        from napari_sam2.engine.mask_utils import mask_to_rle_pytorch
+        from napari_sam2.engine.segment.mask_utils import mask_to_rle_pytorch
 
         arr = np.asarray(image)
         labels = arr[..., 0] if arr.ndim == 3 else arr

@@ -23,8 +23,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from napari_sam2.engine.prompt_files import load_prompts, save_prompts
-from napari_sam2.engine.prompts import PromptSet
+from napari_sam2.engine.prompts.prompt_files import load_prompts, save_prompts
+from napari_sam2.engine.prompts.prompt_set import PromptSet
 from napari_sam2.engine.validation import PromptError, check_box, check_mask, check_obj_id, check_points
 
 
@@ -41,8 +41,8 @@ class Case:
 
 @pytest.fixture(scope="module")
 def env(small_model, tmp_path_factory):
-    from napari_sam2.engine.image_predictor import SAM2ImagePredictor
-    from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.predict.image_predictor import SAM2ImagePredictor
+    from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
 
     tmp = tmp_path_factory.mktemp("bad")
     image = SAM2ImagePredictor(small_model)
@@ -354,19 +354,19 @@ CASES = [
 
 
 def _load(path):
-    from napari_sam2.engine.checkpoints import load_state_dict_file
+    from napari_sam2.engine.weights.checkpoints import load_state_dict_file
 
     return load_state_dict_file(path)
 
 
 def _build(config, checkpoint):
-    from napari_sam2.engine.build import build_sam2_model
+    from napari_sam2.engine.weights.build import build_sam2_model
 
     return build_sam2_model(config, checkpoint, "cpu", download=False)
 
 
 def _device(name):
-    from napari_sam2.engine.build import resolve_device
+    from napari_sam2.engine.weights.build import resolve_device
 
     return resolve_device(name)
 

@@ -8,7 +8,7 @@ import tifffile
 import torch
 
 from napari_sam2.cli import main
-from napari_sam2.engine.embedding_cache import EmbeddingCache, EmbeddingKey
+from napari_sam2.engine.cache.embedding_cache import EmbeddingCache, EmbeddingKey
 from napari_sam2.model import FrameFeatures
 
 
@@ -42,11 +42,12 @@ def test_info_on_a_data_folder_is_refused_with_a_message(tmp_path, capsys):
 
 @pytest.fixture
 def track_inputs(tmp_path, small_model, monkeypatch):
-    from napari_sam2.engine import download, session
-    from napari_sam2.engine.embedding_cache import resolve_embedding_cache
-    from napari_sam2.engine.prompt_files import save_prompts
-    from napari_sam2.engine.prompts import PromptSet
-    from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.cache.embedding_cache import resolve_embedding_cache
+    from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.prompts.prompt_files import save_prompts
+    from napari_sam2.engine.prompts.prompt_set import PromptSet
+    from napari_sam2.engine.track import session
+    from napari_sam2.engine.weights import download
 
     stack = tmp_path / "cells.tif"
     rng = np.random.default_rng(1)

@@ -10,8 +10,8 @@ import pytest
 import tifffile
 
 from napari_sam2.cli import main, precompute
-from napari_sam2.engine.embedding_cache import EmbeddingCache
-from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+from napari_sam2.engine.cache.embedding_cache import EmbeddingCache
+from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
 
 
 def _stack(t=3, h=48, w=64):
@@ -31,7 +31,7 @@ def stack(tmp_path):
 @pytest.fixture
 def small_build(small_model, monkeypatch):
     """The CLI builds the small model (no checkpoint needed); counts the encoder's runs."""
-    from napari_sam2.engine import download
+    from napari_sam2.engine.weights import download
 
     calls = []
     original = small_model.forward_image
@@ -101,8 +101,8 @@ def test_a_missing_stack_or_an_unwritable_cache_folder_is_named(stack, tmp_path,
 def test_track_reads_what_precompute_stored(tiny_checkpoint, tmp_path, monkeypatch, capsys):
     """The real tiny model: precompute, then `track` on the same stack computes no feature and
     writes the labels a run without the cache writes."""
-    from napari_sam2.engine.prompt_files import save_prompts
-    from napari_sam2.engine.prompts import PromptSet
+    from napari_sam2.engine.prompts.prompt_files import save_prompts
+    from napari_sam2.engine.prompts.prompt_set import PromptSet
     from napari_sam2.model import SAM2Model
 
     stack = tmp_path / "cells.tif"

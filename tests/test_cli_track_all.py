@@ -175,9 +175,9 @@ def test_missing_stack_and_outdir_that_is_a_file(tmp_path, standin, capsys):
 
 
 def test_without_segment_everything_it_says_so_before_loading_weights(stack, tmp_path, monkeypatch, capsys):
-    import napari_sam2.engine.video_predictor as vp
+    import napari_sam2.engine.predict.video_predictor as vp
 
-    monkeypatch.setitem(sys.modules, "napari_sam2.engine.automatic_mask_generator", None)
+    monkeypatch.setitem(sys.modules, "napari_sam2.engine.segment.automatic_mask_generator", None)
     monkeypatch.setattr(vp, "build_sam2_video_predictor", lambda *a, **k: pytest.fail("weights were loaded"))
     rc = main(["track-all", str(stack), str(tmp_path / "out"), "--quiet"])
     assert rc == 2 and "SAM2AutomaticMaskGenerator" in capsys.readouterr().err

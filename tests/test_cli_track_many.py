@@ -10,8 +10,8 @@ import pytest
 import tifffile
 
 from napari_sam2.cli import main
-from napari_sam2.engine.prompt_files import save_prompts
-from napari_sam2.engine.prompts import PromptSet
+from napari_sam2.engine.prompts.prompt_files import save_prompts
+from napari_sam2.engine.prompts.prompt_set import PromptSet
 
 
 def _folder(tmp_path, names=("a", "b"), t=2, h=32, w=32):
@@ -61,7 +61,7 @@ def test_invalid_jobs_start_nothing_and_say_how_to_go_on(tmp_path, capsys):
 
 
 def test_options_reach_track_many_and_failures_set_the_exit_status(tmp_path, monkeypatch, capsys):
-    import napari_sam2.engine.distributed as distributed
+    import napari_sam2.engine.batch.distributed as distributed
 
     data = _folder(tmp_path)
     seen = {}

@@ -15,20 +15,20 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it
 _LAZY = {
-    "build_sam2": "napari_sam2.engine.build",
-    "build_sam2_model": "napari_sam2.engine.build",
-    "resolve_device": "napari_sam2.engine.build",
-    "SAM2AutomaticMaskGenerator": "napari_sam2.engine.automatic_mask_generator",
-    "SAM2ImagePredictor": "napari_sam2.engine.image_predictor",
-    "SAM2VideoPredictor": "napari_sam2.engine.video_predictor",
-    "VideoSession": "napari_sam2.engine.video_predictor",
-    "build_sam2_video_predictor": "napari_sam2.engine.video_predictor",
-    "TiledMaskGenerator": "napari_sam2.engine.tiled_mask_generator",
-    "TrackingSession": "napari_sam2.engine.session",
-    "open_frames": "napari_sam2.engine.frames",
-    "track_all": "napari_sam2.engine.track_all",
-    "track_files": "napari_sam2.engine.batch",
-    "track_many": "napari_sam2.engine.distributed",
+    "build_sam2": "napari_sam2.engine.weights.build",
+    "build_sam2_model": "napari_sam2.engine.weights.build",
+    "resolve_device": "napari_sam2.engine.weights.build",
+    "SAM2AutomaticMaskGenerator": "napari_sam2.engine.segment.automatic_mask_generator",
+    "SAM2ImagePredictor": "napari_sam2.engine.predict.image_predictor",
+    "SAM2VideoPredictor": "napari_sam2.engine.predict.video_predictor",
+    "VideoSession": "napari_sam2.engine.predict.video_predictor",
+    "build_sam2_video_predictor": "napari_sam2.engine.predict.video_predictor",
+    "TiledMaskGenerator": "napari_sam2.engine.segment.tiled_mask_generator",
+    "TrackingSession": "napari_sam2.engine.track.session",
+    "open_frames": "napari_sam2.engine.frames.open",
+    "track_all": "napari_sam2.engine.cells.track_all",
+    "track_files": "napari_sam2.engine.batch.track_stack",
+    "track_many": "napari_sam2.engine.batch.distributed",
 }
 
 __all__ = [
@@ -50,16 +50,20 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # for type checkers and IDEs; at run time the names load on first use
-    from .engine.automatic_mask_generator import SAM2AutomaticMaskGenerator
-    from .engine.batch import track_files
-    from .engine.build import build_sam2, build_sam2_model, resolve_device
-    from .engine.distributed import track_many
-    from .engine.frames import open_frames
-    from .engine.image_predictor import SAM2ImagePredictor
-    from .engine.session import TrackingSession
-    from .engine.tiled_mask_generator import TiledMaskGenerator
-    from .engine.track_all import track_all
-    from .engine.video_predictor import SAM2VideoPredictor, VideoSession, build_sam2_video_predictor
+    from napari_sam2.engine.batch.distributed import track_many
+    from napari_sam2.engine.batch.track_stack import track_files
+    from napari_sam2.engine.cells.track_all import track_all
+    from napari_sam2.engine.frames.open import open_frames
+    from napari_sam2.engine.predict.image_predictor import SAM2ImagePredictor
+    from napari_sam2.engine.predict.video_predictor import (
+        SAM2VideoPredictor,
+        VideoSession,
+        build_sam2_video_predictor,
+    )
+    from napari_sam2.engine.segment.automatic_mask_generator import SAM2AutomaticMaskGenerator
+    from napari_sam2.engine.segment.tiled_mask_generator import TiledMaskGenerator
+    from napari_sam2.engine.track.session import TrackingSession
+    from napari_sam2.engine.weights.build import build_sam2, build_sam2_model, resolve_device
 
 
 def __getattr__(name: str) -> Any:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from napari_sam2.errors import MissingFileError
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
@@ -18,7 +20,7 @@ def resource_path(name: str) -> Path:
     for candidate in (PACKAGE_DIR / name, PACKAGE_DIR.parents[1] / name):
         if candidate.exists():
             return candidate
-    raise FileNotFoundError(
+    raise MissingFileError(
         f"{name} is neither inside the installed package ({PACKAGE_DIR}) nor at the top of a checkout "
         f"({PACKAGE_DIR.parents[1]}); reinstall napari-sam2"
     )

@@ -11,9 +11,9 @@ import torch
 from fakes import FakePointPredictor
 
 from napari_sam2 import SAM2AutomaticMaskGenerator
-from napari_sam2.engine.image_predictor import SAM2ImagePredictor
-from napari_sam2.engine.mask_utils import rle_to_mask
-from napari_sam2.engine.normalization import Normalizer, preprocess
+from napari_sam2.engine.frames.normalization import Normalizer, preprocess
+from napari_sam2.engine.predict.image_predictor import SAM2ImagePredictor
+from napari_sam2.engine.segment.mask_utils import rle_to_mask
 
 KEYS = {"segmentation", "area", "bbox", "predicted_iou", "point_coords", "stability_score", "crop_box"}
 
@@ -190,7 +190,7 @@ def test_no_masks_gives_an_empty_list(small_model):
 
 
 def test_postprocess_small_regions_prefers_unchanged_masks(small_model):
-    from napari_sam2.engine.mask_utils import MaskRecords, mask_to_rle_pytorch
+    from napari_sam2.engine.segment.mask_utils import MaskRecords, mask_to_rle_pytorch
 
     clean = np.zeros((20, 20), bool)
     clean[2:12, 2:12] = True
@@ -249,7 +249,7 @@ def test_uint16_grayscale_goes_through_the_normaliser_fitted_on_the_whole_image(
     records = gen.generate(image)
     norm = Normalizer.fit(image[None])
     assert norm.mode == "percentile"
-    from napari_sam2.engine.mask_utils import generate_crop_boxes
+    from napari_sam2.engine.segment.mask_utils import generate_crop_boxes
 
     crops, _ = generate_crop_boxes((90, 120), 1, 512 / 1500)
     assert len(seen) == len(crops) == 5

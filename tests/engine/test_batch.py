@@ -1,4 +1,4 @@
-"""Headless batch tracking (napari_sam2.engine.batch and ``napari-sam2 track``)."""
+"""Headless batch tracking (napari_sam2.engine.batch.track_stack and ``napari-sam2 track``)."""
 
 import json
 
@@ -7,10 +7,10 @@ import pytest
 import tifffile
 
 from napari_sam2.cli import main
-from napari_sam2.engine.batch import track_stack
-from napari_sam2.engine.prompt_files import save_prompts
-from napari_sam2.engine.prompts import PromptSet, masks_to_labels
-from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+from napari_sam2.engine.batch.track_stack import track_stack
+from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
+from napari_sam2.engine.prompts.prompt_files import save_prompts
+from napari_sam2.engine.prompts.prompt_set import PromptSet, masks_to_labels
 
 
 def _stack(t=5, h=48, w=64):
@@ -131,8 +131,8 @@ def _files(tmp_path, t=3):
     ],
 )
 def test_track_files_checks_everything_before_the_model_loads(tmp_path, case, match):
-    from napari_sam2.engine.batch import track_files
-    from napari_sam2.engine.prompt_files import StackInfo
+    from napari_sam2.engine.batch.track_stack import track_files
+    from napari_sam2.engine.prompts.prompt_files import StackInfo
 
     stack, prompts_file = _files(tmp_path)
     out = tmp_path / "labels.tif"
@@ -189,8 +189,8 @@ def test_cli_reports_every_problem_in_one_line(tmp_path, capsys):
 def test_saved_channels_and_frame_axis_are_applied(small_model, tmp_path):
     """A (T, C, Y, X) stack whose prompts were saved with channel axis 1 and channels (1, 0):
     the batch run sees the frames the widget saw."""
-    from napari_sam2.engine.batch import prepare_track
-    from napari_sam2.engine.prompt_files import StackInfo
+    from napari_sam2.engine.batch.track_stack import prepare_track
+    from napari_sam2.engine.prompts.prompt_files import StackInfo
 
     data = np.stack([_stack(t=3), _stack(t=3)[:, ::-1]], axis=1)  # (T, C, Y, X)
     stack = tmp_path / "2ch.tif"
@@ -220,7 +220,7 @@ class BrightPredictor:
     def init_state(self, frames, normalizer=None, channels=None):
         from types import SimpleNamespace
 
-        from napari_sam2.engine.frames import open_frames
+        from napari_sam2.engine.frames.open import open_frames
 
         src = open_frames(frames)
         self.inits.append({"shape": src.shape, "normalizer": normalizer, "channels": channels})
@@ -290,7 +290,7 @@ def _point(frame=0, obj=2, x=17.0, y=15.0):
 
 
 def _run(stack, prompts, out, **kwargs):
-    from napari_sam2.engine.batch import track_files
+    from napari_sam2.engine.batch.track_stack import track_files
 
     pred = kwargs.pop("predictor", None) or BrightPredictor()
     return track_files(stack, prompts, out, builder=lambda spec: pred, progress=False, **kwargs), pred
@@ -318,7 +318,7 @@ def test_3d_t_all_positions_each_equals_a_run_on_its_substack(tmp_path):
 
 
 def test_3d_t_prompts_files_track_the_positions_they_were_saved_at(tmp_path):
-    from napari_sam2.engine.prompt_files import StackInfo
+    from napari_sam2.engine.prompts.prompt_files import StackInfo
 
     data = _tzyx(t=3)
     stack = tmp_path / "tzyx.tif"
@@ -365,7 +365,7 @@ def test_3d_t_with_the_real_engine_equals_single_runs(small_model, tmp_path):
 
 def test_nifti_in_nifti_out_keeps_the_geometry(tmp_path):
     nib = pytest.importorskip("nibabel")
-    from napari_sam2.engine.frames import open_frames
+    from napari_sam2.engine.frames.open import open_frames
 
     vol = np.transpose(_tzyx(t=1)[0], (2, 1, 0)).astype(np.int16)  # NIfTI voxel order (x, y, z)
     affine = np.array([[-0.8, 0.1, 0, 10], [0.1, 0.7, 0, -20], [0, 0, 2.5, 30], [0, 0, 0, 1]])
@@ -417,7 +417,7 @@ def _ome_zarr(path, data, axes):
 
 
 def test_ome_zarr_labels_go_into_the_image(tmp_path):
-    from napari_sam2.engine.frames import open_frames
+    from napari_sam2.engine.frames.open import open_frames
 
     data = _tzyx(t=1)[0]  # (z, y, x)
     image = _ome_zarr(tmp_path / "vol.zarr", data, "zyx")
@@ -437,7 +437,7 @@ def test_ome_zarr_labels_go_into_the_image(tmp_path):
 
 
 def test_prompts_made_on_one_channel_layer_of_an_ome_zarr_image(tmp_path):
-    from napari_sam2.engine.prompt_files import StackInfo
+    from napari_sam2.engine.prompts.prompt_files import StackInfo
 
     data = np.stack([_tzyx(t=1)[0], _tzyx(t=1)[0][:, ::-1]])  # (c, z, y, x)
     image = _ome_zarr(tmp_path / "cz.zarr", data, "czyx")
@@ -481,7 +481,7 @@ def test_the_input_is_never_overwritten(tmp_path):
 
 
 def test_cli_track_passes_every_option(tmp_path, monkeypatch, capsys):
-    import napari_sam2.engine.batch as batch
+    import napari_sam2.engine.batch.track_stack as batch
 
     seen = {}
     monkeypatch.setattr(

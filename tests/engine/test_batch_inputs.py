@@ -1,4 +1,4 @@
-"""The stack side of a batch run (engine/batch_inputs.py): opening any input as a lazy array
+"""The stack side of a batch run (engine/batch/inputs.py): opening any input as a lazy array
 of its own shape, its layout (channels, RGB, the prompts' description put into its axes) and
 the sequences to track with their prompts. End-to-end runs through ``track_files`` (the
 ImageJ scale reaching the output, prompts at held positions, one-channel OME-Zarr prompts)
@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_sam2.engine.batch_inputs import open_stack, position_text, sequence_views, stack_layout
-from napari_sam2.engine.frames import FrameSourceError, open_frames
+from napari_sam2.engine.batch.inputs import open_stack, position_text, sequence_views, stack_layout
+from napari_sam2.engine.frames.open import FrameSourceError, open_frames
+from napari_sam2.engine.frames.stack_view import StackView
 from napari_sam2.engine.io import SourceMetadata
-from napari_sam2.engine.prompt_files import StackInfo
-from napari_sam2.engine.prompts import PromptSet
-from napari_sam2.engine.stack_view import StackView
+from napari_sam2.engine.prompts.prompt_files import StackInfo
+from napari_sam2.engine.prompts.prompt_set import PromptSet
 from napari_sam2.engine.validation import PromptError
 
 ARRAY = SourceMetadata(kind="array")

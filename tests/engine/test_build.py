@@ -7,9 +7,9 @@ import functools
 import pytest
 import torch
 
-import napari_sam2.engine.build as build_mod
-from napari_sam2.engine.build import build_sam2, build_sam2_model, load_model_weights, resolve_device
-from napari_sam2.engine.checkpoints import ENV_CHECKPOINT_DIR, CheckpointError
+import napari_sam2.engine.weights.build as build_mod
+from napari_sam2.engine.weights.build import build_sam2, build_sam2_model, load_model_weights, resolve_device
+from napari_sam2.engine.weights.checkpoints import ENV_CHECKPOINT_DIR, CheckpointError
 from napari_sam2.model import SAM2Model, available_configs, load_config
 
 ALL = sorted(available_configs())
@@ -225,7 +225,7 @@ def test_failed_load_leaves_the_model_untouched():
     ],
 )
 def test_config_aliases_match_the_checkpoint_registry(alias):
-    from napari_sam2.engine.checkpoints import resolve_config_name
+    from napari_sam2.engine.weights.checkpoints import resolve_config_name
     from napari_sam2.model import load_config
 
     assert load_config(alias).name == resolve_config_name(alias) == "sam2.1_hiera_t"
@@ -239,7 +239,7 @@ def test_mps_without_metal_is_a_clear_error():
 
 
 def test_compile_model_refuses_unknown_components(small_model):
-    from napari_sam2.engine.build import compile_model
+    from napari_sam2.engine.weights.build import compile_model
 
     with pytest.raises(ValueError, match="image_encoderr"):
         compile_model(small_model, components=("image_encoderr",))
@@ -252,7 +252,7 @@ def test_image_encoder_compiles_as_one_graph_with_the_same_features(small_model)
 
     from torch._dynamo.testing import CompileCounter
 
-    from napari_sam2.engine.build import compile_model
+    from napari_sam2.engine.weights.build import compile_model
 
     torch._dynamo.reset()
     compiled = copy.deepcopy(small_model)  # the fixture is shared: never compile it in place
@@ -278,8 +278,8 @@ def test_compiled_model_tracks_like_the_eager_one(small_model, tmp_path):
 
     import numpy as np
 
-    from napari_sam2.engine.build import compile_model
-    from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.weights.build import compile_model
 
     torch._dynamo.reset()
     rng = np.random.default_rng(0)

@@ -1,4 +1,4 @@
-"""The embedding cache's folder (engine/cache_folder.py): the names it owns, where it lives,
+"""The embedding cache's folder (engine/cache/cache_folder.py): the names it owns, where it lives,
 its size bound from the environment, which folders it adopts and its marker file.
 
 The cache's use of these (entries, eviction, a refused folder through EmbeddingCache) is
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from napari_sam2.engine import cache_folder as cf
-from napari_sam2.engine.cache_folder import (
+from napari_sam2.engine.cache import cache_folder as cf
+from napari_sam2.engine.cache.cache_folder import (
     ENV_CACHE_DIR,
     ENV_CACHE_GB,
     MARKER_NAME,

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 
-import napari_sam2.engine.checkpoints as ck
-import napari_sam2.engine.download as dl
-from napari_sam2.engine.checkpoints import (
+import napari_sam2.engine.weights.checkpoints as ck
+import napari_sam2.engine.weights.download as dl
+from napari_sam2.engine.weights.checkpoints import (
     CHECKPOINTS,
     CheckpointError,
     DownloadCancelled,
@@ -27,7 +27,7 @@ from napari_sam2.engine.checkpoints import (
     load_state_dict_file,
     resolve_config_name,
 )
-from napari_sam2.engine.download import download_checkpoint, ensure_checkpoint
+from napari_sam2.engine.weights.download import download_checkpoint, ensure_checkpoint
 
 CONFIG = "sam2.1_hiera_t"
 PAYLOAD = bytes(range(256)) * 1024  # 256 KiB

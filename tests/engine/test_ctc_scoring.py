@@ -10,8 +10,8 @@ import os
 import numpy as np
 import pytest
 
-from napari_sam2.engine.lineage import TrackGraph
-from napari_sam2.engine.track_exports import export_tracking, write_ctc
+from napari_sam2.engine.cells.lineage import TrackGraph
+from napari_sam2.engine.cells.track_exports import export_tracking, write_ctc
 
 ctc_metrics = pytest.importorskip("ctc_metrics")
 traccuracy = pytest.importorskip("traccuracy")

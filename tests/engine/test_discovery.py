@@ -1,4 +1,4 @@
-"""Discovery: new objects found only where the frame is not covered by tracked ones (engine/discovery.py)."""
+"""Discovery: new objects found only where the frame is not covered by tracked ones (engine/cells/discovery.py)."""
 
 from __future__ import annotations
 
@@ -6,16 +6,16 @@ import numpy as np
 import pytest
 from fakes import FakePointPredictor, GroundTruthMaskGenerator, GroundTruthPredictor
 
-from napari_sam2.engine.discovery import (
+from napari_sam2.engine.cells.discovery import (
     DiscoveryConfig,
     discover_objects,
     prompt_points,
     prompted_masks,
     uncovered_foreground,
 )
-from napari_sam2.engine.seeding import SeedFilter
-from napari_sam2.engine.track_all import TrackAllConfig, TrackAllRun, TrackStarted
-from napari_sam2.engine.track_rules import DivisionRule
+from napari_sam2.engine.cells.seeding import SeedFilter
+from napari_sam2.engine.cells.track_all import TrackAllConfig, TrackAllRun, TrackStarted
+from napari_sam2.engine.cells.track_rules import DivisionRule
 
 
 def disc(shape, center, r):

@@ -1,4 +1,4 @@
-"""Many stacks on dask.distributed (engine/distributed.py) and their jobs (engine/manifest.py).
+"""Many stacks on dask.distributed (engine/batch/distributed.py) and their jobs (engine/batch/manifest.py).
 
 The cluster test runs a LocalCluster of 2 worker processes with the small random-weight model
 built inside each worker (``small_predictor`` below, imported there by name): its outputs are
@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_sam2.engine.manifest import (
+from napari_sam2.engine.batch.manifest import (
     Job,
     ManifestError,
     done_record_path,
@@ -24,8 +24,8 @@ from napari_sam2.engine.manifest import (
     output_state,
     write_done_record,
 )
-from napari_sam2.engine.prompt_files import save_prompts
-from napari_sam2.engine.prompts import PromptSet
+from napari_sam2.engine.prompts.prompt_files import save_prompts
+from napari_sam2.engine.prompts.prompt_set import PromptSet
 
 MODEL = {"config": "test", "checkpoint": None, "precision": "fp32"}
 
@@ -35,7 +35,7 @@ def small_predictor(spec):
     as a video predictor: built the same way in every process."""
     import torch
 
-    from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
     from napari_sam2.model import SAM2Model, load_config
 
     torch.manual_seed(0)
@@ -182,9 +182,9 @@ def test_labels_written_into_an_ome_zarr_image_do_not_change_its_identity(tmp_pa
 
     import zarr
 
+    from napari_sam2.engine.batch.manifest import stack_identity
     from napari_sam2.engine.io import write_labels
     from napari_sam2.engine.io.metadata import SourceMetadata
-    from napari_sam2.engine.manifest import stack_identity
 
     with warnings.catch_warnings():  # ome_zarr.writer's own import-time deprecation notice
         warnings.simplefilter("ignore", DeprecationWarning)
@@ -207,7 +207,7 @@ def test_labels_written_into_an_ome_zarr_image_do_not_change_its_identity(tmp_pa
 
 
 def test_every_job_is_checked_before_anything_is_submitted(tmp_path):
-    from napari_sam2.engine.distributed import BatchValidationError, track_many
+    from napari_sam2.engine.batch.distributed import BatchValidationError, track_many
 
     good = _job(tmp_path, "good")
     missing = dataclasses.replace(good, stack=str(tmp_path / "nope.tif"), output=str(tmp_path / "out/n.tif"))
@@ -241,8 +241,8 @@ def test_local_cluster_runs_failing_stacks_reports_and_reruns(tmp_path, monkeypa
     builds its model once; a re-run skips what is complete and finishes the fixed stack."""
     import torch
 
-    from napari_sam2.engine.batch import track_files
-    from napari_sam2.engine.distributed import track_many
+    from napari_sam2.engine.batch.distributed import track_many
+    from napari_sam2.engine.batch.track_stack import track_files
 
     broken = _stack(3).astype(np.float32)
     broken[1, 5, 5] = np.nan

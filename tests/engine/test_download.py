@@ -1,4 +1,4 @@
-"""Downloading the official checkpoints (engine/download.py): the failure paths a local
+"""Downloading the official checkpoints (engine/weights/download.py): the failure paths a local
 HTTP server cannot easily produce (timeouts, stalls, cut connections, an unwritable
 folder, a bad URL), the checks after the transfer, and ensure_checkpoint's refusal to
 download over a file that is there. The happy path, 404, truncation, cancelling and the
@@ -15,10 +15,10 @@ import urllib.error
 
 import pytest
 
-import napari_sam2.engine.checkpoints as ck
-import napari_sam2.engine.download as dl
-from napari_sam2.engine.checkpoints import CheckpointError, DownloadCancelled, checkpoint_path
-from napari_sam2.engine.download import download_checkpoint, ensure_checkpoint
+import napari_sam2.engine.weights.checkpoints as ck
+import napari_sam2.engine.weights.download as dl
+from napari_sam2.engine.weights.checkpoints import CheckpointError, DownloadCancelled, checkpoint_path
+from napari_sam2.engine.weights.download import download_checkpoint, ensure_checkpoint
 
 CONFIG = "sam2.1_hiera_t"
 PAYLOAD = bytes(range(256)) * 64  # 16 KiB

@@ -1,4 +1,4 @@
-"""The persistent embedding cache (engine/embedding_cache.py, engine/frame_embedding.py).
+"""The persistent embedding cache (engine/cache/embedding_cache.py, engine/cache/frame_embedding.py).
 
 Logic runs on the small random model (128 px); the mask identity with and without the cache
 also runs on the real tiny architecture with the test weights (slow)."""
@@ -20,7 +20,8 @@ import pytest
 import tifffile
 import torch
 
-from napari_sam2.engine.embedding_cache import (
+from napari_sam2.engine.batch.precompute import FrameEmbedded, precompute_frames
+from napari_sam2.engine.cache.embedding_cache import (
     ENV_CACHE_DIR,
     ENV_CACHE_GB,
     ENV_CACHE_SWITCH,
@@ -28,16 +29,15 @@ from napari_sam2.engine.embedding_cache import (
     EmbeddingKey,
     resolve_embedding_cache,
 )
-from napari_sam2.engine.frame_embedding import (
+from napari_sam2.engine.cache.frame_embedding import (
     FrameEmbedder,
     frame_digest,
     model_identity,
     normalizer_digest,
 )
-from napari_sam2.engine.image_predictor import SAM2ImagePredictor
-from napari_sam2.engine.normalization import Normalizer
-from napari_sam2.engine.precompute import FrameEmbedded, precompute_frames
-from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+from napari_sam2.engine.frames.normalization import Normalizer
+from napari_sam2.engine.predict.image_predictor import SAM2ImagePredictor
+from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
 from napari_sam2.model import FrameFeatures
 
 
@@ -168,7 +168,7 @@ def test_a_repropagation_after_a_correction_reads_what_the_ram_cache_dropped(
 @pytest.mark.slow
 def test_masks_are_the_same_with_and_without_the_cache_on_tiny(tiny_checkpoint, tmp_path, monkeypatch):
     """The real architecture at 1024 px, test weights: 3 frames, a correction, re-propagation."""
-    from napari_sam2.engine.build import build_sam2_model
+    from napari_sam2.engine.weights.build import build_sam2_model
     from napari_sam2.model import SAM2Model
 
     model = build_sam2_model("sam2.1_hiera_t", tiny_checkpoint, "cpu")
@@ -325,7 +325,7 @@ def test_a_corrupt_entry_is_ignored_removed_and_rewritten(small_model, tmp_path,
     entries[0].write_bytes(entries[0].read_bytes()[: entries[0].stat().st_size // 2])  # truncated
     entries[1].write_bytes(b"not a zip file at all")
     n = len(encoder_calls)
-    with caplog.at_level(logging.WARNING, logger="napari_sam2.engine.embedding_cache"):
+    with caplog.at_level(logging.WARNING, logger="napari_sam2.engine.cache.embedding_cache"):
         again = _track(SAM2VideoPredictor(small_model, embedding_cache=cache), frames)
     assert "unreadable entry" in caplog.text
     assert len(encoder_calls) == n + 2  # recomputed...
@@ -379,7 +379,7 @@ def test_no_entry_is_written_that_would_nearly_fill_the_disk(tmp_path):
 _WRITER = textwrap.dedent(
     """
     import sys, torch
-    from napari_sam2.engine.embedding_cache import EmbeddingCache, EmbeddingKey
+    from napari_sam2.engine.cache.embedding_cache import EmbeddingCache, EmbeddingKey
     from napari_sam2.model import FrameFeatures
     cache = EmbeddingCache(sys.argv[1])
     def feats(i):
@@ -442,7 +442,8 @@ def test_resolving_the_option(tmp_path, monkeypatch):
 
 
 def test_the_python_api_has_no_cache_unless_asked_the_builder_of_cli_and_plugin_has(small_model, monkeypatch):
-    from napari_sam2.engine import session, video_predictor
+    from napari_sam2.engine.predict import video_predictor
+    from napari_sam2.engine.track import session
 
     assert SAM2VideoPredictor(small_model).embedding_cache is None
     assert SAM2ImagePredictor(small_model).embedding_cache is None
@@ -508,7 +509,7 @@ def test_eviction_and_clear_touch_only_the_entries_the_cache_wrote(tmp_path):
 
 
 def test_a_folder_holding_other_files_is_not_adopted(tmp_path):
-    from napari_sam2.engine.embedding_cache import EmbeddingCacheError
+    from napari_sam2.engine.cache.embedding_cache import EmbeddingCacheError
 
     data = tmp_path / "data"
     data.mkdir()
@@ -534,7 +535,7 @@ def test_a_folder_holding_other_files_is_not_adopted(tmp_path):
 def test_on_off_words_and_nonsense(tmp_path, monkeypatch):
     from pathlib import Path
 
-    from napari_sam2.engine.embedding_cache import EmbeddingCacheError
+    from napari_sam2.engine.cache.embedding_cache import EmbeddingCacheError
 
     monkeypatch.setenv(ENV_CACHE_DIR, str(tmp_path / "env"))
     monkeypatch.chdir(tmp_path)
@@ -553,7 +554,7 @@ def test_on_off_words_and_nonsense(tmp_path, monkeypatch):
 
 
 def test_cache_info_reports_folder_entries_and_bound(tmp_path, monkeypatch):
-    from napari_sam2.engine.embedding_cache import cache_info, default_cache_folder
+    from napari_sam2.engine.cache.embedding_cache import cache_info, default_cache_folder
 
     monkeypatch.setenv(ENV_CACHE_DIR, str(tmp_path / "env"))
     monkeypatch.setenv(ENV_CACHE_GB, "2")

@@ -1,4 +1,4 @@
-"""The engine's event family (engine/events.py): what the events compare as, what they
+"""The engine's event family (engine/track/events.py): what the events compare as, what they
 refuse, and the union types the widget and the command line dispatch on."""
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import typing
 import numpy as np
 import pytest
 
-from napari_sam2.engine import events as ev
+from napari_sam2.engine.track import events as ev
 
 
 def test_status_message_is_its_text_and_frame_is_optional():

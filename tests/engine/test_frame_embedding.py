@@ -1,4 +1,4 @@
-"""A frame's features through the embedding cache (engine/frame_embedding.py): FrameEmbedder's
+"""A frame's features through the embedding cache (engine/cache/frame_embedding.py): FrameEmbedder's
 read-or-compute rule, ``ensure`` for the precomputation, what an entry records, the model's
 identity taken once, and frame digests of frames the normaliser would refuse. What separates
 keys (models, precisions, normalisations, pixels) is in test_embedding_cache.py.
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam2.engine import frame_embedding as fe
-from napari_sam2.engine.frame_embedding import FrameEmbedder, frame_digest
-from napari_sam2.engine.normalization import Normalizer
+from napari_sam2.engine.cache import frame_embedding as fe
+from napari_sam2.engine.cache.frame_embedding import FrameEmbedder, frame_digest
+from napari_sam2.engine.frames.normalization import Normalizer
 from napari_sam2.model import FrameFeatures
 
 IDENTITY = {"variant": "v", "precision": "fp32", "device": "cpu", "platform": "cpu:x", "torch": "t",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam2.engine.frames import FrameSource, natural_sort_key, open_frames
+from napari_sam2.engine.frames.open import FrameSource, natural_sort_key, open_frames
 
 tifffile = pytest.importorskip("tifffile")
 

@@ -12,8 +12,8 @@ import torch
 from conftest import make_test_checkpoint
 from golden_support import run_compare, write_video_case
 
-from napari_sam2.engine.build import build_sam2_model
-from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
+from napari_sam2.engine.weights.build import build_sam2_model
 
 pytestmark = [pytest.mark.golden, pytest.mark.slow]
 

@@ -23,9 +23,9 @@ import torch
 from conftest import make_test_checkpoint
 from golden_support import full_fp32, run_compare, write_image_case, write_video_case
 
-from napari_sam2.engine.build import build_sam2_model, compile_model
-from napari_sam2.engine.image_predictor import SAM2ImagePredictor
-from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+from napari_sam2.engine.predict.image_predictor import SAM2ImagePredictor
+from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
+from napari_sam2.engine.weights.build import build_sam2_model, compile_model
 from napari_sam2.plugin.sample_data import synthetic_timelapse
 
 HAS_CUDA = torch.cuda.is_available()

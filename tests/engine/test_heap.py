@@ -1,4 +1,4 @@
-"""Giving freed heap memory back to the OS (engine/heap.py): the look-up of glibc's
+"""Giving freed heap memory back to the OS (engine/predict/heap.py): the look-up of glibc's
 ``malloc_trim`` and what happens where it is missing. That trimming really frees memory on
 Linux is measured in test_memory.py."""
 
@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from napari_sam2.engine import heap
+from napari_sam2.engine.predict import heap
 
 
 @pytest.fixture

@@ -347,7 +347,7 @@ def test_bf16_autocast_mode_stays_close_to_fp32(small_model):
     """The optional bf16 mode runs and deviates from fp32 only by rounding."""
     import numpy as np
 
-    from napari_sam2.engine.image_predictor import SAM2ImagePredictor
+    from napari_sam2.engine.predict.image_predictor import SAM2ImagePredictor
 
     rng = np.random.default_rng(3)
     image = rng.normal(1000, 100, size=(40, 52)).astype(np.uint16)
@@ -365,7 +365,7 @@ def test_bf16_autocast_mode_stays_close_to_fp32(small_model):
 def test_given_features_replace_the_encoder_pass_and_give_the_same_masks(small_model, monkeypatch):
     """set_image(features=...) and a feature provider: the features of another predictor of the
     same model and normaliser (the video predictor's, in track-all) give the same masks, no pass."""
-    from napari_sam2.engine.normalization import Normalizer
+    from napari_sam2.engine.frames.normalization import Normalizer
 
     image = np.random.default_rng(3).integers(0, 4000, (40, 52)).astype(np.uint16)
     normalizer = Normalizer.fit(image[None])

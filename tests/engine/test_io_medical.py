@@ -13,7 +13,7 @@ import pytest
 nib = pytest.importorskip("nibabel")
 pydicom = pytest.importorskip("pydicom")
 
-from napari_sam2.engine.frames import FrameSourceError, open_frames  # noqa: E402
+from napari_sam2.engine.frames.open import FrameSourceError, open_frames  # noqa: E402
 from napari_sam2.engine.io import open_array, write_labels  # noqa: E402
 from napari_sam2.engine.io.medical import LPS_TO_RAS  # noqa: E402
 
@@ -356,9 +356,9 @@ def test_single_dicom_file_points_to_its_folder(tmp_path, hu):
 
 def test_track_a_nifti_volume_and_write_the_labels_back(small_model, tmp_path, nifti_volume):
     """The whole path the CLI takes: open a NIfTI, track through its slices, write NIfTI labels."""
-    from napari_sam2.engine.batch import track_stack
-    from napari_sam2.engine.prompts import PromptSet
-    from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.batch.track_stack import track_stack
+    from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.prompts.prompt_set import PromptSet
 
     img, _ = nifti_volume
     nib.save(img, tmp_path / "ct.nii.gz")

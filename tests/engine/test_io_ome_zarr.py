@@ -11,7 +11,7 @@ zarr = pytest.importorskip("zarr")
 ome_writer = pytest.importorskip("ome_zarr.writer")
 from ome_zarr.format import FormatV04, FormatV05  # noqa: E402
 
-from napari_sam2.engine.frames import FrameSourceError, open_frames  # noqa: E402
+from napari_sam2.engine.frames.open import FrameSourceError, open_frames  # noqa: E402
 from napari_sam2.engine.io import open_array, write_labels  # noqa: E402
 
 FORMATS = {"0.4": FormatV04(), "0.5": FormatV05()}

@@ -1,4 +1,4 @@
-"""The frame source and its checks (engine/frame_source.py): FrameSource built directly on a
+"""The frame source and its checks (engine/io/source.py): FrameSource built directly on a
 reader (what every reader builds), the layout rules' rarer messages, the dtype rule per kind,
 and the sort key of folder names. Opening each input kind through open_frames is tested in
 test_frames.py."""
@@ -8,7 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam2.engine.frame_source import (
+from napari_sam2.engine.io.metadata import SourceMetadata
+from napari_sam2.engine.io.source import (
     IMAGE_SUFFIXES,
     FrameSource,
     FrameSourceError,
@@ -19,7 +20,6 @@ from napari_sam2.engine.frame_source import (
     _shape_str,
     natural_sort_key,
 )
-from napari_sam2.engine.io.metadata import SourceMetadata
 
 
 def _source(frames: np.ndarray, **kw) -> tuple[FrameSource, list[int]]:

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from napari_sam2.engine.frame_source import FrameSourceError
 from napari_sam2.engine.io import stacks
+from napari_sam2.engine.io.source import FrameSourceError
 from napari_sam2.engine.io.stacks import open_folder, open_tiff
 
 

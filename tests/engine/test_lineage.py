@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from napari_sam2.engine.lineage import ObjectRecord, TrackGraph, measure_frame
+from napari_sam2.engine.cells.lineage import ObjectRecord, TrackGraph, measure_frame
 
 
 def _rec(tid, frame, area=1):

@@ -1,4 +1,4 @@
-"""Jobs of a many-stack run (engine/manifest.py): each option's parsing and message, paths,
+"""Jobs of a many-stack run (engine/batch/manifest.py): each option's parsing and message, paths,
 the manifest file's own problems, the folder convention's edges, done-records that cannot be
 read, stack identities of folders, and outputs written twice. The main manifest forms and the
 complete/stale/foreign states are in test_distributed.py."""
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from napari_sam2.engine.manifest import (
+from napari_sam2.engine.batch.manifest import (
     Job,
     ManifestError,
     done_record_path,

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam2.engine import mask_utils as mu
+from napari_sam2.engine.segment import mask_utils as mu
 
 # ----------------------------------------------------------------------------- grids and crops
 

@@ -1,11 +1,11 @@
-"""Returning freed heap memory to the OS (napari_sam2.engine.heap)."""
+"""Returning freed heap memory to the OS (napari_sam2.engine.predict.heap)."""
 
 import sys
 
 import numpy as np
 import pytest
 
-from napari_sam2.engine.heap import trim_heap
+from napari_sam2.engine.predict.heap import trim_heap
 
 
 def _rss_kb() -> int:

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from napari_sam2.engine.frames import open_frames
-from napari_sam2.engine.normalization import IMAGENET_MEAN, IMAGENET_STD, Normalizer, preprocess
+from napari_sam2.engine.frames.normalization import IMAGENET_MEAN, IMAGENET_STD, Normalizer, preprocess
+from napari_sam2.engine.frames.open import open_frames
 
 
 def _movie_uint16(t=20, h=40, w=50, seed=0) -> np.ndarray:
@@ -322,9 +322,9 @@ def test_window_float_and_wide_types():
 
 def test_window_normalizer_in_the_predictors(small_model, monkeypatch):
     """init_state(normalizer=...) and set_image(normalizer=...) take a window as they take a fit."""
-    from napari_sam2.engine import image_predictor, video_inference
-    from napari_sam2.engine.image_predictor import SAM2ImagePredictor
-    from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.predict import image_predictor, video_inference
+    from napari_sam2.engine.predict.image_predictor import SAM2ImagePredictor
+    from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
 
     seen = []
     for module in (video_inference, image_predictor):

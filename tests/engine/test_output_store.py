@@ -1,4 +1,4 @@
-"""Per-object storage of tracked frames (engine/store.py): at most ``hot_frames`` outputs in
+"""Per-object storage of tracked frames (engine/predict/output_store.py): at most ``hot_frames`` outputs in
 RAM, the rest in fixed-size records on disk, read back bit-exactly and in recency order;
 the scratch folder goes when its owner does. The tracker's use of it (results identical
 with and without spilling) is covered through the video predictor's tests."""
@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from napari_sam2.engine.store import FrameOutput, FrameOutputStore, SpillDir
+from napari_sam2.engine.predict.output_store import FrameOutput, FrameOutputStore, SpillDir
 
 
 def _out(t: int, mem: bool = True, size: int = 8) -> FrameOutput:

@@ -1,4 +1,4 @@
-"""Precomputation (engine/precompute.py): which frames it embeds, in which order, with which
+"""Precomputation (engine/batch/precompute.py): which frames it embeds, in which order, with which
 normaliser and cache, and how it pauses and stops. Its cooperation with the real model and a
 real cache (skips, pause, cancel, index errors) is in test_embedding_cache.py; here a stand-in
 predictor records every computation, so each rule is checked alone in milliseconds."""
@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam2.engine import frame_embedding as fe
-from napari_sam2.engine.frame_embedding import FrameEmbedder
-from napari_sam2.engine.normalization import Normalizer
-from napari_sam2.engine.precompute import FrameEmbedded, precompute_frames
+from napari_sam2.engine.batch.precompute import FrameEmbedded, precompute_frames
+from napari_sam2.engine.cache import frame_embedding as fe
+from napari_sam2.engine.cache.frame_embedding import FrameEmbedder
+from napari_sam2.engine.frames.normalization import Normalizer
 from napari_sam2.model import FrameFeatures
 
 

@@ -1,4 +1,4 @@
-"""Prompt files (engine/prompt_files.py): the stack description saved with the prompts
+"""Prompt files (engine/prompts/prompt_files.py): the stack description saved with the prompts
 (StackInfo), its checks, and the file formats' edges. Round trips of JSON and CSV and the
 basic bad-file messages are in test_prompts.py."""
 
@@ -8,8 +8,8 @@ import json
 
 import pytest
 
-from napari_sam2.engine.prompt_files import CSV_FIELDS, StackInfo, load_prompts, save_prompts
-from napari_sam2.engine.prompts import PROMPTS_FORMAT, PROMPTS_VERSION, PromptSet
+from napari_sam2.engine.prompts.prompt_files import CSV_FIELDS, StackInfo, load_prompts, save_prompts
+from napari_sam2.engine.prompts.prompt_set import PROMPTS_FORMAT, PROMPTS_VERSION, PromptSet
 from napari_sam2.engine.validation import PromptError
 
 

@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from napari_sam2.engine.prompt_files import StackInfo, load_prompts, save_prompts
-from napari_sam2.engine.prompts import PromptSet, masks_to_labels, rle_decode, rle_encode
+from napari_sam2.engine.prompts.prompt_files import StackInfo, load_prompts, save_prompts
+from napari_sam2.engine.prompts.prompt_set import PromptSet, masks_to_labels, rle_decode, rle_encode
 from napari_sam2.engine.validation import PromptError
 
 # --------------------------------------------------------------------------- files and labels

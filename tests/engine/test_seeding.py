@@ -7,7 +7,7 @@ import sys
 import numpy as np
 import pytest
 
-from napari_sam2.engine.seeding import (
+from napari_sam2.engine.cells.seeding import (
     SeedFilter,
     Seeds,
     default_mask_generator,
@@ -162,7 +162,7 @@ def test_filter_validation(kwargs, match):
 
 
 def test_default_generator_names_what_is_missing(monkeypatch):
-    monkeypatch.setitem(sys.modules, "napari_sam2.engine.automatic_mask_generator", None)
+    monkeypatch.setitem(sys.modules, "napari_sam2.engine.segment.automatic_mask_generator", None)
     with pytest.raises(ImportError, match="SAM2AutomaticMaskGenerator.*pass your own mask generator"):
         default_mask_generator(object())
 
@@ -176,16 +176,16 @@ def test_default_generator_builds_the_real_class_lazily(monkeypatch):
         def __init__(self, model, **kwargs):
             made.append((model, kwargs))
 
-    module = types.ModuleType("napari_sam2.engine.automatic_mask_generator")
+    module = types.ModuleType("napari_sam2.engine.segment.automatic_mask_generator")
     module.SAM2AutomaticMaskGenerator = Fake
-    monkeypatch.setitem(sys.modules, "napari_sam2.engine.automatic_mask_generator", module)
+    monkeypatch.setitem(sys.modules, "napari_sam2.engine.segment.automatic_mask_generator", module)
     gen = default_mask_generator("model", points_per_side=16)
     assert isinstance(gen, Fake) and made == [("model", {"points_per_side": 16})]
 
 
 def test_stack_contrast_is_given_to_generators_that_take_one():
-    from napari_sam2.engine.normalization import Normalizer
-    from napari_sam2.engine.seeding import with_stack_contrast
+    from napari_sam2.engine.cells.seeding import with_stack_contrast
+    from napari_sam2.engine.frames.normalization import Normalizer
 
     stack = np.stack([np.full((H, W), 100 * (t + 1), dtype=np.uint16) for t in range(4)])
     stack[:, 5:9, 5:9] += 1000

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from fakes import FakePredictor
 
-from napari_sam2.engine.prompts import PromptSet
-from napari_sam2.engine.session import (
+from napari_sam2.engine.prompts.prompt_set import PromptSet
+from napari_sam2.engine.track.session import (
     FrameDone,
     ModelSpec,
     ObjectRemoved,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam2.engine.stack_view import StackView, candidate_frame_axes, spatial_axes
+from napari_sam2.engine.frames.stack_view import StackView, candidate_frame_axes, spatial_axes
 
 
 def _stack(shape):

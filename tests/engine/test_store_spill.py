@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import torch
 
-from napari_sam2.engine import store
-from napari_sam2.engine.store import FrameOutput, FrameOutputStore, SpillDir
+from napari_sam2.engine.predict import output_store as store
+from napari_sam2.engine.predict.output_store import FrameOutput, FrameOutputStore, SpillDir
 
 
 class _Event:

@@ -26,7 +26,7 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
 
 SRC = Path(__file__).resolve().parents[2] / "src" / "napari_sam2"
 PKG = "napari_sam2"
@@ -223,7 +223,7 @@ def test_counter_sees_scalar_reads_in_inference_mode():
 
 
 def test_counter_attributes_to_the_package_line():
-    from napari_sam2.engine import video_inference
+    from napari_sam2.engine.predict import video_inference
 
     counter = SyncOpCounter()
     with counter.counting():
@@ -289,7 +289,10 @@ def test_spilling_copies_to_the_host_do_not_wait(small_model, tmp_path):
     print(f"\nspilling after 2 frames, per tracked frame: {counter.total() / frames:.3g}: {where}")
     assert counter.total(where="model/") == 0, where
     assert counter.total(kind="to-host") == counter.total(kind="to-host", where="caller") == frames, where
-    assert counter.total() - counter.total(where="engine/store.py") <= MAX_SYNCS_PER_FRAME * frames, where
+    assert (
+        counter.total() - counter.total(where="engine/predict/output_store.py")
+        <= MAX_SYNCS_PER_FRAME * frames
+    ), where
 
 
 # ====================================================================== hole filling on the device
@@ -312,7 +315,7 @@ def _fill_holes_by_labelling(mask: torch.Tensor, max_area: int) -> torch.Tensor:
 
 @pytest.mark.parametrize("max_area", [1, 2, 3, 8, 30, 100])
 def test_device_hole_filling_equals_connected_component_labelling(max_area):
-    from napari_sam2.engine.video_inference import _fill_holes_on_device, fill_holes_in_mask_scores
+    from napari_sam2.engine.predict.video_inference import _fill_holes_on_device, fill_holes_in_mask_scores
 
     rng = np.random.default_rng(max_area)
     for density in (0.2, 0.45, 0.6, 0.8):
@@ -343,7 +346,7 @@ def _test_image():
 
 
 def test_image_predictor_syncs(small_model):
-    from napari_sam2.engine.image_predictor import SAM2ImagePredictor
+    from napari_sam2.engine.predict.image_predictor import SAM2ImagePredictor
 
     predictor, image = SAM2ImagePredictor(small_model), _test_image()
     predictor.set_image(image)  # first call: one-time constants
@@ -364,7 +367,7 @@ def test_image_predictor_syncs(small_model):
 
 
 def test_automatic_mask_generation_syncs_per_batch(small_model):
-    from napari_sam2.engine.automatic_mask_generator import SAM2AutomaticMaskGenerator
+    from napari_sam2.engine.segment.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
     image, totals = _test_image(), {}
     for per_side in (4, 8):  # 16 and 64 points: 1 and 4 batches of 16

@@ -5,9 +5,14 @@ import numpy as np
 import pytest
 from fakes import FakeTileGenerator
 
-from napari_sam2.engine.mask_utils import rle_to_mask
-from napari_sam2.engine.normalization import Normalizer
-from napari_sam2.engine.tiled_mask_generator import TiledMaskGenerator, label_image, plan_tiles, tile_starts
+from napari_sam2.engine.frames.normalization import Normalizer
+from napari_sam2.engine.segment.mask_utils import rle_to_mask
+from napari_sam2.engine.segment.tiled_mask_generator import (
+    TiledMaskGenerator,
+    label_image,
+    plan_tiles,
+    tile_starts,
+)
 
 # ----------------------------------------------------------------------------- geometry
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from fakes import GroundTruthMaskGenerator, GroundTruthPredictor
 
-from napari_sam2.engine.seeding import SeedFilter
-from napari_sam2.engine.track_all import (
+from napari_sam2.engine.cells.seeding import SeedFilter
+from napari_sam2.engine.cells.track_all import (
     Division,
     Finished,
     FrameTracked,
@@ -23,7 +23,7 @@ from napari_sam2.engine.track_all import (
     TrackStarted,
     track_all,
 )
-from napari_sam2.engine.track_rules import DivisionRule, resolve_logits, split_candidates
+from napari_sam2.engine.cells.track_rules import DivisionRule, resolve_logits, split_candidates
 
 T, H, W = 10, 48, 48
 
@@ -342,9 +342,9 @@ def test_real_predictor_runs_the_whole_protocol(tiny_checkpoint):
     added while tracking, objects removed, propagation restarted, labels and graph consistent."""
     import torch
 
-    from napari_sam2.engine.build import build_sam2_model
-    from napari_sam2.engine.lineage import TrackGraph
-    from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.cells.lineage import TrackGraph
+    from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.weights.build import build_sam2_model
 
     torch.manual_seed(0)
     image, gt = scenario()

@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam2.engine.discovery import DiscoveryConfig
-from napari_sam2.engine.seeding import SeedFilter
-from napari_sam2.engine.track_all import TrackAllConfig, TrackAllRun, TrackStarted
-from napari_sam2.engine.track_rules import DivisionRule
+from napari_sam2.engine.cells.discovery import DiscoveryConfig
+from napari_sam2.engine.cells.seeding import SeedFilter
+from napari_sam2.engine.cells.track_all import TrackAllConfig, TrackAllRun, TrackStarted
+from napari_sam2.engine.cells.track_rules import DivisionRule
 
 T, H, W = 5, 64, 64
 
@@ -42,8 +42,8 @@ def _movie():
 @pytest.mark.slow
 def test_discovery_adds_no_encoder_pass(small_model):
     """Discovery on frames 1, 2 and 4, a full re-seed on frame 3: T frames, T encoder passes."""
-    from napari_sam2.engine.automatic_mask_generator import SAM2AutomaticMaskGenerator
-    from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.segment.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
     passes = []
     hook = small_model.image_encoder.register_forward_pre_hook(lambda module, args: passes.append(1))

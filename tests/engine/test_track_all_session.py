@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 from fakes import GroundTruthMaskGenerator, GroundTruthPredictor
 
-from napari_sam2.engine.events import FrameTracked, Status, Total
-from napari_sam2.engine.prompts import PromptSet
-from napari_sam2.engine.seeding import NoSeedsError, SeedFilter, segment_frame, tracker_features
-from napari_sam2.engine.session import TrackingSession
-from napari_sam2.engine.track_all import TrackAllConfig, TrackAllRun
-from napari_sam2.engine.track_rules import DivisionRule
+from napari_sam2.engine.cells.seeding import NoSeedsError, SeedFilter, segment_frame, tracker_features
+from napari_sam2.engine.cells.track_all import TrackAllConfig, TrackAllRun
+from napari_sam2.engine.cells.track_rules import DivisionRule
+from napari_sam2.engine.prompts.prompt_set import PromptSet
+from napari_sam2.engine.track.events import FrameTracked, Status, Total
+from napari_sam2.engine.track.session import TrackingSession
 
 T, H, W = 6, 48, 48
 
@@ -147,8 +147,8 @@ def test_segment_frame_on_a_session_refuses_an_empty_result():
 
 
 def _real(small_model, monkeypatch, **predictor_kwargs):
-    from napari_sam2.engine.normalization import Normalizer
-    from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.frames.normalization import Normalizer
+    from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
     from napari_sam2.model import SAM2Model
 
     counts = {"forward_image": 0, "fit": 0}
@@ -170,7 +170,7 @@ def _real(small_model, monkeypatch, **predictor_kwargs):
 
 
 def _generator(model):
-    from napari_sam2.engine.automatic_mask_generator import SAM2AutomaticMaskGenerator
+    from napari_sam2.engine.segment.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
     return SAM2AutomaticMaskGenerator(
         model, points_per_side=3, pred_iou_thresh=0.0, stability_score_thresh=0.0

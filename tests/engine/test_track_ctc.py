@@ -1,4 +1,4 @@
-"""Cell Tracking Challenge folders (engine/track_ctc.py): the parent rules of the L B E P rows,
+"""Cell Tracking Challenge folders (engine/cells/track_ctc.py): the parent rules of the L B E P rows,
 an empty stack, what check_ctc refuses before any work, a write that fails half-way, and
 read_ctc's refusals. Gaps, renumbering, overwrite, umask, ground-truth names and 4-digit frame
 numbers are in test_track_exports.py."""
@@ -10,10 +10,10 @@ import errno
 import numpy as np
 import pytest
 
-from napari_sam2.engine import track_ctc
+from napari_sam2.engine.cells import track_ctc
+from napari_sam2.engine.cells.lineage import TrackGraph
+from napari_sam2.engine.cells.track_ctc import check_ctc, ctc_tracks, read_ctc, write_ctc
 from napari_sam2.engine.io._files import OutputExistsError, OutputPathError
-from napari_sam2.engine.lineage import TrackGraph
-from napari_sam2.engine.track_ctc import check_ctc, ctc_tracks, read_ctc, write_ctc
 
 
 def _stack(spans: dict[int, list[int]], t: int = 6) -> np.ndarray:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_sam2.engine.lineage import TrackGraph
-from napari_sam2.engine.track_exports import (
+from napari_sam2.engine.cells.lineage import TrackGraph
+from napari_sam2.engine.cells.track_exports import (
     OutputExistsError,
     OutputPathError,
     check_export,

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam2.engine.track_rules import DivisionRule, resolve_logits, split_candidates
+from napari_sam2.engine.cells.track_rules import DivisionRule, resolve_logits, split_candidates
 
 
 def _disk(shape, cy, cx, r):

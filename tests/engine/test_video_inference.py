@@ -1,4 +1,4 @@
-"""The inference steps of the video predictor (engine/video_inference.py), on a stand-in
+"""The inference steps of the video predictor (engine/predict/video_inference.py), on a stand-in
 model: the frame order of a propagation, the per-session feature cache (float32, one shared
 position encoding), the embedder's reuse, the consolidation of objects' outputs at video
 resolution, the preflight that turns pending prompts into memories, and hole filling.
@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam2.engine.frames import open_frames
-from napari_sam2.engine.normalization import Normalizer
-from napari_sam2.engine.store import FrameOutput
-from napari_sam2.engine.video_inference import VideoInference, fill_holes_in_mask_scores
-from napari_sam2.engine.video_state import ObjectTrack, VideoSession
+from napari_sam2.engine.frames.normalization import Normalizer
+from napari_sam2.engine.frames.open import open_frames
+from napari_sam2.engine.predict.output_store import FrameOutput
+from napari_sam2.engine.predict.video_inference import VideoInference, fill_holes_in_mask_scores
+from napari_sam2.engine.predict.video_state import ObjectTrack, VideoSession
 from napari_sam2.model import NO_OBJ_SCORE, FrameFeatures
 
 IMAGE = 16  # the stand-in model's input size; low-res masks are IMAGE // 4

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam2.engine.video_inference import fill_holes_in_mask_scores
-from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+from napari_sam2.engine.predict.video_inference import fill_holes_in_mask_scores
+from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
 
 T, H, W = 6, 40, 56
 

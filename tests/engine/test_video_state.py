@@ -1,4 +1,4 @@
-"""The state of a tracking session (engine/video_state.py): the byte-bounded feature cache,
+"""The state of a tracking session (engine/predict/video_state.py): the byte-bounded feature cache,
 which output an object holds on a frame, and the session's bookkeeping (object order, one
 store per object, resident bytes, cleanup, Meta's dict-style keys). Tracking through this
 state is tested with the predictor (test_video_predictor.py)."""
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from napari_sam2.engine.frames import open_frames
-from napari_sam2.engine.store import FrameOutput
-from napari_sam2.engine.video_state import FeatureCache, ObjectTrack, VideoSession
+from napari_sam2.engine.frames.open import open_frames
+from napari_sam2.engine.predict.output_store import FrameOutput
+from napari_sam2.engine.predict.video_state import FeatureCache, ObjectTrack, VideoSession
 from napari_sam2.model import FrameFeatures
 
 

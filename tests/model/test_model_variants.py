@@ -16,8 +16,8 @@ import torch
 from conftest import make_test_checkpoint
 from torch import nn
 
-from napari_sam2.engine.build import build_sam2_model, load_model_weights
-from napari_sam2.engine.checkpoints import CheckpointError, guess_variant, load_state_dict_file
+from napari_sam2.engine.weights.build import build_sam2_model, load_model_weights
+from napari_sam2.engine.weights.checkpoints import CheckpointError, guess_variant, load_state_dict_file
 from napari_sam2.model import SAM2Model, available_configs, load_config
 
 ALL = [

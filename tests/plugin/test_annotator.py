@@ -13,8 +13,8 @@ from fakes import FakePredictor
 from napari.components import ViewerModel
 from napari.layers import Labels
 
-from napari_sam2.engine.prompts import masks_to_labels
-from napari_sam2.engine.session import SessionError
+from napari_sam2.engine.prompts.prompt_set import masks_to_labels
+from napari_sam2.engine.track.session import SessionError
 from napari_sam2.engine.validation import PromptError
 from napari_sam2.plugin.annotator import Annotator
 

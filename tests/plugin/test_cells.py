@@ -10,7 +10,7 @@ from fakes import GroundTruthMaskGenerator, GroundTruthPredictor
 from napari.components import ViewerModel
 from napari.layers import Tracks
 
-from napari_sam2.engine.session import SessionError
+from napari_sam2.engine.track.session import SessionError
 from napari_sam2.plugin.annotator import Annotator
 from napari_sam2.plugin.sample_lineage import synthetic_lineage_timelapse
 
@@ -199,9 +199,9 @@ def test_all_cells_runs_on_the_clicks_session_one_video_session(data):
 
 @pytest.mark.slow
 def test_one_init_state_and_one_normalizer_fit_for_clicks_seeds_and_all_cells(small_model, monkeypatch):
-    from napari_sam2.engine.automatic_mask_generator import SAM2AutomaticMaskGenerator
-    from napari_sam2.engine.normalization import Normalizer
-    from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.frames.normalization import Normalizer
+    from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.segment.automatic_mask_generator import SAM2AutomaticMaskGenerator
 
     fits = []
     fit = Normalizer.fit.__func__

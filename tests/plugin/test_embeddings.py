@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_sam2.engine.embedding_cache import EmbeddingCache
-from napari_sam2.engine.session import TrackingSession
-from napari_sam2.engine.video_predictor import SAM2VideoPredictor
+from napari_sam2.engine.cache.embedding_cache import EmbeddingCache
+from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
+from napari_sam2.engine.track.session import TrackingSession
 from napari_sam2.plugin.embeddings import BackgroundFill, FeatureFill, fill_order
 
 

@@ -140,7 +140,7 @@ def test_ome_zarr_channels_and_labels(tmp_path):
     from ome_zarr.format import FormatV04
     from ome_zarr.writer import write_image
 
-    from napari_sam2.engine.frames import open_frames
+    from napari_sam2.engine.frames.open import open_frames
     from napari_sam2.engine.io import write_labels
 
     image = np.random.default_rng(1).integers(0, 255, size=(2, 3, 32, 24), dtype=np.uint8)  # c z y x

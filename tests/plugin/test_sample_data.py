@@ -295,7 +295,7 @@ def test_save_sample_writes_tiffs_to_try_the_cli_on_and_never_replaces_files(tmp
     np.testing.assert_array_equal(tifffile.imread(paths[1]), labels)
     np.testing.assert_array_equal(np.loadtxt(paths[2], dtype=np.int64).reshape(-1, 4), lineage)
     # the engine's reader opens it as the CLI will
-    from napari_sam2.engine.frames import open_frames
+    from napari_sam2.engine.frames.open import open_frames
 
     assert open_frames(str(paths[0])).shape[:3] == image.shape
     # a second time: refused, naming the files, and the user's file is untouched

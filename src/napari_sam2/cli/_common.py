@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from napari_sam2.errors import InputError, NotWritableError
+
 
 def parse_channels(text: str) -> tuple[int, ...]:
     """``"0,2"`` -> ``(0, 2)``; argparse shows the message of a bad value."""
@@ -23,7 +25,7 @@ def parse_channels(text: str) -> tuple[int, ...]:
 
 def parse_window(text: str) -> str:
     """``--window``: a CT preset name or ``CENTER,WIDTH``; checked here, applied by the engine."""
-    from napari_sam2.engine.normalization import CT_WINDOWS
+    from napari_sam2.engine.frames.normalization import CT_WINDOWS
 
     parts = [t.strip() for t in text.replace(";", ",").split(",")]
     if len(parts) == 1:
@@ -165,14 +167,14 @@ def cache_from_args(args: argparse.Namespace, *, required: bool = False):
     before any work; ``required``: the command needs one (precompute)."""
     import os
 
-    from napari_sam2.engine.embedding_cache import EmbeddingCache, resolve_embedding_cache
+    from napari_sam2.engine.cache.embedding_cache import EmbeddingCache, resolve_embedding_cache
 
     if getattr(args, "no_cache", False):
         return None
     gb = getattr(args, "cache_max_gb", None)
     if gb is not None and not gb > 0:
         off = "" if required else " (to turn the cache off: --no-cache)"
-        raise ValueError(f"--cache-max-gb must be > 0 GiB; got {gb:g}{off}")
+        raise InputError(f"--cache-max-gb must be > 0 GiB; got {gb:g}{off}")
     max_bytes = None if gb is None else int(gb * 2**30)
     folder = getattr(args, "cache_dir", None)
     if folder is None and not required and resolve_embedding_cache("auto") is None:
@@ -181,12 +183,12 @@ def cache_from_args(args: argparse.Namespace, *, required: bool = False):
     try:
         cache.ensure_folder()
     except OSError as e:
-        raise PermissionError(
+        raise NotWritableError(
             f"cannot create the embedding cache folder {cache.folder} ({e.strerror or e}); give another "
             "with --cache-dir" + ("" if required else ", or --no-cache")
         ) from None
     if not os.access(cache.folder, os.W_OK):
-        raise PermissionError(
+        raise NotWritableError(
             f"cannot write into the embedding cache folder {cache.folder}: permission denied; give another "
             "with --cache-dir" + ("" if required else ", or --no-cache")
         )
@@ -197,7 +199,7 @@ def cache_summary(cache) -> str:
     """The line a command's summary ends with: the cache's folder, size and bound (or that it was off)."""
     if cache is None:
         return "embedding cache: off"
-    from napari_sam2.engine.embedding_cache import cache_info
+    from napari_sam2.engine.cache.embedding_cache import cache_info
 
     info = cache_info(cache.folder)
     return (
@@ -208,8 +210,8 @@ def cache_summary(cache) -> str:
 
 def report_error(command: str, exc: BaseException) -> int:
     """One line on stderr that names the problem (no traceback for problems a user can fix)."""
-    from napari_sam2.engine.checkpoints import CheckpointError
-    from napari_sam2.engine.session import SessionError
+    from napari_sam2.engine.track.session import SessionError
+    from napari_sam2.engine.weights.checkpoints import CheckpointError
 
     known = (
         CheckpointError,

@@ -1,6 +1,6 @@
 """``napari-sam2 cache info|clear``: see and empty the persistent embedding cache.
 
-The cache (:mod:`napari_sam2.engine.embedding_cache`) is on by default in the plugin and the
+The cache (:mod:`napari_sam2.engine.cache.embedding_cache`) is on by default in the plugin and the
 command line and grows up to its bound (20 GiB unless set); this shows where it is and how
 much it holds, and removes its entries (only the files the cache wrote).
 """
@@ -14,7 +14,7 @@ from ._common import report_error
 
 
 def _cache(args: argparse.Namespace):
-    from napari_sam2.engine.embedding_cache import EmbeddingCache
+    from napari_sam2.engine.cache.embedding_cache import EmbeddingCache
 
     return EmbeddingCache(args.cache_dir)
 

@@ -3,7 +3,7 @@
 The image encoder is most of a tracked frame's cost on a CPU. Run this once (overnight, or
 on a machine left alone) and the widget's previews, propagations and ``napari-sam2 track``
 on the same stack read the features instead of computing them, as long as they run the same
-model, checkpoint, precision and device (:mod:`napari_sam2.engine.embedding_cache`).
+model, checkpoint, precision and device (:mod:`napari_sam2.engine.cache.embedding_cache`).
 Frames already in the cache are skipped. Every argument is checked before the first frame
 is computed.
 """
@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
+
+from napari_sam2.errors import InputError
 
 from ._common import (
     add_cache_arguments,
@@ -49,26 +51,26 @@ def _select(frames: tuple[int | None, int | None] | None, n: int) -> list[int]:
     start = 0 if start is None else start
     stop = n if stop is None else stop
     if start >= n or stop > n:
-        raise ValueError(f"--frames: the stack has {n} frames (0 .. {n - 1}); got {start}:{stop}")
+        raise InputError(f"--frames: the stack has {n} frames (0 .. {n - 1}); got {start}:{stop}")
     if stop <= start:
-        raise ValueError(f"--frames {start}:{stop} selects no frame (the end is excluded, e.g. 0:{n})")
+        raise InputError(f"--frames {start}:{stop} selects no frame (the end is excluded, e.g. 0:{n})")
     return list(range(start, stop))
 
 
 def _build(spec, cache):
     """The predictor the widget and ``track`` would build, with this cache (tests replace it)."""
-    from napari_sam2.engine.session import build_predictor
+    from napari_sam2.engine.track.session import build_predictor
 
     return build_predictor(spec, embedding_cache=cache)
 
 
 def _run(args: argparse.Namespace) -> int:
-    from napari_sam2.engine.build import resolve_device
-    from napari_sam2.engine.download import ensure_checkpoint
-    from napari_sam2.engine.frames import open_frames
-    from napari_sam2.engine.normalization import Normalizer
-    from napari_sam2.engine.precompute import precompute_frames
-    from napari_sam2.engine.session import ModelSpec
+    from napari_sam2.engine.batch.precompute import precompute_frames
+    from napari_sam2.engine.frames.normalization import Normalizer
+    from napari_sam2.engine.frames.open import open_frames
+    from napari_sam2.engine.track.session import ModelSpec
+    from napari_sam2.engine.weights.build import resolve_device
+    from napari_sam2.engine.weights.download import ensure_checkpoint
     from napari_sam2.model.variants import resolve_variant
 
     source = None

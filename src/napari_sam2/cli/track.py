@@ -24,7 +24,7 @@ OUTPUTS_HELP = (
 
 
 def _run_track(args: argparse.Namespace) -> int:
-    from napari_sam2.engine.batch import track_files
+    from napari_sam2.engine.batch.track_stack import track_files
 
     try:
         model = resolve_model_arguments(args)

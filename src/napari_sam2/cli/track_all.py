@@ -3,7 +3,7 @@
 Every argument is checked before the model is built or a frame is computed, OUTDIR included
 (:func:`preflight`: a folder you can write to, none of this command's outputs in it unless
 ``--overwrite``, which replaces only the files this command writes). Outputs, by ``--formats``,
-written by :func:`napari_sam2.engine.track_exports.export_tracking`:
+written by :func:`napari_sam2.engine.cells.track_exports.export_tracking`:
 
 - ``ctc/``: ``res_track.txt`` + ``maskTTT.tif`` (a Cell Tracking Challenge result folder);
 - ``tracks.geff``: the graph as GEFF (zarr);
@@ -19,13 +19,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from napari_sam2.errors import NapariSam2Error
+
 from ._common import add_cache_arguments, cache_from_args, cache_summary
 
 FORMATS = ("ctc", "geff", "csv", "labels")  # = track_exports.EXPORT_FORMATS (kept here: no engine import)
 RUN_FILE = "track_all.json"
 
 
-class UsageError(ValueError):
+class UsageError(NapariSam2Error, ValueError):
     """A bad argument, named with its option."""
 
 
@@ -41,10 +43,10 @@ def _formats(text: str) -> list[str]:
 
 def validate(args: argparse.Namespace):
     """Check every argument; returns ``(formats, config, frames)``. Raises UsageError."""
-    from napari_sam2.engine.frames import FrameSourceError, open_frames
-    from napari_sam2.engine.seeding import SeedFilter
-    from napari_sam2.engine.track_all import TrackAllConfig
-    from napari_sam2.engine.track_rules import DivisionRule
+    from napari_sam2.engine.cells.seeding import SeedFilter
+    from napari_sam2.engine.cells.track_all import TrackAllConfig
+    from napari_sam2.engine.cells.track_rules import DivisionRule
+    from napari_sam2.engine.frames.open import FrameSourceError, open_frames
     from napari_sam2.model.config import available_configs
 
     formats = _formats(args.formats)
@@ -103,7 +105,7 @@ def validate(args: argparse.Namespace):
 def preflight(outdir: Path, formats: list[str], *, overwrite: bool = False) -> None:
     """Fail now, before the model loads, if the outputs could not be written at the end: OUTDIR
     under a file or read-only, an earlier output there without ``--overwrite``, GEFF without geff."""
-    from napari_sam2.engine.track_exports import OutputError, check_export
+    from napari_sam2.engine.cells.track_exports import OutputError, check_export
 
     try:
         check_export(outdir, formats, overwrite=overwrite, extra=[RUN_FILE])
@@ -117,8 +119,8 @@ def preflight(outdir: Path, formats: list[str], *, overwrite: bool = False) -> N
 
 def build_engine(args: argparse.Namespace):
     """The video predictor and the mask generator (one model shared by both)."""
-    from napari_sam2.engine.seeding import automatic_mask_generator_class
-    from napari_sam2.engine.video_predictor import build_sam2_video_predictor
+    from napari_sam2.engine.cells.seeding import automatic_mask_generator_class
+    from napari_sam2.engine.predict.video_predictor import build_sam2_video_predictor
 
     generator_class = automatic_mask_generator_class()  # fails before any weights are loaded
     # the persistent feature cache, as `track` has it (--no-cache or NAPARI_SAM2_EMBEDDING_CACHE=0: off)
@@ -134,8 +136,8 @@ def write_outputs(
     """The run's outputs (one export function for the CLI, the widget and scripts) and its record."""
     import json
 
+    from napari_sam2.engine.cells.track_exports import export_tracking
     from napari_sam2.engine.io._files import write_text
-    from napari_sam2.engine.track_exports import export_tracking
 
     written = list(
         export_tracking(result.labels, result.graph, outdir, formats, overwrite=overwrite).values()
@@ -150,8 +152,7 @@ def _run(args: argparse.Namespace) -> int:
     import datetime
 
     from napari_sam2 import __version__
-    from napari_sam2.engine.checkpoints import CheckpointError
-    from napari_sam2.engine.track_all import (
+    from napari_sam2.engine.cells.track_all import (
         FrameTracked,
         NoSeedsError,
         Status,
@@ -159,6 +160,7 @@ def _run(args: argparse.Namespace) -> int:
         TrackAllRun,
         TrackStarted,
     )
+    from napari_sam2.engine.weights.checkpoints import CheckpointError
 
     def say(message: str) -> None:
         if not args.quiet:
@@ -231,7 +233,7 @@ def _run(args: argparse.Namespace) -> int:
         "stopped": stopped,
         "summary": result.graph.summary(),
     }
-    from napari_sam2.engine.track_exports import OutputError
+    from napari_sam2.engine.cells.track_exports import OutputError
 
     try:
         written = write_outputs(result, formats, Path(args.outdir), info, overwrite=args.overwrite)

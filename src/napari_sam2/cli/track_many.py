@@ -2,7 +2,7 @@
 
 Jobs come from a manifest (CSV/JSON: stack, prompts, output, per-job options) or a folder
 (``NAME.tif`` + ``NAME.prompts.json`` -> ``OUTPUT_DIR/NAME.tif``); see
-:mod:`napari_sam2.engine.manifest`. Every job is checked before anything starts; complete
+:mod:`napari_sam2.engine.batch.manifest`. Every job is checked before anything starts; complete
 outputs are skipped; a failing stack is reported and the others go on. Exit status: 0 when
 every job is done or was complete, 1 when some failed, 2 when nothing could start.
 """
@@ -31,7 +31,7 @@ DESCRIPTION = (
 
 
 def _jobs(args: argparse.Namespace):
-    from napari_sam2.engine.manifest import ManifestError, jobs_from_folder, load_manifest
+    from napari_sam2.engine.batch.manifest import ManifestError, jobs_from_folder, load_manifest
 
     defaults = {
         "channels": args.channels,
@@ -61,14 +61,14 @@ def _jobs(args: argparse.Namespace):
 
 
 def _model(args: argparse.Namespace):
-    from napari_sam2.engine.session import ModelSpec
+    from napari_sam2.engine.track.session import ModelSpec
     from napari_sam2.model.variants import resolve_variant
 
     return ModelSpec(resolve_variant(args.model), args.checkpoint, args.device, args.precision, args.compile)
 
 
 def _dry_run(jobs, spec, overwrite: bool) -> int:
-    from napari_sam2.engine.distributed import model_key, validate_jobs
+    from napari_sam2.engine.batch.distributed import model_key, validate_jobs
 
     to_run, results = validate_jobs(jobs, model_key(spec), overwrite)
     for i, job in enumerate(jobs):
@@ -81,7 +81,7 @@ def _dry_run(jobs, spec, overwrite: bool) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from napari_sam2.engine.distributed import BatchValidationError, track_many
+    from napari_sam2.engine.batch.distributed import BatchValidationError, track_many
 
     try:
         jobs = _jobs(args)

@@ -44,6 +44,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam2.errors import InputTypeError, NapariSam2Error, OutOfRangeError
+
 __all__ = [
     "MAX_POINTS_PER_SIDE",
     "POINT_LABELS",
@@ -78,12 +80,12 @@ FRACTION_SETTINGS = (
 POINT_LABELS = {1: "positive (part of the object)", 0: "negative (not part of the object)"}
 
 
-class PromptError(ValueError):
+class PromptError(NapariSam2Error, ValueError):
     """A prompt (point, box, mask, object id, frame) that cannot be used, with a message that
     names the argument, the value and what to do."""
 
 
-class ParameterError(ValueError):
+class ParameterError(NapariSam2Error, ValueError):
     """A setting (threshold, grid size, image argument) that cannot be used, with a message
     that names the parameter, the value and the fix."""
 
@@ -117,12 +119,12 @@ def check_frame_index(frame_idx: Any, num_frames: int, *, argument: str = "frame
         if isinstance(frame_idx, (float, np.floating)) and float(frame_idx).is_integer():
             frame_idx = int(frame_idx)
         else:
-            raise TypeError(
+            raise InputTypeError(
                 f"{argument} must be an integer frame index; got {_show(frame_idx)} ({type(frame_idx).__name__})"
             )
     frame_idx = int(frame_idx)
     if not 0 <= frame_idx < num_frames:
-        raise IndexError(
+        raise OutOfRangeError(
             f"{argument} {frame_idx} is outside the stack (0 .. {num_frames - 1}); "
             "frames are counted from 0 along the propagation axis"
         )
@@ -318,7 +320,7 @@ def check_image_not_path(image: Any, *, where: str = "generate") -> None:
     if isinstance(image, (str, os.PathLike)):
         raise ParameterError(
             f"{where} takes the image's pixels, not a file name ({str(image)!r}); read it first, e.g. "
-            "tifffile.imread(path), or napari_sam2.engine.frames.open_frames(path)[t] for one frame of a stack"
+            "tifffile.imread(path), or napari_sam2.engine.frames.open.open_frames(path)[t] for one frame of a stack"
         )
 
 
@@ -342,7 +344,7 @@ _CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
 def check_device_name(device: str, *, argument: str = "device") -> str:
-    """A device string's syntax (availability is :func:`napari_sam2.engine.build.resolve_device`'s):
+    """A device string's syntax (availability is :func:`napari_sam2.engine.weights.build.resolve_device`'s):
     the normalised name, or a message naming the value and the forms that work."""
     import re
 

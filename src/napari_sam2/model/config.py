@@ -8,6 +8,8 @@ from typing import Any
 
 import yaml
 
+from napari_sam2.errors import InputError
+
 from .._resources import resource_path
 from .variants import resolve_variant
 
@@ -105,7 +107,7 @@ def _build(cls, data: dict[str, Any], where: str):
     known = {f.name for f in fields(cls)}
     unknown = set(data) - known
     if unknown:
-        raise ValueError(f"{where}: unknown keys {sorted(unknown)}")
+        raise InputError(f"{where}: unknown keys {sorted(unknown)}")
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
     return cls(**kwargs)
 

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_sam2.errors import InputError
+
 from .common import MLP, attention
 
 
@@ -134,7 +136,7 @@ class Hiera(nn.Module):
     ) -> None:
         super().__init__()
         if len(stages) != len(window_spec):
-            raise ValueError("stages and window_spec must have the same length")
+            raise InputError("stages and window_spec must have the same length")
         self.stage_ends = [sum(stages[: i + 1]) - 1 for i in range(len(stages))]
         q_pool_blocks = {end + 1 for end in self.stage_ends[:-1][:q_pool]}
 

@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_sam2.errors import InputError
+
 from .hiera import Hiera
 from .position_encoding import PositionEmbeddingSine
 
@@ -64,7 +66,7 @@ class ImageEncoder(nn.Module):
     def __init__(self, trunk: Hiera, neck: FpnNeck, scalp: int = 1) -> None:
         super().__init__()
         if trunk.channel_list != neck.backbone_channel_list:
-            raise ValueError(
+            raise InputError(
                 f"trunk channels {trunk.channel_list} do not match neck channels {neck.backbone_channel_list}"
             )
         self.trunk = trunk

@@ -7,6 +7,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from napari_sam2.errors import InputError
+
 from .common import MLP, LayerNorm2d
 from .transformer import ImageSide, TwoWayTransformer
 
@@ -144,7 +146,7 @@ class MaskDecoder(nn.Module):
         every batch of points on it.
         """
         if image_embeddings.shape[0] != 1 or dense.shape[0] != 1:
-            raise ValueError(
+            raise InputError(
                 "prepare_image takes one image and one dense prompt (batch 1); got batches "
                 f"{image_embeddings.shape[0]} and {dense.shape[0]}"
             )

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 
 import torch
 
+from napari_sam2.errors import InputError
+
 from .config import TrackingConfig
 
 __all__ = ["MemoryEntry", "select_closest_cond_frames", "select_memories"]
@@ -86,7 +88,7 @@ def select_closest_cond_frames(
     if max_num == -1 or len(cond_outputs) <= max_num:
         return dict(cond_outputs), {}
     if max_num < 2:
-        raise ValueError("max_cond_frames_in_attn must allow at least 2 conditioning frames")
+        raise InputError("max_cond_frames_in_attn must allow at least 2 conditioning frames")
     selected: dict[int, MemoryEntry] = {}
     before = max((t for t in cond_outputs if t < frame_idx), default=None)
     if before is not None:

@@ -7,6 +7,8 @@ import math
 import torch
 from torch import nn
 
+from napari_sam2.errors import InputError
+
 
 def _sine_frequencies(num_feats: int, temperature: float, device=None) -> torch.Tensor:
     # Pairs of channels share one frequency: channel 2k is sin, 2k+1 is cos.
@@ -28,7 +30,7 @@ class PositionEmbeddingSine(nn.Module):
     def __init__(self, num_pos_feats: int, temperature: float = 10000.0, scale: float = 2 * math.pi) -> None:
         super().__init__()
         if num_pos_feats % 2:
-            raise ValueError("num_pos_feats must be even")
+            raise InputError("num_pos_feats must be even")
         self.num_feats = num_pos_feats // 2
         self.temperature = temperature
         self.scale = scale

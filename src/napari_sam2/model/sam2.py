@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from napari_sam2.errors import InputError, StateError
+
 from .common import MLP
 from .config import SAM2Config
 from .hiera import Hiera
@@ -291,7 +293,7 @@ class SAM2Model(nn.Module):
             memory_pos = self.no_mem_pos_enc.expand(b, 1, self.mem_dim)
             return self._attend(vision_feat, vision_pos, memory, memory_pos, 0)
         if not cond_outputs:
-            raise RuntimeError("tracking a frame needs at least one conditioning frame")
+            raise StateError("tracking a frame needs at least one conditioning frame")
         selection = self.select_memories(frame_idx, cond_outputs, non_cond_outputs, num_frames, reverse)
         return self.condition_on_selected_memories(vision_feat, vision_pos, [selection] * b, num_frames)
 
@@ -314,7 +316,7 @@ class SAM2Model(nn.Module):
         layout = ([t for t, _ in memories], [d for d, _ in pointers])
         for mems, ptrs in selections[1:]:
             if ([t for t, _ in mems], [d for d, _ in ptrs]) != layout:
-                raise ValueError("objects batched together must have the same memory layout")
+                raise InputError("objects batched together must have the same memory layout")
         device = vision_feat.device
         pos_grid = self.memory_pos_enc(h, w, device).flatten(1).t()  # (HW, mem_dim)
         mem_list, pos_list = [], []

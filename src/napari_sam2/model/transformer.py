@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from napari_sam2.errors import InputError
+
 from .common import MLP, attention
 from .position_encoding import apply_rope, axial_rope_frequencies
 
@@ -21,7 +23,7 @@ class Attention(nn.Module):
         super().__init__()
         self.internal_dim = embedding_dim // downsample_rate
         if self.internal_dim % num_heads:
-            raise ValueError("num_heads must divide the internal dimension")
+            raise InputError("num_heads must divide the internal dimension")
         self.num_heads = num_heads
         kv_dim = kv_in_dim if kv_in_dim is not None else embedding_dim
         self.q_proj = nn.Linear(embedding_dim, self.internal_dim)
@@ -103,7 +105,7 @@ class RoPEAttention(Attention):
         n_rope = k.shape[-2] - num_k_exclude_rope
         if n_rope > 0:
             if n_rope != q.shape[-2] and not self.rope_k_repeat:
-                raise ValueError("keys and queries differ in length but rope_k_repeat is off")
+                raise InputError("keys and queries differ in length but rope_k_repeat is off")
             k_rot = apply_rope(k[:, :, :n_rope], rot, repeat=n_rope // q.shape[-2])
             k = torch.cat([k_rot, k[:, :, n_rope:]], dim=2) if num_k_exclude_rope else k_rot
         return self.out_proj(self._merge(attention(q, k, v)))

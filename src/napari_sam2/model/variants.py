@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import re
 
+from napari_sam2.errors import InputError, InputTypeError
+
 #: size letter -> the word Meta's checkpoint files use
 SIZE_WORDS = {"t": "tiny", "s": "small", "b+": "base_plus", "l": "large"}
 
@@ -35,7 +37,7 @@ def checkpoint_stem(variant: str) -> str:
 def resolve_variant(name: str) -> str:
     """Meta's config name (one of :data:`VARIANTS`) for any of Meta's spellings of it."""
     if not isinstance(name, str):
-        raise TypeError(f"a model variant name must be a string, not {type(name).__name__}")
+        raise InputTypeError(f"a model variant name must be a string, not {type(name).__name__}")
     text = name.strip()
     key = text.replace("\\", "/").rsplit("/", 1)[-1]
     if text.startswith("facebook/"):
@@ -44,4 +46,4 @@ def resolve_variant(name: str) -> str:
     key = _LONG_TO_SHORT.get(key, key)
     if key in VARIANTS:
         return key
-    raise ValueError(f"unknown SAM 2 model variant {name!r}; choose one of: {', '.join(VARIANTS)}")
+    raise InputError(f"unknown SAM 2 model variant {name!r}; choose one of: {', '.join(VARIANTS)}")

@@ -44,8 +44,9 @@ from typing import Any
 import numpy as np
 from psygnal import Signal, SignalGroup
 
-from ..engine.prompts import PromptSet
-from ..engine.session import ModelSpec, SessionError
+from napari_sam2.engine.prompts.prompt_set import PromptSet
+from napari_sam2.engine.track.session import ModelSpec, SessionError
+
 from .cells import CellSettings, CellsWorkflow
 from .embeddings import FeatureFill
 from .image_choice import ImageChoice

@@ -3,11 +3,11 @@ cell with divisions -> the lineage, as layers and files.
 
 1. :meth:`CellsWorkflow.segment_everything` runs SAM 2's automatic mask generator on the current
    frame (tiled for large fields of view), keeps one object per mask after the user's filters
-   (:class:`~napari_sam2.engine.seeding.SeedFilter`), and writes the seeds into a Labels layer
+   (:class:`~napari_sam2.engine.cells.seeding.SeedFilter`), and writes the seeds into a Labels layer
    ``SAM2 seeds [image]``: the user deletes, merges or paints them there with napari's tools.
    Running it again on a frame whose seeds the user edited is refused unless asked
    (``replace_edited=True``; the widget asks); the new seeds are one undo step.
-2. :meth:`CellsWorkflow.track_all_cells` starts a :class:`~napari_sam2.engine.track_all.TrackAllRun`
+2. :meth:`CellsWorkflow.track_all_cells` starts a :class:`~napari_sam2.engine.cells.track_all.TrackAllRun`
    from the seeds on that frame: all objects propagated together, new cells found by
    re-seeding every N frames, lost cells ended, divisions recorded. Final frames are written
    into ``SAM2 tracks [image]`` (a user's edits of it are kept, as in every output layer).
@@ -24,10 +24,12 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.events import Division, Finished, FrameTracked, Status, TrackEnded, TrackStarted
-from ..engine.seeding import NoSeedsError, SeedFilter, default_mask_generator, segment_frame
-from ..engine.session import SessionError
-from ..engine.track_all import TrackAllConfig, TrackAllRun
+from napari_sam2.engine.cells.seeding import NoSeedsError, SeedFilter, default_mask_generator, segment_frame
+from napari_sam2.engine.cells.track_all import TrackAllConfig, TrackAllRun
+from napari_sam2.engine.track.events import Division, Finished, FrameTracked, Status, TrackEnded, TrackStarted
+from napari_sam2.engine.track.session import SessionError
+from napari_sam2.errors import AlreadyExistsError
+
 from .geometry import StackGeometry, layer_data
 from .layers import find_layer, keep_selection, layer_transforms, role_metadata, unique_name
 from .run_kinds import Run, RunContext, plural
@@ -174,7 +176,7 @@ class CellsWorkflow:
                     "or give a mask generator (use_mask_generator)"
                 )
             if cells.tile_size:
-                from ..engine.tiled_mask_generator import TiledMaskGenerator
+                from napari_sam2.engine.segment.tiled_mask_generator import TiledMaskGenerator
 
                 generator = TiledMaskGenerator(
                     model,
@@ -311,7 +313,7 @@ class CellsWorkflow:
     def _show_lineage(self, ctx: RunContext, graph) -> None:
         from napari.layers import Tracks
 
-        from ..engine.track_exports import tracks_layer_data
+        from napari_sam2.engine.cells.track_exports import tracks_layer_data
 
         data, parents, properties = tracks_layer_data(graph)
         if not len(data):
@@ -346,7 +348,7 @@ class CellsWorkflow:
         the track file + one 16-bit mask TIFF per frame), ``tracks.geff`` and ``tracks.csv``.
         An existing output is replaced only with ``overwrite=True``: else FileExistsError
         names them all, before anything is written."""
-        from ..engine.track_exports import check_export, export_tracking
+        from napari_sam2.engine.cells.track_exports import check_export, export_tracking
 
         if self.track_graph is None:
             raise SessionError("there are no tracks yet: run 'Track all cells' first")
@@ -364,7 +366,7 @@ class CellsWorkflow:
             except FileExistsError as e:
                 existing.append(Path(getattr(e, "path", None) or e.filename or folder))
         if existing:
-            raise FileExistsError(
+            raise AlreadyExistsError(
                 f"{', '.join(str(p) for p in existing)} already exist{'s' if len(existing) == 1 else ''}"
             )
         # the one export function of the widget, the CLI and the API

@@ -2,7 +2,7 @@
 
 Once a session is open (the first preview loaded the model and the frames), a
 :class:`BackgroundFill` computes the image features of the other frames into the persistent
-cache (:mod:`napari_sam2.engine.embedding_cache`), nearest the given frame first, forward,
+cache (:mod:`napari_sam2.engine.cache.embedding_cache`), nearest the given frame first, forward,
 then backward, so that the next previews and the propagation read them instead of encoding.
 It gives way to the user: while the annotator's own job (a preview, a propagation, a
 download) runs it waits between frames and resumes when that job ends; a frame already being
@@ -20,7 +20,8 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from ..engine.precompute import FrameEmbedded, precompute_frames
+from napari_sam2.engine.batch.precompute import FrameEmbedded, precompute_frames
+
 from .jobs import JobRunner
 
 __all__ = ["BackgroundFill", "FeatureFill", "fill_order"]
@@ -39,7 +40,7 @@ class BackgroundFill:
     """A low-priority job that computes the session's frames into the embedding cache.
 
     Args:
-        session: the :class:`~napari_sam2.engine.session.TrackingSession` whose predictor
+        session: the :class:`~napari_sam2.engine.track.session.TrackingSession` whose predictor
             (with its ``embedding_cache``) and frames are used.
         busy: true while the user's own job runs (e.g. ``lambda: annotator.runner.busy``);
             the fill waits between frames while it is.
@@ -167,7 +168,7 @@ class FeatureFill:
         """The embedding cache in use: the open session's, else the one the next session gets
         (the default folder, unless turned off); None when there is none. Raises the engine's
         EmbeddingCacheError (a ValueError) for a folder or setting it cannot use."""
-        from ..engine.embedding_cache import resolve_embedding_cache
+        from napari_sam2.engine.cache.embedding_cache import resolve_embedding_cache
 
         predictor = self._session.predictor
         if predictor is not None:
@@ -176,7 +177,7 @@ class FeatureFill:
 
     def cache_info(self) -> Any:
         """The engine's CacheInfo (folder, entries, bytes, bound) of the cache, or None."""
-        from ..engine.embedding_cache import CacheInfo
+        from napari_sam2.engine.cache.embedding_cache import CacheInfo
 
         cache = self.cache()
         if cache is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from ..engine.stack_view import StackView, candidate_frame_axes, spatial_axes
+from napari_sam2.engine.frames.stack_view import StackView, candidate_frame_axes, spatial_axes
 
 __all__ = ["StackGeometry", "candidate_frame_axes", "layer_data", "layer_shape", "spatial_axes"]
 
@@ -25,7 +25,7 @@ def layer_data(layer):
 
 
 class StackGeometry(StackView):
-    """The :class:`~napari_sam2.engine.stack_view.StackView` of a napari image layer."""
+    """The :class:`~napari_sam2.engine.frames.stack_view.StackView` of a napari image layer."""
 
     @classmethod
     def from_layer(

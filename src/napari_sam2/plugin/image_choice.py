@@ -9,8 +9,9 @@ from collections.abc import Callable
 
 import numpy as np
 
-from ..engine.normalization import choose_channels
-from ..engine.session import SessionError
+from napari_sam2.engine.frames.normalization import choose_channels
+from napari_sam2.engine.track.session import SessionError
+
 from .geometry import StackGeometry
 
 __all__ = ["ImageChoice", "NO_IMAGE"]

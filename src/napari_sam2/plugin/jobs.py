@@ -17,6 +17,8 @@ from collections import deque
 from collections.abc import Callable, Generator
 from typing import Any
 
+from napari_sam2.errors import StateError
+
 __all__ = ["JobRunner"]
 
 EventHandler = Callable[[Any], None]
@@ -52,7 +54,7 @@ class JobRunner:
     ) -> None:
         """Run ``job``; ``on_start()`` is called once :attr:`kind` is set, before the first step."""
         if self.kind is not None:
-            raise RuntimeError(f"a {self.kind} job is running; wait for it or cancel it")
+            raise StateError(f"a {self.kind} job is running; wait for it or cancel it")
         self.kind = kind
         if on_start is not None:
             on_start()

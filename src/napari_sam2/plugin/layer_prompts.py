@@ -1,6 +1,6 @@
 """napari Points / Shapes / Labels layers <-> prompts (no Qt, no torch).
 
-Converters read prompt layers into a :class:`~napari_sam2.engine.prompts.PromptSet`,
+Converters read prompt layers into a :class:`~napari_sam2.engine.prompts.prompt_set.PromptSet`,
 going through world coordinates so that a prompt layer may have its own scale and
 translate, and write prompts back into layers.
 
@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..engine.prompts import PromptSet
+from napari_sam2.engine.prompts.prompt_set import PromptSet
+from napari_sam2.errors import InputError
+
 from .geometry import StackGeometry, layer_data, layer_shape
 from .state import plural
 
@@ -159,7 +161,7 @@ def labels_to_masks(
     """
     shape = layer_shape(labels_layer)
     if shape != geom.shape and shape[-2:] != (geom.height, geom.width):
-        raise ValueError(
+        raise InputError(
             f"the Labels layer '{labels_layer.name}' has shape {shape}, which does not match the image "
             f"({geom.shape}); a mask prompt needs a Labels layer of the image's shape"
         )
@@ -172,7 +174,7 @@ def labels_to_masks(
         elif len(shape) == 3 and shape[0] == geom.n_frames:
             plane = np.asarray(data[frame])
         else:
-            raise ValueError(
+            raise InputError(
                 f"the Labels layer '{labels_layer.name}' has shape {shape}; use a layer of the image's shape "
                 f"{geom.shape}, one frame ({geom.height}, {geom.width}), or all frames ({geom.n_frames}, "
                 f"{geom.height}, {geom.width})"

@@ -1,6 +1,6 @@
 """The annotator's model (no Qt): the variant, checkpoint, device, precision and compile
 settings, or a predictor given from Python, and the engine's
-:class:`~napari_sam2.engine.session.TrackingSession` that holds the loaded model."""
+:class:`~napari_sam2.engine.track.session.TrackingSession` that holds the loaded model."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from ..engine.checkpoints import CheckpointStatus, checkpoint_status
-from ..engine.session import ModelSpec, SessionError, TrackingSession
+from napari_sam2.engine.track.session import ModelSpec, SessionError, TrackingSession
+from napari_sam2.engine.weights.checkpoints import CheckpointStatus, checkpoint_status
+
 from ..model.variants import VARIANTS, resolve_variant
 
 __all__ = ["DEVICES", "ModelChoice"]

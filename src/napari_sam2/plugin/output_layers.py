@@ -28,8 +28,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..engine.prompts import masks_to_labels
-from ..engine.stack_view import StackView
+from napari_sam2.engine.frames.stack_view import StackView
+from napari_sam2.engine.prompts.prompt_set import masks_to_labels
+from napari_sam2.errors import InputError
 
 __all__ = ["FrameLedger", "OutputWriter", "UserEdit", "shared_channel_labels"]
 
@@ -210,12 +211,12 @@ class OutputWriter:
         idx = view.output_index(frame)
         cur = np.array(layer.data[idx])
         if cur.shape != new.shape:
-            raise ValueError(
+            raise InputError(
                 f"the output layer '{layer.name}' has planes of {cur.shape}, the masks are {new.shape}"
             )
         dtype = layer.data.dtype
         if dtype.kind in "ui" and new.size and int(new.max()) > np.iinfo(dtype).max:
-            raise ValueError(
+            raise InputError(
                 f"object id {int(new.max())} does not fit the output layer '{layer.name}' ({dtype}); "
                 "choose a new output layer"
             )
@@ -260,7 +261,7 @@ class OutputWriter:
         idx = view.output_index(frame)
         cur = np.array(layer.data[idx])
         if cur.shape != new.shape:
-            raise ValueError(
+            raise InputError(
                 f"the layer '{layer.name}' has planes of {cur.shape}, the new plane is {new.shape}"
             )
         final = new.astype(layer.data.dtype, copy=False)

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..engine.session import FrameDone, SessionError
+from napari_sam2.engine.track.session import FrameDone, SessionError
+
 from .geometry import StackGeometry, layer_shape
 from .layers import belongs_to, keep_selection, layer_transforms, role_metadata, role_of, unique_name
 from .output_layers import OUTPUT_DTYPE, OutputWriter, UserEdit, shared_channel_labels

@@ -4,7 +4,7 @@ boxes, with the object id and the point type as layer features, coloured per obj
 :class:`PromptLayers` finds or creates them, keeps their defaults (the object and point
 type the next click gets) in step with the annotator, recolours them when they change,
 binds the keys ``t`` (positive/negative) and ``n`` (new object), and reads them into a
-:class:`~napari_sam2.engine.prompts.PromptSet`.
+:class:`~napari_sam2.engine.prompts.prompt_set.PromptSet`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,8 @@ import weakref
 
 import numpy as np
 
-from ..engine.prompts import PromptSet
+from napari_sam2.engine.prompts.prompt_set import PromptSet
+
 from .geometry import StackGeometry, layer_shape
 from .layer_prompts import (
     OBJ_FEATURE,

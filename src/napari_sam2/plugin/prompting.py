@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engine.prompt_files import StackInfo, load_prompts, save_prompts
-from ..engine.prompts import PromptSet, object_id, point_label
-from ..engine.session import SessionError
-from ..engine.validation import PromptError, check_box, check_points
+from napari_sam2.engine.prompts.prompt_files import StackInfo, load_prompts, save_prompts
+from napari_sam2.engine.prompts.prompt_set import PromptSet, object_id, point_label
+from napari_sam2.engine.track.session import SessionError
+from napari_sam2.engine.validation import PromptError, check_box, check_points
+
 from .geometry import StackGeometry, layer_shape
 from .layer_prompts import ConversionReport, add_box_to_layer, add_points_to_layer, labels_to_masks
 from .prompt_layers import PromptLayers

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.io import SourceMetadata, path_kind
+from napari_sam2.engine.io import SourceMetadata, path_kind
 
 __all__ = ["get_reader", "read_layers", "looks_like_ct"]
 
@@ -94,8 +94,8 @@ def _physical(metadata: SourceMetadata, drop: str = "") -> dict[str, Any]:
 
 
 def _medical_layer(path: str | Path) -> LayerData:
-    from ..engine.io import open_array
-    from ..engine.normalization import CT_WINDOWS
+    from napari_sam2.engine.frames.normalization import CT_WINDOWS
+    from napari_sam2.engine.io import open_array
 
     data, metadata = open_array(path)
     kwargs: dict[str, Any] = {
@@ -115,7 +115,7 @@ def _medical_layer(path: str | Path) -> LayerData:
 
 
 def _ome_zarr_layers(path: str | Path) -> list[LayerData]:
-    from ..engine.io.ome_zarr import label_names, read_multiscale
+    from napari_sam2.engine.io.ome_zarr import label_names, read_multiscale
 
     levels, metadata = read_multiscale(path)
     axes = metadata.axes

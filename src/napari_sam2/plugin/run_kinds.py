@@ -14,7 +14,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engine.session import FrameDone, ObjectRemoved, Status, Total
+from napari_sam2.engine.track.session import FrameDone, ObjectRemoved, Status, Total
+
 from .geometry import StackGeometry
 from .state import plain, plural
 
@@ -160,7 +161,7 @@ class DownloadRun(Run):
             super().on_event(event)
 
     def failed(self, error: BaseException) -> str:
-        from ..engine.checkpoints import DownloadCancelled
+        from napari_sam2.engine.weights.checkpoints import DownloadCancelled
 
         p = self.parts
         if isinstance(error, DownloadCancelled):

@@ -11,8 +11,9 @@ import threading
 from collections.abc import Callable, Generator
 from typing import Any
 
-from ..engine.session import DIRECTIONS, SessionError, Status
-from ..engine.validation import PromptError
+from napari_sam2.engine.track.session import DIRECTIONS, SessionError, Status
+from napari_sam2.engine.validation import PromptError
+
 from .geometry import layer_data
 from .jobs import JobRunner
 from .layer_prompts import ConversionReport
@@ -97,7 +98,7 @@ class Runs:
         session = self._model.session
 
         def open_session():
-            # the chosen channels are taken lazily from the frames (engine/stack_view.py)
+            # the chosen channels are taken lazily from the frames (engine/frames/stack_view.py)
             yield from session.open(spec, frames_key, lambda: geom.frames(data, channels))
 
         return RunContext(geom=geom, image=image, prompts=prompts, open_session=open_session)
@@ -255,7 +256,7 @@ def _propagate_job(ctx: RunContext, session, direction, start, max_frames, cance
 
 
 def _download_job(config: str, cancel: threading.Event):
-    from ..engine.download import download_checkpoint
+    from napari_sam2.engine.weights.download import download_checkpoint
 
     updates: queue.Queue = queue.Queue()
     result: dict = {}

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_sam2.errors import AlreadyExistsError, InputError, NotAFolderError
+
 __all__ = [
     "SAMPLES",
     "make_timelapse_sample",
@@ -167,9 +169,9 @@ def synthetic_timelapse(
         Ground-truth instance labels, ids stable over time.
     """
     if n_frames < 1:
-        raise ValueError(f"n_frames must be >= 1, got {n_frames}")
+        raise InputError(f"n_frames must be >= 1, got {n_frames}")
     if n_cells < 1:
-        raise ValueError(f"n_cells must be >= 1, got {n_cells}")
+        raise InputError(f"n_cells must be >= 1, got {n_cells}")
     h, w = (int(shape[0]), int(shape[1]))
     rng = np.random.default_rng(seed)
     unit = min(h, w) / 256.0
@@ -272,7 +274,7 @@ def synthetic_volume(
     Returns ``(image uint16 (Z, Y, X), labels uint16 (Z, Y, X))`` with ids ``1..n_objects``.
     """
     if n_objects < 0:
-        raise ValueError(f"n_objects must be >= 0, got {n_objects}")
+        raise InputError(f"n_objects must be >= 0, got {n_objects}")
     nz, ny, nx = (int(v) for v in shape)
     rng = np.random.default_rng(seed)
     z_step = 3.0  # voxel depth in units of the lateral pixel size
@@ -359,17 +361,17 @@ def save_sample(which: str, folder: str | os.PathLike, overwrite: bool = False) 
     import tifffile
 
     if which not in SAMPLES:
-        raise ValueError(f"unknown sample {which!r}: choose one of {', '.join(SAMPLES)}")
+        raise InputError(f"unknown sample {which!r}: choose one of {', '.join(SAMPLES)}")
     folder = Path(folder).expanduser()
     if folder.exists() and not folder.is_dir():
-        raise NotADirectoryError(f"{folder} is a file, not a folder: give a folder for the sample's files")
+        raise NotAFolderError(f"{folder} is a file, not a folder: give a folder for the sample's files")
     names = [f"{which}.tif", f"{which}_truth.tif"] + (
         [f"{which}_man_track.txt"] if which == "lineage" else []
     )
     paths = [folder / n for n in names]
     existing = [p for p in paths if p.exists()]
     if existing and not overwrite:
-        raise FileExistsError(
+        raise AlreadyExistsError(
             f"{', '.join(map(str, existing))} already exist{'s' if len(existing) == 1 else ''}: choose "
             "another folder, or replace them with overwrite=True (--overwrite)"
         )

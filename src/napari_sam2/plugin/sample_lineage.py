@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from napari_sam2.errors import InputError, StateError
+
 from .sample_data import _add_noise, _background, _Cell, _layers, _paint, _smoothstep
 
 __all__ = ["make_lineage_sample", "synthetic_lineage_timelapse"]
@@ -47,7 +49,7 @@ def _lineage_from_labels(labels: np.ndarray, parents: dict[int, int]) -> np.ndar
     for i in sorted(present):
         frames = present[i]
         if frames[-1] - frames[0] + 1 != len(frames):  # a scripting error, never expected
-            raise RuntimeError(f"cell {i} vanishes and comes back: {frames}")
+            raise StateError(f"cell {i} vanishes and comes back: {frames}")
         parent = parents.get(i, 0)
         rows.append((i, frames[0], frames[-1], parent if parent in present else 0))
     return np.asarray(rows, dtype=np.int64).reshape(-1, 4)
@@ -99,13 +101,13 @@ def synthetic_lineage_timelapse(
     """
     h, w = (int(shape[0]), int(shape[1]))
     if n_frames < 20:
-        raise ValueError(f"n_frames must be >= 20 so that every scripted event fits, got {n_frames}")
+        raise InputError(f"n_frames must be >= 20 so that every scripted event fits, got {n_frames}")
     if min(h, w) < 128:
-        raise ValueError(f"shape must be at least 128 x 128, got {h} x {w}")
+        raise InputError(f"shape must be at least 128 x 128, got {h} x {w}")
     if min(n_divisions, n_entering, n_leaving) < 0:
-        raise ValueError("n_divisions, n_entering and n_leaving must be >= 0")
+        raise InputError("n_divisions, n_entering and n_leaving must be >= 0")
     if n_cells < n_leaving + 2:
-        raise ValueError(f"n_cells must be >= n_leaving + 2 (the contact pair), got {n_cells}")
+        raise InputError(f"n_cells must be >= n_leaving + 2 (the contact pair), got {n_cells}")
     rng = np.random.default_rng(seed)
     T = n_frames
     unit = min(h, w) / 256.0

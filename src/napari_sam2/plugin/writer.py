@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from napari_sam2.errors import InputError
+
 _IMAGEJ_ORDER = "TZCYX"
 _DEFAULT_AXES = {2: "YX", 3: "ZYX", 4: "TZYX", 5: "TZCYX"}
 _UNIT_NAMES = {"micrometer": "um", "micron": "um", "nanometer": "nm", "millimeter": "mm", "pixel": "pixel"}
@@ -66,9 +68,9 @@ def write_labels_tiff(path: str, data: Any, attributes: dict) -> list[str]:
 
     arr = np.asarray(data[0] if attributes.get("multiscale") else data)
     if arr.ndim < 2:
-        raise ValueError("a labels image needs at least two axes")
+        raise InputError("a labels image needs at least two axes")
     if arr.dtype.kind not in "uib":
-        raise ValueError(f"labels must be integers, not {arr.dtype}")
+        raise InputError(f"labels must be integers, not {arr.dtype}")
     ndim = arr.ndim
     scale = list(attributes.get("scale") or [1.0] * ndim)
     units = attributes.get("units")
@@ -84,7 +86,7 @@ def write_labels_tiff(path: str, data: Any, attributes: dict) -> list[str]:
             axes = "".join(axes[a] for a in keep)
     if axes is None or len(axes) != arr.ndim:
         if arr.ndim not in _DEFAULT_AXES:
-            raise ValueError(f"cannot write a {arr.ndim}-D labels image as an ImageJ hyperstack")
+            raise InputError(f"cannot write a {arr.ndim}-D labels image as an ImageJ hyperstack")
         axes = _DEFAULT_AXES[arr.ndim]
     # ImageJ wants TZCYX order
     order = sorted(range(arr.ndim), key=lambda a: _IMAGEJ_ORDER.index(axes[a]))
@@ -96,7 +98,7 @@ def write_labels_tiff(path: str, data: Any, attributes: dict) -> list[str]:
 
     vmax = int(arr.max()) if arr.size else 0
     if int(arr.min() if arr.size else 0) < 0:
-        raise ValueError("labels are negative; ImageJ TIFF holds non-negative ids only")
+        raise InputError("labels are negative; ImageJ TIFF holds non-negative ids only")
     sy, sx = float(scale[-2]), float(scale[-1])
     kwargs: dict[str, Any] = {"resolution": (1.0 / sx, 1.0 / sy)} if sx > 0 and sy > 0 else {}
     if vmax <= np.iinfo(np.uint16).max:
@@ -126,11 +128,11 @@ def write_labels_formats(path: str, data: Any, attributes: dict) -> list[str]:
     """Write one Labels layer as OME-Zarr, NIfTI or OME-TIFF (npe2 single-layer writer), by
     the file name's suffix, with the image's physical metadata when the layer carries it
     (layers from this plugin's reader and the plugin's output layers do)."""
-    from ..engine.io.labels_out import write_labels
+    from napari_sam2.engine.io.labels_out import write_labels
 
     arr = np.asarray(data[0] if attributes.get("multiscale") else data)
     if arr.dtype.kind not in "uib":
-        raise ValueError(f"labels must be integers, not {arr.dtype}")
+        raise InputError(f"labels must be integers, not {arr.dtype}")
     # an axis along which the layer repeats one plane (a shared channel plane) is written once
     keep = [a for a in range(arr.ndim) if not (arr.strides[a] == 0 and arr.shape[a] > 1)]
     if len(keep) < arr.ndim:

@@ -144,8 +144,8 @@ def test_errors_are_napari_notifications_and_the_status_line(viewer_widget):
 
 
 def test_checkpoint_download_progress_cancel_and_failure(viewer_widget, monkeypatch, tmp_path, qtbot):
-    import napari_sam2.engine.checkpoints as ck
-    import napari_sam2.engine.download as dl
+    import napari_sam2.engine.weights.checkpoints as ck
+    import napari_sam2.engine.weights.download as dl
 
     viewer, w = viewer_widget
     monkeypatch.setenv("NAPARI_SAM2_CHECKPOINT_DIR", str(tmp_path))

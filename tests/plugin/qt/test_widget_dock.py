@@ -140,7 +140,7 @@ def test_export_asks_before_replacing_and_never_says_overwrite_true(cells_widget
 def test_the_cache_row_shows_folder_and_size_and_clears_after_asking(
     make_napari_viewer, monkeypatch, tmp_path
 ):
-    from napari_sam2.engine.embedding_cache import EmbeddingCache
+    from napari_sam2.engine.cache.embedding_cache import EmbeddingCache
 
     folder = tmp_path / "cache"
     monkeypatch.setenv("NAPARI_SAM2_EMBEDDING_DIR", str(folder))

@@ -17,7 +17,7 @@ import pytest
 pytestmark = [pytest.mark.gui, pytest.mark.slow]
 
 pytest.importorskip("pytestqt")
-video_predictor = pytest.importorskip("napari_sam2.engine.video_predictor")
+video_predictor = pytest.importorskip("napari_sam2.engine.predict.video_predictor")
 
 from test_widget import PLUGIN, WIDGET  # noqa: E402
 

@@ -2,7 +2,7 @@
 
 - :func:`open_array`: a path (or zarr group) -> ``(lazy array, SourceMetadata)`` with the
   array's full axes (e.g. ``tczyx``), for code that chooses itself what to step through;
-  :func:`~napari_sam2.engine.frames.open_frames` uses it for these formats.
+  :func:`~napari_sam2.engine.frames.open.open_frames` uses it for these formats.
 - :mod:`.ome_zarr`, :mod:`.medical`: the readers.
 - :mod:`.labels_out`: :func:`~.labels_out.write_labels`, by the output's suffix.
 
@@ -17,9 +17,9 @@ from os import PathLike
 from pathlib import Path
 from typing import Any
 
-from ._files import OutputError, OutputExistsError, OutputPathError, check_output_path
-from .labels_out import check_writable, label_format, write_labels
-from .metadata import SourceMetadata
+from napari_sam2.engine.io._files import OutputError, OutputExistsError, OutputPathError, check_output_path
+from napari_sam2.engine.io.labels_out import check_writable, label_format, write_labels
+from napari_sam2.engine.io.metadata import SourceMetadata
 
 __all__ = [
     "OutputError",
@@ -40,8 +40,8 @@ __all__ = [
 def path_kind(path: str | PathLike) -> str | None:
     """What a path holds, from its name and (for folders) its files: ``"zarr"``, ``"nifti"``,
     ``"dicom"``, or None for anything else (TIFF, image folders... which frames.py reads)."""
-    from .medical import dicom_files, is_nifti_path
-    from .ome_zarr import is_zarr_path
+    from napari_sam2.engine.io.medical import dicom_files, is_nifti_path
+    from napari_sam2.engine.io.ome_zarr import is_zarr_path
 
     p = Path(path)
     if is_zarr_path(p):
@@ -49,7 +49,7 @@ def path_kind(path: str | PathLike) -> str | None:
     if is_nifti_path(p):
         return "nifti"
     if p.is_dir():
-        from ..frame_source import IMAGE_SUFFIXES
+        from napari_sam2.engine.io.source import IMAGE_SUFFIXES
 
         if dicom_files(p, skip_suffixes=IMAGE_SUFFIXES):
             return "dicom"
@@ -96,16 +96,16 @@ def open_array(source: Any) -> tuple[Any, SourceMetadata]:
     Returns ``(array, metadata)``: a dask array over the full data, whose axes are
     ``metadata.axes`` (letters of ``tczyx``; None for a bare zarr array), and what is known of
     its space (scale, units, affine...). Nothing is read but metadata (and DICOM headers).
-    Raises :class:`~napari_sam2.engine.frames.FrameSourceError` for anything else.
+    Raises :class:`~napari_sam2.engine.frames.open.FrameSourceError` for anything else.
     """
-    from ..frame_source import FrameSourceError, _PathNotFound
+    from napari_sam2.engine.io.source import FrameSourceError, _PathNotFound
 
     try:
         import zarr
     except ImportError:  # pragma: no cover - zarr is a dependency
         zarr = None
     if zarr is not None and isinstance(source, (zarr.Group, zarr.Array)):
-        from .ome_zarr import open_ome_zarr
+        from napari_sam2.engine.io.ome_zarr import open_ome_zarr
 
         return open_ome_zarr(source)
     if not isinstance(source, (str, PathLike)):
@@ -115,21 +115,21 @@ def open_array(source: Any) -> tuple[Any, SourceMetadata]:
         raise _PathNotFound(f"no such file or folder: {path}")
     kind = path_kind(path)
     if kind == "zarr":
-        from .ome_zarr import open_ome_zarr
+        from napari_sam2.engine.io.ome_zarr import open_ome_zarr
 
         return open_ome_zarr(path)
     if kind == "nifti":
-        from .medical import open_nifti
+        from napari_sam2.engine.io.medical import open_nifti
 
         return open_nifti(path)
     if kind == "dicom":
-        from .medical import open_dicom_series
+        from napari_sam2.engine.io.medical import open_dicom_series
 
         if path.is_file():
             raise FrameSourceError(
                 f"{path} is a single DICOM file; open the folder that holds the whole series (one file per slice)"
             )
-        from ..frame_source import IMAGE_SUFFIXES
+        from napari_sam2.engine.io.source import IMAGE_SUFFIXES
 
         images = [p.name for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
         if images:

@@ -20,10 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from napari_sam2.errors import NapariSam2Error
+
 __all__ = ["OutputError", "OutputExistsError", "OutputPathError", "check_output_path", "write_text"]
 
 
-class OutputError(OSError):
+class OutputError(NapariSam2Error, OSError):
     """An output that cannot be written as asked; ``path`` is the output concerned."""
 
     def __init__(self, message: str, path: str | Path) -> None:

@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from ._files import OutputExistsError, _atomic, _label_dtype, check_output_path
-from .labels_zarr import _is_ome_image, _write_into_image, _write_ome_zarr_new
-from .metadata import NGFF_TO_IMAGEJ_UNIT, NGFF_TO_OME_UNIT, SourceMetadata
+from napari_sam2.engine.io._files import OutputExistsError, _atomic, _label_dtype, check_output_path
+from napari_sam2.engine.io.labels_zarr import _is_ome_image, _write_into_image, _write_ome_zarr_new
+from napari_sam2.engine.io.metadata import NGFF_TO_IMAGEJ_UNIT, NGFF_TO_OME_UNIT, SourceMetadata
+from napari_sam2.errors import InputError
 
 __all__ = ["write_labels", "label_format", "check_writable", "LABEL_FORMATS"]
 
@@ -52,7 +53,7 @@ def label_format(path: str | Path) -> str:
         return "ome-zarr"
     if name.endswith((".nii", ".nii.gz")):
         return "nifti"
-    raise ValueError(
+    raise InputError(
         f"cannot tell the labels format of {Path(path).name}: use one of " + "; ".join(LABEL_FORMATS.values())
     )
 
@@ -62,11 +63,11 @@ def _check_labels(labels: Any) -> np.ndarray:
     if arr.dtype == np.bool_:
         arr = arr.astype(np.uint8)
     if arr.dtype.kind not in "ui":
-        raise ValueError(f"labels must be integers, not {arr.dtype}")
+        raise InputError(f"labels must be integers, not {arr.dtype}")
     if arr.ndim < 2:
-        raise ValueError(f"labels need at least two axes (Y, X); got shape {arr.shape}")
+        raise InputError(f"labels need at least two axes (Y, X); got shape {arr.shape}")
     if arr.size and int(arr.min()) < 0:
-        raise ValueError("labels are negative; label images hold non-negative ids (0 = background)")
+        raise InputError("labels are negative; label images hold non-negative ids (0 = background)")
     return arr
 
 
@@ -77,14 +78,14 @@ def _label_metadata(
     if metadata is not None and metadata.axes is not None:
         lm = metadata.drop_axes("c")
         if len(lm.axes) != arr.ndim:
-            raise ValueError(
+            raise InputError(
                 f"the labels have {arr.ndim} axes {arr.shape} but the input's axes without channels are {lm.axes!r} "
                 f"({len(lm.axes)} axes); write labels of the whole input, or pass metadata=None"
             )
         return lm
     axes = default_axes if default_axes and len(default_axes) == arr.ndim else _DEFAULT_AXES.get(arr.ndim)
     if axes is None:
-        raise ValueError(f"labels of {arr.ndim} axes need metadata naming them (axes); got shape {arr.shape}")
+        raise InputError(f"labels of {arr.ndim} axes need metadata naming them (axes); got shape {arr.shape}")
     kind = metadata.kind if metadata is not None else "array"
     return SourceMetadata(kind=kind, path=metadata.path if metadata else None, axes=axes)
 
@@ -96,7 +97,7 @@ def _label_metadata(
 def _tiff_axes(lm: SourceMetadata) -> str:
     axes = lm.axes.upper()
     if [a for a in "TZCYX" if a in axes] != list(axes):
-        raise ValueError(f"cannot write axes {lm.axes!r} as TIFF: they must be in t, z, y, x order")
+        raise InputError(f"cannot write axes {lm.axes!r} as TIFF: they must be in t, z, y, x order")
     return axes
 
 
@@ -174,7 +175,7 @@ def _write_nifti(path: Path, arr: np.ndarray, lm: SourceMetadata, metadata: Sour
     import nibabel as nib
 
     if "c" in lm.axes:
-        raise ValueError("NIfTI labels cannot have a channel axis")
+        raise InputError("NIfTI labels cannot have a channel axis")
     data = _nifti_data(np.ascontiguousarray(arr, dtype=_label_dtype(arr)), lm.axes)
     if metadata is not None and metadata.nifti_header is not None:
         # The input's own header: qform, sform, their codes, units and dim_info stay as they were.

@@ -10,8 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from ._files import OutputExistsError, _label_dtype, _remove, _temporary_sibling
-from .metadata import SourceMetadata
+from napari_sam2.engine.io._files import OutputExistsError, _label_dtype, _remove, _temporary_sibling
+from napari_sam2.engine.io.metadata import SourceMetadata
+from napari_sam2.errors import InputError
 
 
 def _ome_writer(*names: str) -> tuple:
@@ -31,7 +32,7 @@ def _ngff_format(version: str | None):
         return FormatV04()
     if version == "0.5":
         return FormatV05()
-    raise ValueError(f"cannot write OME-NGFF {version}; use 0.4 or 0.5")
+    raise InputError(f"cannot write OME-NGFF {version}; use 0.4 or 0.5")
 
 
 def _zarr_pyramid(lm: SourceMetadata, axes: str) -> list[dict[str, int]]:
@@ -109,7 +110,7 @@ def _is_ome_image(path: Path) -> tuple[bool, bool]:
     """(is an OME-Zarr multiscale group, is a label image) for an existing path."""
     import zarr
 
-    from .ome_zarr import ome_attributes
+    from napari_sam2.engine.io.ome_zarr import ome_attributes
 
     try:
         node = zarr.open(store=str(path), mode="r")
@@ -130,21 +131,21 @@ def _write_into_image(
 
     add_metadata, get_metadata, write_labels = _ome_writer("add_metadata", "get_metadata", "write_labels")
 
-    from .ome_zarr import read_multiscale
+    from napari_sam2.engine.io.ome_zarr import read_multiscale
 
     if not name or "/" in name or name.startswith("."):
-        raise ValueError(f"label name {name!r} must be a plain folder name")
+        raise InputError(f"label name {name!r} must be a plain folder name")
     levels, image = read_multiscale(path)
     image_axes = image.axes
     no_channel = image.drop_axes("c")
     expected = tuple(s for a, s in zip(image_axes, levels[0].shape) if a != "c")
     if metadata is not None and metadata.axes is not None and metadata.drop_axes("c").axes != no_channel.axes:
-        raise ValueError(
+        raise InputError(
             f"the labels have axes {metadata.drop_axes('c').axes!r} but the image {path} has {image_axes!r}: they "
             "cannot be its label image; write them as a new OME-Zarr (another .zarr path) instead"
         )
     if arr.shape != expected:
-        raise ValueError(
+        raise InputError(
             f"the labels have shape {arr.shape} but the image {path} is {expected} without channels (axes "
             f"{no_channel.axes!r}); a label image must cover the whole image: write them as a new OME-Zarr instead"
         )

@@ -27,8 +27,8 @@ from typing import Any
 
 import numpy as np
 
-from ..frame_source import FrameSourceError
-from .metadata import SourceMetadata
+from napari_sam2.engine.io.metadata import SourceMetadata
+from napari_sam2.engine.io.source import FrameSourceError
 
 __all__ = [
     "is_nifti_path",

@@ -1,6 +1,6 @@
 """What a reader knows about where the pixels sit in space, carried from the input to the writer.
 
-A :class:`SourceMetadata` travels with a :class:`~napari_sam2.engine.frames.FrameSource`
+A :class:`SourceMetadata` travels with a :class:`~napari_sam2.engine.frames.open.FrameSource`
 (``source.metadata``) so that labels written at the end land in the input's space: the same
 axes, physical pixel size and units for OME-Zarr / OME-TIFF, the same affine (voxel -> world)
 and NIfTI header geometry for medical volumes.
@@ -15,6 +15,8 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from napari_sam2.errors import InputError
 
 __all__ = ["SourceMetadata", "AXIS_LETTERS", "NGFF_TO_OME_UNIT", "NGFF_TO_IMAGEJ_UNIT"]
 
@@ -93,15 +95,15 @@ class SourceMetadata:
     def __post_init__(self) -> None:
         if self.axes is not None:
             if len(set(self.axes)) != len(self.axes) or set(self.axes) - set(AXIS_LETTERS):
-                raise ValueError(f"axes must be distinct letters of {AXIS_LETTERS!r}; got {self.axes!r}")
+                raise InputError(f"axes must be distinct letters of {AXIS_LETTERS!r}; got {self.axes!r}")
             for name in ("scale", "units", "translation"):
                 value = getattr(self, name)
                 if value is not None and len(value) != len(self.axes):
-                    raise ValueError(
+                    raise InputError(
                         f"{name} has {len(value)} entries for the {len(self.axes)} axes {self.axes!r}"
                     )
         if self.affine is not None and np.asarray(self.affine).shape != (4, 4):
-            raise ValueError("affine must be a 4x4 matrix")
+            raise InputError("affine must be a 4x4 matrix")
 
     # -- derived ----------------------------------------------------------------------------
     @property

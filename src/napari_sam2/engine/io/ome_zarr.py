@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from ..frame_source import FrameSourceError
-from .metadata import AXIS_LETTERS, SourceMetadata
+from napari_sam2.engine.io.metadata import AXIS_LETTERS, SourceMetadata
+from napari_sam2.engine.io.source import FrameSourceError
 
 __all__ = ["open_ome_zarr", "read_multiscale", "is_zarr_path", "ome_attributes", "label_names"]
 

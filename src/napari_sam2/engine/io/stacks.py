@@ -1,5 +1,5 @@
 """TIFF stacks and folders of images as lazy frame sources (opened by
-:func:`napari_sam2.engine.frames.open_frames`)."""
+:func:`napari_sam2.engine.frames.open.open_frames`)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..frame_source import (
+from napari_sam2.engine.io.source import (
     IMAGE_SUFFIXES,
     FrameSource,
     FrameSourceError,
@@ -18,6 +18,7 @@ from ..frame_source import (
     _shape_str,
     natural_sort_key,
 )
+from napari_sam2.errors import InputError
 
 __all__ = ["open_folder", "open_tiff"]
 
@@ -72,7 +73,7 @@ def open_tiff(path: Path, channel_axis: int | None) -> FrameSource:
         if isinstance(z, zarr.Group):  # pyramidal file: level 0 is full resolution
             z = z[0]
         if tuple(z.shape) != tuple(series.shape):
-            raise ValueError("unexpected zarr shape")
+            raise InputError("unexpected zarr shape")
 
         def close_store(store=store, tif=tif) -> None:
             store.close()

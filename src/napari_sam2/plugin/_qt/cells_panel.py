@@ -13,7 +13,8 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
-from ...engine.session import SessionError
+from napari_sam2.engine.track.session import SessionError
+
 from ..cells import export_tracks_asking
 from ._common import Panel, ask, notify_error, wrapping_label
 

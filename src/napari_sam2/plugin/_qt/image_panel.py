@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from qtpy.QtWidgets import QComboBox, QFormLayout, QLineEdit
 
-from ...engine.session import SessionError
+from napari_sam2.engine.track.session import SessionError
+
 from ..geometry import candidate_frame_axes, layer_shape
 from ._common import Panel, notify_error, wrapping_label
 

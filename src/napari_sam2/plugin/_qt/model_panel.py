@@ -14,7 +14,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ...engine.session import SessionError
+from napari_sam2.engine.track.session import SessionError
+
 from ..annotator import DEVICES
 from ._common import Panel, ask, notify_error, wrapping_label
 
@@ -217,7 +218,7 @@ def _size(n: int) -> str:
 
 def _short(status) -> str:
     """The checkpoint row: what is wrong and where the file goes, in a few lines."""
-    from ...engine.checkpoints import CHECKPOINTS
+    from napari_sam2.engine.weights.checkpoints import CHECKPOINTS
 
     if status.state == "missing":
         url = CHECKPOINTS[status.config_name].url

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from qtpy.QtWidgets import QCheckBox, QComboBox, QFormLayout, QHBoxLayout, QPushButton
 
-from ...engine.session import SessionError
+from napari_sam2.engine.track.session import SessionError
+
 from ..layers import role_of
 from ._common import Panel, notify_error, wrapping_label
 

@@ -12,8 +12,9 @@ from qtpy.QtWidgets import (
     QSpinBox,
 )
 
-from ...engine.prompts import MAX_OBJECT_ID
-from ...engine.session import SessionError
+from napari_sam2.engine.prompts.prompt_set import MAX_OBJECT_ID
+from napari_sam2.engine.track.session import SessionError
+
 from ._common import Panel, notify_error, notify_warning
 
 
