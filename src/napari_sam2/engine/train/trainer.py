@@ -1,0 +1,365 @@
+"""Fine-tune SAM 2 on labelled frames with prompts sampled as Meta trained it.
+
+One step: a labelled frame is drawn, up to ``objects_per_step`` of its objects, a first
+prompt (a noisy box or one click, one choice for the whole step) and then
+``correction_clicks`` clicks drawn from the model's own errors, each decoder pass fed the
+previous pass's logits (see :mod:`.prompts`); the losses of all passes are summed
+(:mod:`.losses`) and AdamW takes one step (weight decay 0.1 except biases and norms,
+gradient norm clipped to 0.1, learning rate on a cosine from ``lr`` to ``lr / 10``: the
+SAM 2.1 fine-tuning config).
+
+Determinism: every step draws its randomness from ``numpy.random.default_rng([seed, step])``
+and the learning rate is a function of the step, so a run resumed from a saved state
+repeats exactly what the uninterrupted run would have done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...model import SAM2Model
+from .data import FrameRef, LabeledStack, split_frames
+from .features import FrameStore, image_embedding
+from .lora import LoRALinear, add_lora
+from .losses import LossWeights, step_losses, total_loss, true_iou
+from .prompts import PromptConfig, centre_click, correction_click, noisy_box, uniform_point
+
+#: what can be trained; "lora" trains the "decoder" set plus low-rank adapters on the encoder
+TRAINABLE = ("decoder", "lora")
+_AMP = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1000
+    lr: float = 1e-4
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    grad_clip: float | None = 0.1
+    objects_per_step: int = 4
+    trainable: str = "decoder"
+    lora_rank: int = 4
+    amp: str | None = None  # "bfloat16" or "float16" (mixed precision), None for float32
+    loss_resolution: str = (
+        "high"  # "high": on the image_size grid as Meta; "low": the 256 logits (4x cheaper)
+    )
+    checkpoint_every: int = 100
+    validate_every: int = 100
+    max_val_objects: int = 32
+    seed: int = 0
+    prompts: PromptConfig = field(default_factory=PromptConfig)
+    weights: LossWeights = field(default_factory=LossWeights)
+
+    def __post_init__(self) -> None:
+        if self.trainable not in TRAINABLE:
+            raise ValueError(
+                f"trainable={self.trainable!r}: choose 'decoder' (mask decoder + prompt encoder, the default) "
+                "or 'lora' (that plus low-rank adapters on the image encoder)"
+            )
+        if self.amp not in _AMP:
+            raise ValueError(f"amp={self.amp!r}: use None, 'bfloat16' or 'float16'")
+        if self.loss_resolution not in ("high", "low"):
+            raise ValueError(f"loss_resolution={self.loss_resolution!r}: use 'high' or 'low'")
+        for name in ("steps", "objects_per_step", "checkpoint_every", "validate_every", "max_val_objects"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+
+
+def select_trainable(model: SAM2Model, trainable: str, lora_rank: int = 4) -> list[str]:
+    """Freeze everything, then unfreeze the chosen part; returns the trained parameters' names."""
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if trainable == "lora" and not any(isinstance(m, LoRALinear) for m in model.modules()):
+        add_lora(model.image_encoder, lora_rank)
+    names = []
+    for name, p in model.named_parameters():
+        decoder = name.startswith("sam_prompt_encoder.") or (
+            name.startswith("sam_mask_decoder.")
+            and not name.startswith(("sam_mask_decoder.conv_s0", "sam_mask_decoder.conv_s1"))
+        )
+        if decoder or (trainable == "lora" and ".lora_" in name):
+            p.requires_grad_(True)
+            names.append(name)
+    return names
+
+
+def _param_groups(model: SAM2Model, names: Sequence[str], weight_decay: float) -> list[dict]:
+    """Meta's rule: no weight decay on biases and LayerNorm parameters."""
+    params = dict(model.named_parameters())
+    no_decay_modules = {n for n, m in model.named_modules() if isinstance(m, torch.nn.LayerNorm)}
+    decay, no_decay = [], []
+    for n in names:
+        owner = n.rsplit(".", 1)[0]
+        (no_decay if n.endswith("bias") or owner in no_decay_modules else decay).append(params[n])
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+@dataclass
+class Batch:
+    """What one step trains on: a frame, its chosen objects' masks and first prompts."""
+
+    ref: FrameRef
+    ids: np.ndarray  # (N,) label ids
+    gt: np.ndarray  # (N, S, S) bool masks on the model grid
+    points: np.ndarray  # (N, P, 2) float32 (x, y) on the model grid
+    labels: np.ndarray  # (N, P) int32
+    rng: np.random.Generator  # continues the step's draws (correction clicks)
+
+
+@dataclass
+class StepRecord:
+    step: int
+    loss: float
+    parts: dict[str, float]
+    lr: float
+
+
+class Trainer:
+    """Trains ``model`` in place (build a fresh one for it); see the module doc."""
+
+    def __init__(
+        self,
+        model: SAM2Model,
+        stacks: Sequence[LabeledStack],
+        config: TrainConfig | None = None,
+        *,
+        train: Sequence[FrameRef] | None = None,
+        val: Sequence[FrameRef] | None = None,
+        state_dir: str | os.PathLike | None = None,
+    ) -> None:
+        self.model = model.eval()  # no dropout or batch statistics in the heads; eval keeps steps repeatable
+        self.config = config or TrainConfig()
+        self.stacks = list(stacks)
+        if train is None:
+            train, val = split_frames(self.stacks, seed=self.config.seed)
+        self.train_refs, self.val_refs = list(train), list(val or [])
+        if not self.train_refs:
+            raise ValueError("no training frames: label some cells on at least one frame")
+        self.trainable = select_trainable(model, self.config.trainable, self.config.lora_rank)
+        self.store = FrameStore(model, self.stacks, cache_features=self.config.trainable != "lora")
+        self.optimizer = torch.optim.AdamW(
+            _param_groups(model, self.trainable, self.config.weight_decay), lr=self.config.lr
+        )
+        self.state_dir = Path(state_dir) if state_dir is not None else None
+        self.step_count = 0
+        self.history: list[StepRecord] = []
+        self.validation: list[tuple[int, float]] = []
+        self.decoder_passes = 0
+
+    # ------------------------------------------------------------------ pieces
+    def lr_at(self, step: int) -> float:
+        c = self.config
+        frac = min(step / max(c.steps, 1), 1.0)
+        return c.lr * (c.min_lr_ratio + (1 - c.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+    def _autocast(self):
+        dtype = _AMP[self.config.amp]
+        if dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.model.device.type, dtype=dtype)
+
+    def _heads(self, feats, coords, labels, mask_inputs, multimask):
+        n = coords.shape[0]
+        emb = image_embedding(self.model, feats).expand(n, -1, -1, -1)
+        hr = [h.expand(n, -1, -1, -1) for h in feats.high_res]
+        self.decoder_passes += 1
+        with self._autocast():
+            return self.model.sam_heads(
+                emb, hr, coords, labels, mask_inputs=mask_inputs, multimask_output=multimask
+            )
+
+    def _target(self, gt: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(gt[:, None]).to(self.model.device, torch.float32)
+        if self.config.loss_resolution == "low":
+            s = self.model.sam_prompt_encoder.mask_input_size
+            t = torch.nn.functional.interpolate(t, size=s, mode="nearest")
+        return t
+
+    # ------------------------------------------------------------------ training
+    def sample_batch(self, step: int | None = None) -> Batch:
+        """The frame, objects and first prompts of step ``step`` (the next step by default)."""
+        c = self.config
+        step = self.step_count if step is None else step
+        rng = np.random.default_rng([c.seed, step])
+        ref = self.train_refs[int(rng.integers(len(self.train_refs)))]
+        grid = self.store.grid(ref)
+        ids = np.unique(grid)
+        ids = ids[ids != 0]
+        ids = np.sort(rng.choice(ids, min(c.objects_per_step, len(ids)), replace=False))
+        gt = grid[None] == ids[:, None, None]
+        # one prompt kind per step for all objects of the frame, as Meta draws it per frame
+        if rng.random() < c.prompts.prob_box:
+            pts = np.stack([noisy_box(g, rng, c.prompts) for g in gt])
+            lbls = np.tile(np.array([[2, 3]], dtype=np.int32), (len(ids), 1))
+        else:
+            pts = np.stack([uniform_point(g, rng)[None] for g in gt])
+            lbls = np.ones((len(ids), 1), dtype=np.int32)
+        return Batch(ref, ids, gt, pts, lbls, rng)
+
+    def train_step(self, batch: Batch | None = None) -> StepRecord:
+        """One optimisation step on ``batch`` (drawn for this step if None; a fixed batch is
+        for overfitting checks, its correction clicks still drawn from its own generator)."""
+        c, m, dev = self.config, self.model, self.model.device
+        step = self.step_count
+        if batch is None:
+            batch = self.sample_batch(step)
+        ref, gt, rng, n = batch.ref, batch.gt, batch.rng, len(batch.ids)
+        coords = torch.from_numpy(batch.points).to(dev)
+        labels = torch.from_numpy(batch.labels).to(dev)
+        target = self._target(gt)
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.lr_at(step)
+        feats = self.store.features(ref, _AMP[c.amp])
+        parts: dict[str, torch.Tensor] = {}
+        mask_inputs = None
+        for k in range(1 + c.prompts.correction_clicks):
+            if k > 0:
+                from_gt = rng.random() < c.prompts.prob_correct_from_gt
+                pred = (out.high_res_masks[:, 0] > 0).cpu().numpy()
+                new = [correction_click(g, None if from_gt else p, rng) for g, p in zip(gt, pred)]
+                coords = torch.cat([coords, torch.tensor([[xy] for xy, _ in new], device=dev)], 1)
+                labels = torch.cat(
+                    [labels, torch.tensor([[lab] for _, lab in new], dtype=torch.int32, device=dev)], 1
+                )
+                mask_inputs = out.low_res_masks
+            multimask = m.use_multimask(True, coords.shape[1])
+            out = self._heads(feats, coords, labels, mask_inputs, multimask)
+            logits = out.low_res_multimasks
+            if c.loss_resolution == "high":  # Meta's losses are on the upsampled (image_size) logits
+                size = (m.image_size, m.image_size)
+                logits = torch.nn.functional.interpolate(
+                    logits, size=size, mode="bilinear", align_corners=False
+                )
+            for key, v in step_losses(logits, out.ious, out.object_score_logits, target, c.weights).items():
+                parts[key] = parts.get(key, 0) + v / n
+        loss = total_loss(parts, c.weights)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if c.grad_clip is not None:
+            torch.nn.utils.clip_grad_norm_([p for p in m.parameters() if p.requires_grad], c.grad_clip)
+        self.optimizer.step()
+        self.step_count += 1
+        rec = StepRecord(
+            step, float(loss.detach()), {k: float(v.detach()) for k, v in parts.items()}, self.lr_at(step)
+        )
+        self.history.append(rec)
+        return rec
+
+    @torch.no_grad()
+    def evaluate(self, refs: Sequence[FrameRef] | None = None) -> float | None:
+        """Mean IoU over objects of one click at each object's centre (the best of the multimask
+        output by predicted IoU, as the predictors choose), on the model's grid; None without frames."""
+        refs = self.val_refs if refs is None else refs
+        ious = []
+        for ref in refs:
+            grid = self.store.grid(ref)
+            ids = np.unique(grid)
+            ids = ids[ids != 0][: self.config.max_val_objects]
+            if not len(ids):
+                continue
+            gt = grid[None] == ids[:, None, None]
+            coords = torch.from_numpy(np.stack([centre_click(g) for g in gt])[:, None]).to(self.model.device)
+            labels = torch.ones(len(ids), 1, dtype=torch.int32, device=self.model.device)
+            feats = self.store.features(ref, _AMP[self.config.amp])
+            out = self._heads(feats, coords, labels, None, self.model.use_multimask(True, 1))
+            target = torch.from_numpy(gt[:, None]).to(self.model.device)
+            ious.extend(true_iou(out.high_res_masks.float(), target.float())[:, 0].tolist())
+        return float(np.mean(ious)) if ious else None
+
+    def run(
+        self,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> dict[str, Any]:
+        """Train up to ``config.steps`` (from where a loaded state left off); returns a summary.
+
+        ``progress`` gets ``{"step", "steps", "loss", "val_iou"?}`` after each step;
+        ``should_stop`` is asked before each step: a stop saves the state (when a
+        ``state_dir`` is set) so that :meth:`load_state` resumes it.
+        """
+        c = self.config
+        if self.val_refs and not self.validation:
+            self.validation.append((self.step_count, self.evaluate()))
+        stopped = False
+        while self.step_count < c.steps:
+            if should_stop is not None and should_stop():
+                stopped = True
+                break
+            rec = self.train_step()
+            info: dict[str, Any] = {"step": self.step_count, "steps": c.steps, "loss": rec.loss}
+            if self.val_refs and (self.step_count % c.validate_every == 0 or self.step_count == c.steps):
+                self.validation.append((self.step_count, self.evaluate()))
+                info["val_iou"] = self.validation[-1][1]
+            if self.state_dir is not None and self.step_count % c.checkpoint_every == 0:
+                self.save_state(self.state_dir / "train_state.pt")
+            if progress is not None:
+                progress(info)
+        if stopped and self.state_dir is not None:
+            self.save_state(self.state_dir / "train_state.pt")
+        return self.summary(stopped)
+
+    def summary(self, stopped: bool = False) -> dict[str, Any]:
+        return {
+            "steps": self.step_count,
+            "stopped": stopped,
+            "first_loss": self.history[0].loss if self.history else None,
+            "last_loss": self.history[-1].loss if self.history else None,
+            "val_iou_before": self.validation[0][1] if self.validation else None,
+            "val_iou_after": self.validation[-1][1] if self.validation else None,
+            "validation": list(self.validation),
+        }
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        params = dict(self.model.named_parameters())
+        return {
+            "step": self.step_count,
+            "trainable": {n: params[n].detach().cpu().clone() for n in self.trainable},
+            "optimizer": self.optimizer.state_dict(),
+            "config": asdict(self.config),
+            "history": [asdict(r) for r in self.history],
+            "validation": list(self.validation),
+            "train": [(r.stack, r.t) for r in self.train_refs],
+            "val": [(r.stack, r.t) for r in self.val_refs],
+        }
+
+    def save_state(self, path: str | os.PathLike) -> Path:
+        """Write the resumable state atomically (a crash mid-write leaves the previous one)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        torch.save(self.state_dict(), tmp)
+        tmp.replace(path)
+        return path
+
+    def load_state(self, path: str | os.PathLike) -> None:
+        """Resume: trained tensors, optimizer moments, step, history; the split must be the same."""
+        state = torch.load(Path(path), map_location="cpu", weights_only=False)
+        if sorted(state["trainable"]) != sorted(self.trainable):
+            raise ValueError(
+                f"{path} trained other parameters ({state['config'].get('trainable')!r}) than this run "
+                f"({self.config.trainable!r}); resume with the same settings"
+            )
+        if state["train"] != [(r.stack, r.t) for r in self.train_refs]:
+            raise ValueError(
+                f"{path} was trained on other frames than this run; resume with the same data and seed"
+            )
+        params = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for n, v in state["trainable"].items():
+                params[n].copy_(v)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step_count = int(state["step"])
+        self.history = [StepRecord(**r) for r in state["history"]]
+        self.validation = [tuple(v) for v in state["validation"]]
