@@ -149,7 +149,7 @@ class Trainer:
         self.trainable = select_trainable(model, self.config.trainable, self.config.lora_rank)
         self.store = FrameStore(model, self.stacks, cache_features=self.config.trainable != "lora")
         self.optimizer = torch.optim.AdamW(
-            _param_groups(model, self.trainable, self.config.weight_decay), lr=self.config.lr
+            _param_groups(model, self.trainable, self.config.weight_decay), lr=self.config.lr, foreach=True
         )
         self.state_dir = Path(state_dir) if state_dir is not None else None
         self.step_count = 0
@@ -223,15 +223,15 @@ class Trainer:
         feats = self.store.features(ref, _AMP[c.amp])
         parts: dict[str, torch.Tensor] = {}
         mask_inputs = None
-        for k in range(1 + c.prompts.correction_clicks):
-            if k > 0:
+        out = None
+        for _ in range(1 + c.prompts.correction_clicks):
+            if out is not None:  # a correction click from the previous pass's errors, as Meta trains
                 from_gt = rng.random() < c.prompts.prob_correct_from_gt
                 pred = (out.high_res_masks[:, 0] > 0).cpu().numpy()
                 new = [correction_click(g, None if from_gt else p, rng) for g, p in zip(gt, pred)]
-                coords = torch.cat([coords, torch.tensor([[xy] for xy, _ in new], device=dev)], 1)
-                labels = torch.cat(
-                    [labels, torch.tensor([[lab] for _, lab in new], dtype=torch.int32, device=dev)], 1
-                )
+                xy = torch.from_numpy(np.stack([xy for xy, _ in new])[:, None].astype(np.float32)).to(dev)
+                lab = torch.tensor([[lab] for _, lab in new], dtype=torch.int32, device=dev)
+                coords, labels = torch.cat([coords, xy], 1), torch.cat([labels, lab], 1)
                 mask_inputs = out.low_res_masks
             multimask = m.use_multimask(True, coords.shape[1])
             out = self._heads(feats, coords, labels, mask_inputs, multimask)
