@@ -101,5 +101,6 @@ def test_prompts_from_ground_truth():
     assert lab == 0 and pred[int(xy[1]), int(xy[0])] and not gt[int(xy[1]), int(xy[0])]
     x, y = centre_click(gt)  # on the ridge 5 pixels from the top and bottom edges
     assert y in (14, 15) and 34 <= x <= 40
-    lab = np.arange(12).reshape(3, 4)
-    np.testing.assert_array_equal(resize_labels(lab, 8)[::2, ::2], resize_labels(lab, 8)[1::2, 1::2])
+    lab = np.arange(16).reshape(4, 4)  # nearest neighbour, pixel centres aligned: each label twice
+    np.testing.assert_array_equal(resize_labels(lab, 8)[::2, ::2], lab)
+    np.testing.assert_array_equal(resize_labels(lab, 8)[1::2, 1::2], lab)
