@@ -164,9 +164,10 @@ def add_parser(subparsers) -> None:
     p.add_argument(
         "--trainable",
         default="decoder",
-        choices=["decoder", "lora"],
+        choices=["decoder", "lora", "memory"],
         help="decoder: mask decoder + prompt encoder (default, fast, ~4 M parameters); lora: also low-rank "
-        "adapters on the image encoder (slower: the encoder runs at every step)",
+        "adapters on the image encoder (slower: the encoder runs at every step); memory: also the memory "
+        "modules, on clips of consecutive labelled frames (video tracking)",
     )
     p.add_argument("--lora-rank", type=_positive_int, default=4, help="rank of the LoRA adapters (default 4)")
     p.add_argument(

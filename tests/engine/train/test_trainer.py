@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -149,3 +150,20 @@ def test_lora_adapters_fold_into_official_weights(make_model, cell_crop, tiny_ch
         a, b = model.forward_image(x)[0], plain.forward_image(x)[0]
     torch.testing.assert_close(a.vision_feat, b.vision_feat, rtol=1e-4, atol=1e-4)
     assert set(official_state_dict(model)) == set(plain.state_dict())
+
+
+def test_memory_modules_train_on_clips(make_model, cell_crop):
+    model = make_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    cfg = TrainConfig(steps=2, trainable="memory", clip_length=3, **SMALL)
+    tr = Trainer(model, [_stack(cell_crop)], cfg, train=[FrameRef(0, t) for t in range(3)], val=[])
+    assert tr.clips == [(FrameRef(0, 0), FrameRef(0, 1), FrameRef(0, 2))]
+    tr.run()
+    assert all(math.isfinite(r.loss) for r in tr.history)
+    assert tr.decoder_passes == 6  # every frame of each clip
+    changed = {k for k, v in model.state_dict().items() if not torch.equal(v, before[k])}
+    assert any(k.startswith("memory_attention.") for k in changed)
+    assert any(k.startswith("memory_encoder.") for k in changed)
+    assert not any(k.startswith("image_encoder.") for k in changed)
+    with pytest.raises(ValueError, match="clips of 3 consecutive"):
+        Trainer(make_model(), [_stack(cell_crop)], cfg, train=[FrameRef(0, 0), FrameRef(0, 2)], val=[])

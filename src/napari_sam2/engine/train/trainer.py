@@ -33,8 +33,21 @@ from .lora import LoRALinear, add_lora
 from .losses import LossWeights, step_losses, total_loss, true_iou
 from .prompts import PromptConfig, centre_click, correction_click, noisy_box, uniform_point
 
-#: what can be trained; "lora" trains the "decoder" set plus low-rank adapters on the encoder
-TRAINABLE = ("decoder", "lora")
+#: what can be trained; "lora" trains the "decoder" set plus low-rank adapters on the encoder,
+#: "memory" the "decoder" set plus the memory modules, on short clips (video)
+TRAINABLE = ("decoder", "lora", "memory")
+#: the parameters of tracking with memory: the memory attention and encoder, the temporal
+#: encodings, the object pointer's projections and the no-object embeddings
+MEMORY_PREFIXES = (
+    "memory_attention.",
+    "memory_encoder.",
+    "maskmem_tpos_enc",
+    "obj_ptr_proj.",
+    "obj_ptr_tpos_proj.",
+    "no_obj_ptr",
+    "no_obj_embed_spatial",
+    "mask_downsample.",
+)
 _AMP = {None: None, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -48,6 +61,8 @@ class TrainConfig:
     objects_per_step: int = 4
     trainable: str = "decoder"
     lora_rank: int = 4
+    clip_length: int = 3  # trainable="memory": frames per clip (the first prompted, the rest tracked)
+    clip_prob_mask: float = 0.5  # trainable="memory": share of clips prompted with the mask itself
     amp: str | None = None  # "bfloat16" or "float16" (mixed precision), None for float32
     loss_resolution: str = (
         "high"  # "high": on the image_size grid as Meta; "low": the 256 logits (4x cheaper)
@@ -63,7 +78,8 @@ class TrainConfig:
         if self.trainable not in TRAINABLE:
             raise ValueError(
                 f"trainable={self.trainable!r}: choose 'decoder' (mask decoder + prompt encoder, the default) "
-                "or 'lora' (that plus low-rank adapters on the image encoder)"
+                "'lora' (that plus low-rank adapters on the image encoder) or 'memory' (that plus the "
+                "memory modules, trained on clips of consecutive labelled frames)"
             )
         if self.amp not in _AMP:
             raise ValueError(f"amp={self.amp!r}: use None, 'bfloat16' or 'float16'")
@@ -88,7 +104,11 @@ def select_trainable(model: SAM2Model, trainable: str, lora_rank: int = 4) -> li
             name.startswith("sam_mask_decoder.")
             and not name.startswith(("sam_mask_decoder.conv_s0", "sam_mask_decoder.conv_s1"))
         )
-        if decoder or (trainable == "lora" and ".lora_" in name):
+        if (
+            decoder
+            or (trainable == "lora" and ".lora_" in name)
+            or (trainable == "memory" and name.startswith(MEMORY_PREFIXES))
+        ):
             p.requires_grad_(True)
             names.append(name)
     return names
@@ -148,6 +168,7 @@ class Trainer:
             raise ValueError("no training frames: label some cells on at least one frame")
         self.trainable = select_trainable(model, self.config.trainable, self.config.lora_rank)
         self.store = FrameStore(model, self.stacks, cache_features=self.config.trainable != "lora")
+        self.clips = self._clips() if self.config.trainable == "memory" else []
         self.optimizer = torch.optim.AdamW(
             _param_groups(model, self.trainable, self.config.weight_decay), lr=self.config.lr, foreach=True
         )
@@ -178,6 +199,81 @@ class Trainer:
             return self.model.sam_heads(
                 emb, hr, coords, labels, mask_inputs=mask_inputs, multimask_output=multimask
             )
+
+    # ------------------------------------------------------------------ clips (memory)
+    def _clips(self) -> list[tuple[FrameRef, ...]]:
+        """Runs of ``clip_length`` training frames of one stack, each at most 2 frames from the
+        previous (a gap of one unlabelled frame is fine: tracking skips nothing but time)."""
+        k = self.config.clip_length
+        refs = sorted(self.train_refs, key=lambda r: (r.stack, r.t))
+        clips = []
+        for i in range(len(refs) - k + 1):
+            run = refs[i : i + k]
+            if all(b.stack == a.stack and 0 < b.t - a.t <= 2 for a, b in zip(run, run[1:])):
+                clips.append(tuple(run))
+        if not clips:
+            raise ValueError(
+                f"trainable='memory' trains on clips of {k} consecutive labelled frames, and the training "
+                "frames hold none: label consecutive frames of a movie, or lower clip_length"
+            )
+        return clips
+
+    def _clip_step(self, step: int) -> StepRecord:
+        """One clip: the first frame prompted (a click, a box or the mask), the others tracked
+        from memory without prompts, as SAM 2's video training; losses on every frame."""
+        from ...model.memory_selection import MemoryEntry
+
+        c, m, dev = self.config, self.model, self.model.device
+        rng = np.random.default_rng([c.seed, step])
+        clip = self.clips[int(rng.integers(len(self.clips)))]
+        grids = [self.store.grid(r) for r in clip]
+        ids = np.unique(grids[0])
+        ids = ids[ids != 0]
+        ids = np.sort(rng.choice(ids, min(c.objects_per_step, len(ids)), replace=False))
+        n, k_len = len(ids), len(clip)
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.lr_at(step)
+        parts: dict[str, torch.Tensor] = {}
+        cond: list[MemoryEntry] = []
+        tracked: list[dict[int, MemoryEntry]] = [{} for _ in range(n)]
+        with self._autocast():
+            for k, ref in enumerate(clip):
+                gt = grids[k][None] == ids[:, None, None]
+                feats = self.store.features(ref, _AMP[c.amp])
+                if k == 0:
+                    coords = labels = mask_inputs = None
+                    if rng.random() < c.clip_prob_mask:
+                        mask_inputs = torch.from_numpy(gt[:, None]).to(dev, torch.float32)
+                    elif rng.random() < c.prompts.prob_box:
+                        coords = np.stack([noisy_box(g, rng, c.prompts) for g in gt])
+                        labels = np.tile(np.array([[2, 3]], dtype=np.int32), (n, 1))
+                    else:
+                        coords = np.stack([uniform_point(g, rng)[None] for g in gt])
+                        labels = np.ones((n, 1), dtype=np.int32)
+                    if coords is not None:
+                        coords, labels = torch.from_numpy(coords).to(dev), torch.from_numpy(labels).to(dev)
+                    out, mem = m.track_step(
+                        0, True, feats, coords, labels, mask_inputs, {}, {}, k_len, batch_size=n
+                    )
+                    cond = [MemoryEntry(mem[i : i + 1], out.obj_ptr[i : i + 1]) for i in range(n)]
+                else:
+                    selections = [
+                        m.select_memories(k, {0: cond[i]}, tracked[i], k_len, False) for i in range(n)
+                    ]
+                    out, mem = m.track_selected(feats, selections, k_len)
+                    for i in range(n):
+                        tracked[i][k] = MemoryEntry(mem[i : i + 1], out.obj_ptr[i : i + 1])
+                self.decoder_passes += 1
+                logits = out.low_res_multimasks
+                if c.loss_resolution == "high":
+                    size = (m.image_size, m.image_size)
+                    logits = torch.nn.functional.interpolate(
+                        logits, size=size, mode="bilinear", align_corners=False
+                    )
+                losses = step_losses(logits, out.ious, out.object_score_logits, self._target(gt), c.weights)
+                for key, v in losses.items():
+                    parts[key] = parts.get(key, 0) + v / n
+        return self._optimise(step, parts)
 
     def _target(self, gt: np.ndarray) -> torch.Tensor:
         t = torch.from_numpy(gt[:, None]).to(self.model.device, torch.float32)
@@ -212,6 +308,8 @@ class Trainer:
         for overfitting checks, its correction clicks still drawn from its own generator)."""
         c, m, dev = self.config, self.model, self.model.device
         step = self.step_count
+        if c.trainable == "memory" and batch is None:
+            return self._clip_step(step)
         if batch is None:
             batch = self.sample_batch(step)
         ref, gt, rng, n = batch.ref, batch.gt, batch.rng, len(batch.ids)
@@ -243,6 +341,10 @@ class Trainer:
                 )
             for key, v in step_losses(logits, out.ious, out.object_score_logits, target, c.weights).items():
                 parts[key] = parts.get(key, 0) + v / n
+        return self._optimise(step, parts)
+
+    def _optimise(self, step: int, parts: dict[str, torch.Tensor]) -> StepRecord:
+        c, m = self.config, self.model
         loss = total_loss(parts, c.weights)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
