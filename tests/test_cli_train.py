@@ -45,9 +45,13 @@ def _args(data, out, ckpt, *extra):
 
 def test_train_writes_checkpoint_delta_and_card(data, small, tmp_path, capsys):
     out = tmp_path / "tuned.pt"
-    assert main(_args(data, out, small)) == 0
+    assert main(_args(data, out, small, "--instance-head-steps", "3")) == 0
     printed = capsys.readouterr()
-    assert "2 steps" in printed.out and "tuned.pt" in printed.out
+    assert "2 steps" in printed.out and "tuned.pt" in printed.out and "tuned.instance-head.pt" in printed.out
+    from napari_sam2.engine.instance_head import InstanceHead
+
+    _, info = InstanceHead.load(tmp_path / "tuned.instance-head.pt")
+    assert info["steps"] == 3 and "val_f1" in info
     assert "step 2/2" in printed.err
     card = json.loads((tmp_path / "tuned.card.json").read_text())
     assert card["steps"] == 2 and card["data"]["split"] == "time" and card["val_iou_before"] is not None

@@ -73,6 +73,10 @@ def _run(args: argparse.Namespace) -> int:
             seed=args.seed,
             prompts=PromptConfig(correction_clicks=args.correction_clicks),
         )
+        if args.instance_head_steps < 0:
+            raise ValueError(f"--instance-head-steps must be >= 0, got {args.instance_head_steps}")
+        if args.instance_head_steps:
+            _head_path(args)
         stacks = _stacks(args)
         if args.channels is not None:
             from napari_sam2.engine.normalization import Normalizer
@@ -124,15 +128,46 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    head_msg = ""
+    if args.instance_head_steps:
+        try:
+            head_msg = _train_head(args, stacks, summary)
+        except Exception as exc:  # noqa: BLE001
+            return report_error("train", exc)
     if not args.quiet:
         before, after = summary["val_iou_before"], summary["val_iou_after"]
         val = f"; validation IoU {before:.3f} -> {after:.3f}" if before is not None else ""
         files = summary["files"]
         print(
             f"{summary['steps']} steps in {summary['seconds']:.0f} s{val}. Wrote {files['checkpoint']} "
-            f"(use it with --checkpoint), {files['delta'].name} and {files['card_md'].name}"
+            f"(use it with --checkpoint), {files['delta'].name} and {files['card_md'].name}{head_msg}"
         )
     return 0
+
+
+def _head_path(args: argparse.Namespace):
+    """OUTPUT's instance head file; refused now when it exists (not after hours of training)."""
+    from napari_sam2.engine.train.export import output_paths
+
+    ckpt = output_paths(args.output)["checkpoint"]
+    path = ckpt.parent / f"{ckpt.stem}.instance-head.pt"
+    if path.exists() and not args.overwrite:
+        raise FileExistsError(f"{path} already exists; choose another output or pass --overwrite")
+    return path
+
+
+def _train_head(args: argparse.Namespace, stacks, summary: dict) -> str:
+    """Train the instance head on the fine-tuned model's features; write OUTPUT's .instance-head.pt."""
+    from napari_sam2.engine.instance_head import HeadTrainConfig, train_instance_head
+
+    ckpt = summary["files"]["checkpoint"]
+    path = _head_path(args)
+    cfg = HeadTrainConfig(steps=args.instance_head_steps, seed=args.seed)
+    head, info = train_instance_head(summary["model"], stacks, summary["train"], cfg, val=summary["val"])
+    info["checkpoint"] = str(ckpt)
+    head.save(path, info, overwrite=args.overwrite)
+    f1 = f", held-out instance F1 {info['val_f1']:.3f}" if "val_f1" in info else ""
+    return f", and the instance head {path.name}{f1}"
 
 
 def add_parser(subparsers) -> None:
@@ -212,6 +247,14 @@ def add_parser(subparsers) -> None:
         default=None,
         metavar="C[,C...]",
         help="the 1 to 3 channels the model sees",
+    )
+    p.add_argument(
+        "--instance-head-steps",
+        type=int,
+        default=0,
+        metavar="N",
+        help="then train the automatic instance head for N steps on the fine-tuned model's features and "
+        "write OUTPUT's .instance-head.pt (default 0: no head)",
     )
     p.add_argument("--resume", action="store_true", help="continue the run saved in OUTPUT.train-state/")
     p.add_argument("--overwrite", action="store_true", help="replace existing output files")

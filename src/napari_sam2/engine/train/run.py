@@ -46,7 +46,8 @@ def fine_tune(
     ``<out>.train-state/``; ``resume=True`` continues from it (same data, settings and seed give
     the weights of an uninterrupted run). ``model`` replaces the built one (tests pass a
     reduced-size model; it must hold the ``checkpoint`` weights). Returns the run's summary
-    with ``"files"`` (absent when stopped before the end).
+    with ``"files"`` (absent when stopped before the end), the trained ``"model"`` and the
+    ``"train"`` / ``"val"`` frames.
     """
     from ..build import build_sam2, load_model_weights, resolve_device
     from ..checkpoints import load_state_dict_file
@@ -82,6 +83,7 @@ def fine_tune(
     t0 = time.perf_counter()
     summary = trainer.run(progress=progress, should_stop=should_stop)
     summary["seconds"] = round(time.perf_counter() - t0, 2)
+    summary.update(model=model, train=train, val=val)  # for what follows (the instance head), not saved
     if summary["stopped"]:
         summary["state"] = str(state_file)
         return summary
