@@ -167,3 +167,14 @@ def test_memory_modules_train_on_clips(make_model, cell_crop):
     assert not any(k.startswith("image_encoder.") for k in changed)
     with pytest.raises(ValueError, match="clips of 3 consecutive"):
         Trainer(make_model(), [_stack(cell_crop)], cfg, train=[FrameRef(0, 0), FrameRef(0, 2)], val=[])
+
+
+@pytest.mark.parametrize("amp", ["bfloat16", "float16"])
+def test_mixed_precision_trains(make_model, cell_crop, amp):
+    model = make_model()
+    cfg = TrainConfig(steps=2, amp=amp, prompts=PromptConfig(correction_clicks=1), **SMALL)
+    tr = Trainer(model, [_stack(cell_crop)], cfg, train=[FrameRef(0, 0)], val=[])
+    tr.run()
+    assert all(math.isfinite(r.loss) for r in tr.history)
+    assert (tr.scaler is not None) == (amp == "float16")  # loss scaling only where gradients underflow
+    assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay float32

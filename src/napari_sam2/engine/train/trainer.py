@@ -177,6 +177,8 @@ class Trainer:
         self.history: list[StepRecord] = []
         self.validation: list[tuple[int, float]] = []
         self.decoder_passes = 0
+        # float16 gradients underflow without loss scaling (bfloat16 has float32's range: none needed)
+        self.scaler = torch.amp.GradScaler(model.device.type) if self.config.amp == "float16" else None
 
     # ------------------------------------------------------------------ pieces
     def lr_at(self, step: int) -> float:
@@ -347,10 +349,18 @@ class Trainer:
         c, m = self.config, self.model
         loss = total_loss(parts, c.weights)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients
+        else:
+            loss.backward()
         if c.grad_clip is not None:
             torch.nn.utils.clip_grad_norm_([p for p in m.parameters() if p.requires_grad], c.grad_clip)
-        self.optimizer.step()
+        if self.scaler is not None:
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        else:
+            self.optimizer.step()
         self.step_count += 1
         rec = StepRecord(
             step, float(loss.detach()), {k: float(v.detach()) for k, v in parts.items()}, self.lr_at(step)
@@ -429,6 +439,7 @@ class Trainer:
             "step": self.step_count,
             "trainable": {n: params[n].detach().cpu().clone() for n in self.trainable},
             "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "config": asdict(self.config),
             "history": [asdict(r) for r in self.history],
             "validation": list(self.validation),
@@ -462,6 +473,8 @@ class Trainer:
             for n, v in state["trainable"].items():
                 params[n].copy_(v)
         self.optimizer.load_state_dict(state["optimizer"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
         self.step_count = int(state["step"])
         self.history = [StepRecord(**r) for r in state["history"]]
         self.validation = [tuple(v) for v in state["validation"]]
