@@ -32,6 +32,7 @@ def _trained(model, trainer):
     return {n: params[n].detach().clone() for n in trainer.trainable}
 
 
+@pytest.mark.slow  # tens of seconds on a 2-core CPU
 def test_resume_gives_the_weights_of_an_uninterrupted_run(make_model, cell_crop, tmp_path):
     stack = _stack(cell_crop)
     cfg = TrainConfig(steps=4, seed=5, prompts=PromptConfig(correction_clicks=2), **SMALL)
@@ -129,6 +130,7 @@ def test_saved_checkpoint_loads_strictly_and_reproduces_outputs(
         save_trained(model, tmp_path / "tuned.pt", base)
 
 
+@pytest.mark.slow  # tens of seconds on a 2-core CPU
 def test_lora_adapters_fold_into_official_weights(make_model, cell_crop, tiny_checkpoint, tmp_path):
     from train_support import reduced_model
 
@@ -152,6 +154,7 @@ def test_lora_adapters_fold_into_official_weights(make_model, cell_crop, tiny_ch
     assert set(official_state_dict(model)) == set(plain.state_dict())
 
 
+@pytest.mark.slow  # tens of seconds on a 2-core CPU
 def test_memory_modules_train_on_clips(make_model, cell_crop):
     model = make_model()
     before = {k: v.clone() for k, v in model.state_dict().items()}
