@@ -8,6 +8,13 @@ previous pass's logits (see :mod:`.prompts`); the losses of all passes are summe
 gradient norm clipped to 0.1, learning rate on a cosine from ``lr`` to ``lr / 10``: the
 SAM 2.1 fine-tuning config).
 
+What trains (``TrainConfig.trainable``): ``"decoder"`` (default) the mask decoder and the
+prompt encoder, the image encoder frozen and each frame encoded once; ``"lora"`` that plus
+low-rank adapters on the encoder's attention (:mod:`.lora`); ``"memory"`` that plus the memory
+modules, on clips of ``clip_length`` consecutive training frames: the first prompted (a click,
+a box or its mask), the others tracked from memory, losses on every frame. ``amp`` runs the
+passes in bfloat16 or float16 (with loss scaling) autocast; the weights stay float32.
+
 Determinism: every step draws its randomness from ``numpy.random.default_rng([seed, step])``
 and the learning rate is a function of the step, so a run resumed from a saved state
 repeats exactly what the uninterrupted run would have done.
