@@ -181,3 +181,35 @@ def test_mixed_precision_trains(make_model, cell_crop, amp):
     assert all(math.isfinite(r.loss) for r in tr.history)
     assert (tr.scaler is not None) == (amp == "float16")  # loss scaling only where gradients underflow
     assert all(p.dtype == torch.float32 for p in model.parameters())  # weights stay float32
+
+
+@pytest.mark.slow
+def test_fine_tune_stops_and_resumes_to_the_same_checkpoint(make_model, cell_crop, tiny_checkpoint, tmp_path):
+    from napari_sam2.engine.checkpoints import load_state_dict_file
+    from napari_sam2.engine.train import fine_tune
+
+    stack = _stack(cell_crop)
+    cfg = TrainConfig(steps=3, prompts=PromptConfig(correction_clicks=0), **SMALL)
+    kw = dict(checkpoint=tiny_checkpoint, config=cfg, split="time", block=1, val_fraction=0.3)
+    whole = fine_tune([stack], tmp_path / "whole.pt", model=make_model(), **kw)
+    assert not whole["stopped"] and whole["files"]["checkpoint"].exists()
+
+    calls = []
+    part = fine_tune(
+        [stack],
+        tmp_path / "part.pt",
+        model=make_model(),
+        should_stop=lambda: len(calls) > 0,
+        progress=calls.append,
+        **kw,
+    )
+    assert part["stopped"] and part["steps"] == 1 and not (tmp_path / "part.pt").exists()
+    with pytest.raises(FileExistsError, match="resume"):
+        fine_tune([stack], tmp_path / "part.pt", model=make_model(), **kw)
+    done = fine_tune([stack], tmp_path / "part.pt", model=make_model(), resume=True, **kw)
+    assert done["steps"] == 3
+    a, b = (
+        load_state_dict_file(whole["files"]["checkpoint"]),
+        load_state_dict_file(done["files"]["checkpoint"]),
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)
