@@ -2,7 +2,7 @@
 
 Each ``--data IMAGES LABELS`` pair is an image stack (anything ``track`` reads) and its
 instance labels of the same (T, Y, X): a label TIFF / OME-Zarr stack or a Cell Tracking
-Challenge folder (``man_track.txt`` + ``maskTTT.tif``, as ``track --format ctc`` writes).
+Challenge folder (``man_track.txt`` + ``maskTTT.tif``, as ``track-all`` writes into its ``ctc/`` folder).
 Only frames with at least one label are used. Writes OUTPUT (an official-format checkpoint
 that ``--checkpoint`` of every other command takes), OUTPUT's ``.delta.pt`` (only the changed
 tensors, to share) and its model card (``.card.json``, ``.card.md``). The resumable state is
