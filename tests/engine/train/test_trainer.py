@@ -78,6 +78,7 @@ def test_only_the_decoder_and_prompt_encoder_train_by_default(make_model, cell_c
     assert tr.store.encoder_passes == 1  # frozen encoder: each frame encoded once
 
 
+@pytest.mark.slow  # builds the official-size model too
 def test_saved_checkpoint_loads_strictly_and_reproduces_outputs(
     make_model, cell_crop, tiny_checkpoint, tmp_path
 ):
