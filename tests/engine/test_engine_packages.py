@@ -118,6 +118,12 @@ TEST_FILE_OF = {
     "frames/open.py": "test_frames",
     "prompts/prompt_set.py": "test_prompts",
     "batch/track_stack.py": "test_batch",
+    # training's parts are tested through a training run (export, LoRA folding, resume)
+    "train/export.py": "test_trainer",
+    "train/features.py": "test_trainer",
+    "train/lora.py": "test_trainer",
+    "train/run.py": "test_trainer",
+    "train/losses.py": "test_overfit",
 }
 
 

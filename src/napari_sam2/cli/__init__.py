@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 
 #: the subcommand modules, in the order ``--help`` lists them
-SUBCOMMANDS: list[str] = ["demo", "track", "track_many", "track_all", "precompute", "cache"]
+SUBCOMMANDS: list[str] = ["demo", "track", "track_many", "track_all", "precompute", "cache", "train"]
 
 
 def build_parser() -> argparse.ArgumentParser:
