@@ -26,7 +26,6 @@ from napari_sam2.engine.validation import (
     check_points,
     check_points_per_side,
     check_precision_name,
-    describe_labels,
 )
 
 W, H = 56, 40
@@ -104,11 +103,6 @@ def test_bad_points_are_named(points, labels, says):
 def test_the_first_bad_point_is_the_one_named():
     with pytest.raises(PromptError, match=r"clicks: \(x=-1, y=3\) lies outside"):
         check_points([[1, 1], [-1, 3], [99, 99]], [1, 1, 1], W, H, argument="clicks")
-
-
-def test_describe_labels_counts_both_kinds():
-    assert describe_labels([1, 0, 1]) == "2 positive, 1 negative"
-    assert describe_labels([]) == "0 positive, 0 negative"
 
 
 # ------------------------------------------------------------------------------- boxes

@@ -261,12 +261,6 @@ def check_mask(
     return arr
 
 
-def describe_labels(labels: Sequence[int]) -> str:
-    """'1 positive, 2 negative' for messages."""
-    lab = np.asarray(labels)
-    return f"{int((lab == 1).sum())} positive, {int((lab == 0).sum())} negative"
-
-
 def check_fraction(name: str, value: Any) -> float:
     """A threshold in [0, 1]; a percentage (1 < value <= 100) is refused with its fraction."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.number)):
