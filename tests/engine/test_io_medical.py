@@ -347,6 +347,10 @@ def test_dicom_missing_slice_is_refused(tmp_path, hu):
             r"slice002.dcm is truncated: it holds 190 of the 240 bytes of pixel data .*copy the series again",
         ),
         (-240, r"slice002.dcm is truncated: it holds 0 of the 240 bytes of pixel data"),
+        (
+            -244,  # inside the pixel data tag
+            r"slice002.dcm \(880 bytes\) is truncated or damaged: its header cannot be read",
+        ),  # cut in a tag
         (400, r"slice002.dcm \(400 bytes\) has no pixel data: the file is truncated"),
         (100, r"slice002.dcm \(100 bytes\): it is not a DICOM file"),
     ],
