@@ -245,6 +245,34 @@ CASES = [
     ),
     Case("file: missing", lambda e: load_prompts(e["tmp"] / "none.json"), PromptError, "does not exist"),
     Case(
+        "file: version true",
+        lambda e: load_prompts(
+            _file(e, "v.json", json.dumps({"format": "napari-sam2-prompts", "version": True, "points": []}))
+        ),
+        PromptError,
+        r'"version" must be a whole number from 1 to 2; got a boolean true',
+    ),
+    Case(
+        "file: no points, boxes or masks",
+        lambda e: load_prompts(_file(e, "n.json", _doc(point=[]))),
+        PromptError,
+        r"holds no prompts: .*'points', 'boxes' or 'masks' \(its other keys: 'point'\)",
+    ),
+    Case(
+        "file: frame 0.5",
+        lambda e: load_prompts(
+            _file(e, "f.json", _doc(points=[{"frame": 0.5, "obj_id": 1, "x": 1, "y": 1, "label": 1}]))
+        ),
+        PromptError,
+        r"points entry 1: frame must be a whole number \(a frame index counted from 0\); got a number 0.5",
+    ),
+    Case(
+        "file: corrections not pairs",
+        lambda e: load_prompts(_file(e, "k.json", _doc(points=[], corrections=[[0]]))),
+        PromptError,
+        r"corrections entry 1: expected a \[frame, obj_id\] pair",
+    ),
+    Case(
         "csv: label -1",
         lambda e: load_prompts(_file(e, "d.csv", "kind,frame,obj_id,x,y,label\npoint,0,1,3,3,-1\n")),
         PromptError,

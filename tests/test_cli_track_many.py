@@ -4,6 +4,8 @@ options passed through, failures reported in the exit status, and a real run on 
 from __future__ import annotations
 
 import csv
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,6 +74,8 @@ def test_options_reach_track_many_and_failures_set_the_exit_status(tmp_path, mon
             distributed.JobResult(jobs[0], "done", written=jobs[0].output, seconds=1.5, worker="0"),
             distributed.JobResult(jobs[1], "failed", "frame 1 contains NaN pixels"),
         ]
+        for r in results:  # as the real one: each result as it arrives
+            kwargs["on_result"](r)
         return distributed.BatchReport(results)
 
     monkeypatch.setattr(distributed, "track_many", fake)
@@ -127,3 +131,84 @@ def test_track_many_on_a_local_cluster_with_the_real_model(tiny_checkpoint, tmp_
     assert (data / "labels" / "a.tif.done.json").is_file()
     assert main([*argv, "--quiet"]) == 0
     assert "1 skipped" in capsys.readouterr().out
+
+
+def test_a_truncated_tiff_is_refused_as_truncated(tmp_path, capsys):
+    data = _folder(tmp_path)
+    whole = (data / "b.tif").read_bytes()
+    (data / "b.tif").write_bytes(whole[: len(whole) // 2])
+    assert main(["track-many", str(data), "--dry-run"]) == 2
+    out = capsys.readouterr().out
+    assert re.search(
+        rf"^invalid\s+{re.escape(str(data / 'b.tif'))}: \S*b\.tif is truncated: the TIFF file has [\d,]+ bytes but "
+        r"its image data runs to byte [\d,]+ \([\d,]+ bytes missing\).*copy or export the stack again$",
+        out,
+        re.M,
+    ), out
+    assert re.search(r"^run\s+\S*a\.tif ->", out, re.M), out
+
+
+def _fake_cluster(monkeypatch, outcome):
+    """track-many's real client side (validation, progress bar, results) with tasks run here:
+    ``outcome(job)`` is what the worker's run_job returns."""
+    import distributed as dask_distributed
+
+    import napari_sam2.engine.batch.distributed as batch
+    import napari_sam2.engine.weights.download as download
+
+    class Future:
+        def __init__(self, value):
+            self.value = value
+
+        def result(self):
+            return self.value
+
+    class Client:
+        def submit(self, fn, job, *args, **kwargs):
+            return Future(outcome(job))
+
+    monkeypatch.setattr(batch, "_client", lambda *a: (Client(), []))
+    monkeypatch.setattr(dask_distributed, "as_completed", lambda futures: list(futures))
+    monkeypatch.setattr(download, "ensure_checkpoint", lambda *a, **k: None)
+
+
+def test_a_failure_is_printed_once_and_the_report_is_written_in_the_output_folder(
+    tmp_path, monkeypatch, capsys
+):
+    data = _folder(tmp_path)
+    earlier = data / "labels" / "track-many-report-earlier.csv"
+    earlier.parent.mkdir()
+    earlier.write_text("a user's file")
+
+    def outcome(job):
+        if job.name == "b.tif":
+            return {"status": "failed", "message": "frame 1 contains NaN pixels"}
+        tifffile.imwrite(job.output, np.zeros((2, 32, 32), np.uint8))
+        return {"status": "done", "written": job.output, "seconds": 0.5}
+
+    _fake_cluster(monkeypatch, outcome)
+    assert main(["track-many", str(data), "--device", "cpu"]) == 1  # with the progress bar
+    captured = capsys.readouterr()
+    assert captured.err.count("frame 1 contains NaN pixels") == 1, captured.err
+    assert f"failed: {data / 'b.tif'}: frame 1 contains NaN pixels" in captured.err
+    match = re.search(r"1 done, 1 failed; report in (\S+)$", captured.out.strip())
+    assert match, captured.out
+    report = Path(match.group(1))
+    assert report.parent == data / "labels" and re.fullmatch(
+        r"track-many-report-\d{8}-\d{6}\.csv", report.name
+    )
+    rows = list(csv.DictReader(report.open()))
+    assert [(Path(r["stack"]).name, r["status"], r["message"]) for r in rows] == [
+        ("a.tif", "done", ""),
+        ("b.tif", "failed", "frame 1 contains NaN pixels"),
+    ]
+    assert earlier.read_text() == "a user's file"
+    # a second run in the same second: a new report, the first one kept
+    (data / "labels" / "a.tif").unlink()
+    for f in (data / "labels").glob("*.done.json"):
+        f.unlink()
+    assert main(["track-many", str(data), "--device", "cpu", "--quiet"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.count("frame 1 contains NaN pixels") == 1, captured.err
+    second = Path(re.search(r"report in (\S+)$", captured.out.strip()).group(1))
+    assert second != report and report.is_file() and second.is_file()

@@ -339,6 +339,31 @@ def test_dicom_missing_slice_is_refused(tmp_path, hu):
         open_frames(tmp_path / "gap")
 
 
+@pytest.mark.parametrize(
+    ("keep", "says"),
+    [
+        (
+            -50,
+            r"slice002.dcm is truncated: it holds 190 of the 240 bytes of pixel data .*copy the series again",
+        ),
+        (-240, r"slice002.dcm is truncated: it holds 0 of the 240 bytes of pixel data"),
+        (
+            -244,  # inside the pixel data tag
+            r"slice002.dcm \(880 bytes\) is truncated or damaged: its header cannot be read",
+        ),  # cut in a tag
+        (400, r"slice002.dcm \(400 bytes\) has no pixel data: the file is truncated"),
+        (100, r"slice002.dcm \(100 bytes\): it is not a DICOM file"),
+    ],
+)
+def test_dicom_truncated_slice_is_named_as_truncated(tmp_path, hu, keep, says):
+    """A slice cut short (an interrupted copy) is named when the series is opened, not as a decoder problem."""
+    paths = write_ct_series(tmp_path / "cut", hu)
+    whole = paths[2].read_bytes()
+    paths[2].write_bytes(whole[:keep])
+    with pytest.raises(FrameSourceError, match=says):
+        open_frames(tmp_path / "cut")
+
+
 def test_dicom_beside_other_images_is_refused(tmp_path, hu):
     import tifffile
 

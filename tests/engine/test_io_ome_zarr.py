@@ -112,6 +112,23 @@ def test_opening_reads_no_pixels_and_a_frame_reads_only_its_chunks(tmp_path, vol
     assert chunk_reads == ["s0/4/0/0"], chunk_reads  # the one chunk of frame 4, at level 0
 
 
+@pytest.mark.parametrize("version", ["0.4", "0.5"])
+def test_truncated_chunk_is_named_not_a_codec_error(tmp_path, volume, version):
+    """A chunk file cut short (an interrupted copy) fails the frame that needs it with a clear message."""
+    path = _write_image(
+        tmp_path / "cut.zarr", volume, "zyx", dict.fromkeys("zyx", 1.0), dict.fromkeys("zyx", UM), version
+    )
+    level0 = "s0/2/0/0" if version == "0.4" else "s0/c/2/0/0"
+    chunk = path / level0
+    whole = chunk.read_bytes()
+    chunk.write_bytes(whole[: len(whole) // 2])
+    src = open_frames(path)
+    np.asarray(src[1])  # the other chunks still read
+    with pytest.raises(FrameSourceError, match=r"cut.zarr: resolution level 's0': chunk \(2, 0, 0\) cannot be read: "
+                       r"its chunk file is truncated or corrupt .*copy or export it again"):  # fmt: skip
+        np.asarray(src[2])
+
+
 def test_zarr_group_object_in_memory(volume):
     group = zarr.open_group(store=zarr.storage.MemoryStore(), mode="w", zarr_format=2)
     ome_writer.write_image(

@@ -34,9 +34,16 @@ def test_stack_description_survives_json_with_every_field():
         ({"frame_axis": -1}, "prompts: frame_axis must be a non-negative axis number or null; got -1"),
         ({"frame_axis": True}, "frame_axis must be a non-negative axis number or null; got True"),
         ({"channel_axis": "2"}, "channel_axis must be a non-negative axis number or null; got '2'"),
-        ({"shape": [3, "ten"]}, r"prompts: the stack description \(shape, channels, held\) is malformed"),
-        ({"held": [[0]]}, "is malformed"),
-        ({"channels": 1}, "is malformed"),
+        (
+            {"shape": [3, "ten"]},
+            r"prompts: stack shape must be a list of non-negative whole numbers such as \[10, 512, 512\], or null; got \[3, 'ten'\]",
+        ),
+        ({"held": [[0]]}, r"stack held must be a list of \[axis, index\] pairs .*; got \[\[0\]\]"),
+        ({"channels": 1}, r"stack channels must be a list of non-negative whole numbers .*; got 1"),
+        ({"channels": [0, True]}, r"stack channels must be a list .*got \[0, True\]"),
+        ({"rgb": "no"}, r"stack rgb must be true or false; got 'no'"),
+        ({"image": 5}, r"stack image must be the image's name \(text\) or null; got 5"),
+        ("abc", r"prompts: 'stack' must be an object \(image, shape, .*\); got text 'abc'.*remove 'stack'"),
     ],
 )
 def test_a_malformed_description_names_the_source_and_field(doc, says):
@@ -98,14 +105,82 @@ def test_a_version_1_file_kept_the_description_at_the_top(tmp_path):
     assert info.shape == (4, 8, 8) and info.frame_axis == 0
 
 
-@pytest.mark.parametrize("version", [PROMPTS_VERSION + 1, "2", None])
-def test_a_newer_or_unnumbered_version_asks_for_an_update(tmp_path, version):
+def test_a_newer_version_asks_for_an_update(tmp_path):
     path = tmp_path / "new.json"
-    path.write_text(json.dumps({"format": PROMPTS_FORMAT, "version": version}))
+    path.write_text(json.dumps({"format": PROMPTS_FORMAT, "version": PROMPTS_VERSION + 1}))
     with pytest.raises(
-        PromptError, match=f"new.json is a prompts file of version {version!r}.*update napari-sam2"
+        PromptError, match=f"new.json is a prompts file of version {PROMPTS_VERSION + 1}.*update napari-sam2"
     ):
         load_prompts(path)
+
+
+_POINT = {"frame": 0, "obj_id": 1, "x": 3, "y": 4, "label": 1}
+
+
+@pytest.mark.parametrize(
+    ("version", "says"),
+    [
+        ("2", r'"version" must be a whole number from 1 to 2; got text "2"'),
+        (None, r'"version" must be a whole number from 1 to 2; it has none'),
+        (True, r'"version" must be a whole number from 1 to 2; got a boolean true'),  # not read as 1
+        (0, r'"version" must be a whole number from 1 to 2; got a number 0'),
+        (1.5, r'"version" must be a whole number from 1 to 2; got a number 1.5'),
+    ],
+)
+def test_a_version_that_is_not_a_whole_number_is_refused(tmp_path, version, says):
+    path = tmp_path / "v.json"
+    doc = {"format": PROMPTS_FORMAT, "points": [_POINT]}
+    if version is not None:
+        doc["version"] = version
+    path.write_text(json.dumps(doc))
+    with pytest.raises(PromptError, match=f"v.json: {says}.*fix the value, or save the prompts again"):
+        load_prompts(path)
+
+
+@pytest.mark.parametrize(
+    ("extra", "says"),
+    [
+        ({}, r"p.json holds no prompts: it has none of the lists 'points', 'boxes' or 'masks'\. Add"),
+        ({"point": [_POINT]}, r"none of the lists 'points', 'boxes' or 'masks' \(its other keys: 'point'\)"),
+        ({"points": {"0": _POINT}}, r"p.json: 'points' must be a list of entries; got an object"),
+        (
+            {"points": [_POINT, {**_POINT, "frame": 1.5}]},
+            r"p.json, points entry 2: frame must be a whole number \(a frame index counted from 0\); got a number 1.5$",
+        ),
+        (
+            {"boxes": [{"frame": "2", "obj_id": 1, "x0": 0, "y0": 0, "x1": 3, "y1": 3}]},
+            r'p.json, boxes entry 1: frame must be a whole number .*; got text "2": write it without quotes',
+        ),
+        (
+            {"points": [{**_POINT, "obj_id": True}]},
+            r"points entry 1: obj_id must be a whole number \(an object id from 1\); got a boolean true",
+        ),
+        (
+            {"points": [_POINT], "corrections": 5},
+            r"p.json: 'corrections' must be a list of \[frame, obj_id\] pairs; got a number 5",
+        ),
+        (
+            {"points": [_POINT], "corrections": [[0, 1], [1]]},
+            r"p.json, corrections entry 2: expected a \[frame, obj_id\] pair of whole numbers such as \[3, 1\]; got \[1\]",
+        ),
+        ({"points": [_POINT], "corrections": [[0, True]]}, r"corrections entry 1: .*got \[0, true\]"),
+    ],
+)
+def test_a_malformed_v2_file_says_what_is_wrong_and_where(tmp_path, extra, says):
+    path = tmp_path / "p.json"
+    path.write_text(json.dumps({"format": PROMPTS_FORMAT, "version": 2, **extra}))
+    with pytest.raises(PromptError, match=says):
+        load_prompts(path)
+
+
+def test_whole_numbers_written_as_floats_and_empty_lists_are_read(tmp_path):
+    path = tmp_path / "p.json"
+    doc = {"format": PROMPTS_FORMAT, "version": 2, "points": [{**_POINT, "frame": 2.0}], "boxes": []}
+    path.write_text(json.dumps(doc))
+    ps, _ = load_prompts(path)
+    assert ps.frames() == [2]
+    path.write_text(json.dumps({"format": PROMPTS_FORMAT, "version": 2, "points": [], "masks": []}))
+    assert len(load_prompts(path)[0]) == 0  # a saved empty set stays readable
 
 
 def test_a_json_list_or_a_binary_file_is_not_a_prompts_file(tmp_path):

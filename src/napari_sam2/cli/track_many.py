@@ -90,8 +90,11 @@ def _run(args: argparse.Namespace) -> int:
             return _dry_run(jobs, spec, args.overwrite)
 
         def show(result) -> None:
-            if result.status == "invalid":
-                print(f"invalid: {result.job.name}: {result.message}", file=sys.stderr)
+            # each problem once, as it arrives (tqdm.write keeps the progress bar whole)
+            if result.status in ("invalid", "failed"):
+                from tqdm import tqdm
+
+                tqdm.write(f"{result.status}: {result.job.stack}: {result.message}", file=sys.stderr)
 
         report = track_many(
             jobs,
@@ -111,15 +114,47 @@ def _run(args: argparse.Namespace) -> int:
         return 2
     except Exception as exc:  # noqa: BLE001 - every failure is reported in one line, with what to do
         return report_error("track-many", exc)
-    if args.report:
-        report.to_csv(args.report)
-    for r in report.results:
-        if r.status == "failed":
-            print(f"failed: {r.job.stack}: {r.message}", file=sys.stderr)
-    print(
-        f"napari-sam2 track-many: {report.summary()}" + (f"; report in {args.report}" if args.report else "")
-    )
+    written = _write_report(report, jobs, args)
+    print(f"napari-sam2 track-many: {report.summary()}" + (f"; report in {written}" if written else ""))
     return 0 if report.ok else 1
+
+
+def _report_path(jobs, args: argparse.Namespace) -> Path:
+    """--report, else a new file in the output folder (the outputs' common folder), named by the time.
+
+    Timestamped so that an earlier run's report is never replaced."""
+    import os
+    import time
+
+    if args.report:
+        return Path(args.report).expanduser()
+    parents = [str(Path(j.output).expanduser().resolve().parent) for j in jobs]
+    try:
+        folder = Path(os.path.commonpath(parents)) if parents else Path.cwd()
+    except ValueError:  # outputs on different drives
+        folder = Path(parents[0])
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = folder / f"track-many-report-{stamp}.csv"
+    n = 1
+    while path.exists():
+        n += 1
+        path = folder / f"track-many-report-{stamp}-{n}.csv"
+    return path
+
+
+def _write_report(report, jobs, args: argparse.Namespace) -> Path | None:
+    """One row per job (stack, output, status, message, ...): what was done and what failed."""
+    path = _report_path(jobs, args)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return report.to_csv(path)
+    except OSError as e:  # the labels are written: a report that cannot be is said, not fatal
+        print(
+            f"napari-sam2 track-many: could not write the report {path} ({e.strerror or e}); "
+            "pass --report PATH to write it elsewhere",
+            file=sys.stderr,
+        )
+        return None
 
 
 def _suffix(text: str) -> str:
@@ -185,7 +220,11 @@ def add_parser(subparsers) -> None:
         "--dry-run", action="store_true", help="check every job and say what would run; compute nothing"
     )
     p.add_argument(
-        "--report", default=None, metavar="CSV", help="write one row per job (status, message, time)"
+        "--report",
+        default=None,
+        metavar="CSV",
+        help="where to write the report, one row per job (status, message, time); default: "
+        "track-many-report-<date>-<time>.csv in the output folder",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_run)

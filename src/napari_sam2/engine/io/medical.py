@@ -263,11 +263,47 @@ def _read_headers(files: list[Path]) -> list[Any]:
 
     headers = []
     for f in files:
+        size = f.stat().st_size
         try:
-            headers.append(pydicom.dcmread(f, stop_before_pixels=True))
-        except Exception as e:  # noqa: BLE001 - InvalidDicomError, truncated files...
-            raise FrameSourceError(f"cannot read DICOM file {f}: {type(e).__name__}: {e}") from e
+            # defer_size: the pixel data element is located (tag, length, offset) but not read,
+            # so a file cut short is found here without loading every slice
+            ds = pydicom.dcmread(f, defer_size=1024)
+        except pydicom.errors.InvalidDicomError as e:
+            raise FrameSourceError(
+                f"cannot read DICOM file {f} ({size:,} bytes): it is not a DICOM file ({e}). "
+                "Move it out of the folder, or copy the series again if it should be one"
+            ) from e
+        except Exception as e:  # noqa: BLE001 - struct errors, EOF... from a file cut inside its header
+            raise FrameSourceError(
+                f"DICOM file {f} ({size:,} bytes) is truncated or damaged: its header cannot be read "
+                f"({type(e).__name__}: {e}). Copy or export the series again"
+            ) from e
+        _check_not_truncated(f, ds, size)
+        headers.append(ds)
     return headers
+
+
+_PIXEL_DATA = 0x7FE00010
+_UNDEFINED_LENGTH = 0xFFFFFFFF  # encapsulated (compressed) pixel data: the length is not declared
+
+
+def _check_not_truncated(path: Path, ds: Any, size: int) -> None:
+    """Refuse a slice whose file ends before the pixel data its header declares (an interrupted copy)."""
+    raw = ds._dict.get(_PIXEL_DATA)  # the raw element: its length and offset, nothing read yet
+    if raw is None:
+        raise FrameSourceError(
+            f"DICOM file {path} ({size:,} bytes) has no pixel data: the file is truncated (it ends before its "
+            "pixels) or is not an image (a report or DICOMDIR). Copy or export the series again, or move the "
+            "file out of the folder"
+        )
+    length, tell = getattr(raw, "length", None), getattr(raw, "value_tell", None)
+    if length is None or tell is None or length == _UNDEFINED_LENGTH:
+        return
+    if tell + length > size:
+        raise FrameSourceError(
+            f"DICOM file {path} is truncated: it holds {max(0, size - tell):,} of the {length:,} bytes of pixel data "
+            f"its header declares ({size:,} bytes in all). The copy or export was interrupted: copy the series again"
+        )
 
 
 def _one_series(folder: Path, files: list[Path], headers: list[Any]) -> None:

@@ -166,7 +166,6 @@ def read_multiscale(source: Any) -> tuple[list[Any], SourceMetadata]:
 
 
 def _read_multiscale(node: Any, path: str | None) -> tuple[list[Any], SourceMetadata]:
-    import dask.array as da
     import zarr
     from ome_zarr.axes import Axes
     from ome_zarr.format import format_from_version
@@ -212,7 +211,7 @@ def _read_multiscale(node: Any, path: str | None) -> tuple[list[Any], SourceMeta
                 f"{where}: level {d['path']!r} should be a {ndim}-D array for the axes {axes!r}; got "
                 f"{getattr(arr, 'shape', type(arr).__name__)}"
             )
-        levels.append(da.from_zarr(arr))
+        levels.append(_checked_dask(arr, f"{where}: resolution level {d['path']!r}"))
         s, t = _scale_translation(transforms[k], ndim)
         scales.append(s * global_scale)
         if k == 0:
@@ -232,6 +231,53 @@ def _read_multiscale(node: Any, path: str | None) -> tuple[list[Any], SourceMeta
         pyramid_factors=factors,
     )
     return levels, metadata
+
+
+class _CheckedLevel:
+    """A zarr array whose failed chunk reads (a truncated or corrupt chunk file) become one clear error.
+
+    Without it a frame read ends in the codec's own words ("Zstd decompression error: Src size
+    is incorrect", a blosc error), naming neither the file nor the chunk.
+    """
+
+    def __init__(self, arr: Any, what: str) -> None:
+        self.arr, self.what = arr, what
+        self.shape, self.dtype, self.ndim = arr.shape, arr.dtype, arr.ndim
+
+    def _chunks_of(self, key: Any) -> str:
+        if not isinstance(key, tuple) or len(key) != self.ndim or not all(isinstance(k, slice) for k in key):
+            return repr(key)
+        spans = []
+        for k, n, c in zip(key, self.shape, self.arr.chunks):
+            start, stop, _ = k.indices(n)
+            first, last = start // c, max(start, stop - 1) // c
+            spans.append(str(first) if first == last else f"{first}-{last}")
+        return "chunk (" + ", ".join(spans) + ")"
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return np.asarray(self.arr[key])
+        except MemoryError:
+            raise
+        except Exception as e:  # noqa: BLE001 - codec errors (blosc, zstd, zlib) are RuntimeError/ValueError alike
+            raise FrameSourceError(
+                f"{self.what}: {self._chunks_of(key)} cannot be read: its chunk file is truncated or corrupt "
+                f"({type(e).__name__}: {e}). The copy or write of this OME-Zarr was interrupted: copy or "
+                "export it again"
+            ) from e
+
+
+def _checked_dask(arr: Any, what: str) -> Any:
+    import dask.array as da
+    from dask.base import tokenize
+
+    return da.from_array(
+        _CheckedLevel(arr, what),
+        chunks=arr.chunks,
+        name="ome-zarr-" + tokenize(arr, arr.chunks),  # as da.from_zarr names it: no hashing of the data
+        meta=np.empty((0,) * arr.ndim, dtype=arr.dtype),
+        fancy=False,
+    )
 
 
 def open_ome_zarr(source: Any) -> tuple[Any, SourceMetadata]:

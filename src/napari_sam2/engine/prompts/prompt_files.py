@@ -59,23 +59,41 @@ class StackInfo:
                 raise PromptError(f"{source}: {name} must be a non-negative axis number or null; got {v!r}")
             return v
 
-        try:
-            shape = None if doc.get("shape") is None else tuple(int(v) for v in doc["shape"])
-            channels = None if doc.get("channels") is None else tuple(int(v) for v in doc["channels"])
-            held = tuple((int(a), int(i)) for a, i in doc.get("held") or ())
-        except (TypeError, ValueError):
+        if not isinstance(doc, dict):
             raise PromptError(
-                f"{source}: the stack description (shape, channels, held) is malformed"
-            ) from None
-        return cls(
-            shape,
-            axis("frame_axis"),
-            axis("channel_axis"),
-            channels,
-            held,
-            bool(doc.get("rgb", False)),
-            doc.get("image"),
-        )
+                f"{source}: 'stack' must be an object (image, shape, frame_axis, channel_axis, channels, held, rgb); "
+                f"got {_kind(doc)} {doc!r}. Save the prompts again from the widget, or remove 'stack'"
+            )
+
+        def numbers(name, example):
+            v = doc.get(name)
+            if v is None:
+                return None
+            if not isinstance(v, list) or not all(_is_whole(x) and x >= 0 for x in v):
+                raise PromptError(
+                    f"{source}: stack {name} must be a list of non-negative whole numbers such as {example}, or null; "
+                    f"got {v!r}"
+                )
+            return tuple(int(x) for x in v)
+
+        shape = numbers("shape", "[10, 512, 512]")
+        channels = numbers("channels", "[0, 2]")
+        held_doc = doc.get("held") or []
+        if not isinstance(held_doc, list) or not all(
+            isinstance(h, list) and len(h) == 2 and all(_is_whole(x) and x >= 0 for x in h) for h in held_doc
+        ):
+            raise PromptError(
+                f"{source}: stack held must be a list of [axis, index] pairs of non-negative whole numbers such as "
+                f"[[0, 3]]; got {held_doc!r}"
+            )
+        held = tuple((int(a), int(i)) for a, i in held_doc)
+        rgb = doc.get("rgb", False)
+        if not isinstance(rgb, bool):
+            raise PromptError(f"{source}: stack rgb must be true or false; got {rgb!r}")
+        image = doc.get("image")
+        if image is not None and not isinstance(image, str):
+            raise PromptError(f"{source}: stack image must be the image's name (text) or null; got {image!r}")
+        return cls(shape, axis("frame_axis"), axis("channel_axis"), channels, held, rgb, image)
 
     def view(self, shape: Sequence[int] | None = None, rgb: bool | None = None) -> StackView:
         """The stack view these prompts were made in, on an image of ``shape`` (default: the
@@ -173,14 +191,93 @@ def load_prompts(path: str | Path) -> tuple[PromptSet, StackInfo]:
     if not isinstance(doc, dict) or doc.get("format") != PROMPTS_FORMAT:
         raise PromptError(f'{path.name} is not a napari-sam2 prompts file (no "format": "{PROMPTS_FORMAT}")')
     version = doc.get("version")
-    if not isinstance(version, int) or version > PROMPTS_VERSION:
+    # a boolean is an int to Python: "version": true must not read as version 1
+    if isinstance(version, int) and not isinstance(version, bool) and version > PROMPTS_VERSION:
         raise PromptError(
             f"{path.name} is a prompts file of version {version!r}; this napari-sam2 reads versions up to "
             f"{PROMPTS_VERSION}: update napari-sam2"
         )
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        got = "it has none" if version is None else f"got {_kind(version)} {json.dumps(version)}"
+        raise PromptError(
+            f'{path.name}: "version" must be a whole number from 1 to {PROMPTS_VERSION}; {got}. Files saved by '
+            f"napari-sam2 say {PROMPTS_VERSION}: fix the value, or save the prompts again"
+        )
+    _check_records(doc, path.name)
     stack_doc = doc.get("stack") if version >= 2 else doc  # version 1 kept these keys at the top
-    stack = StackInfo.from_json(stack_doc or {}, path.name)
+    stack = StackInfo.from_json({} if stack_doc is None else stack_doc, path.name)
     return PromptSet.from_records(doc, path.name), stack
+
+
+_KINDS = ("points", "boxes", "masks")
+
+
+def _kind(value: object) -> str:
+    """How JSON calls a value's type, for messages about hand-edited files."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "text"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "an object"
+    return f"a {type(value).__name__}"
+
+
+def _is_whole(value: object) -> bool:
+    """An integer as JSON writes one (2, or 2.0 from a numpy script); not true/false, not "2"."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+
+
+def _check_records(doc: dict, name: str) -> None:
+    """The structure of a JSON prompts file, checked before reading it, so that each mistake of a
+    hand-edited file is named with its place (the entry) rather than as a crash or read wrongly."""
+    present = [k for k in _KINDS if k in doc]
+    if not present:
+        others = sorted(k for k in doc if k not in ("format", "version", "stack", "corrections"))
+        found = f" (its other keys: {', '.join(repr(k) for k in others)})" if others else ""
+        raise PromptError(
+            f"{name} holds no prompts: it has none of the lists 'points', 'boxes' or 'masks'{found}. "
+            "Add at least one of them (an entry per prompt, e.g. "
+            '"points": [{"frame": 0, "obj_id": 1, "x": 10, "y": 20, "label": 1}]), or save the prompts again'
+        )
+    for kind in present:
+        entries = doc[kind]
+        if not isinstance(entries, list):
+            raise PromptError(f"{name}: '{kind}' must be a list of entries; got {_kind(entries)}")
+        for i, entry in enumerate(entries):
+            if not isinstance(entry, dict):
+                continue  # from_records names it
+            for key, what in (("frame", "a frame index counted from 0"), ("obj_id", "an object id from 1")):
+                value = entry.get(key)
+                if value is None or _is_whole(value):
+                    continue  # missing: from_records names it; ranges are checked there too
+                hint = ": write it without quotes" if isinstance(value, str) else ""
+                raise PromptError(
+                    f"{name}, {kind} entry {i + 1}: {key} must be a whole number ({what}); got {_kind(value)} "
+                    f"{json.dumps(value)}{hint}"
+                )
+    corrections = doc.get("corrections")
+    if corrections is None:
+        return
+    if not isinstance(corrections, list):
+        raise PromptError(
+            f"{name}: 'corrections' must be a list of [frame, obj_id] pairs; got {_kind(corrections)} "
+            f"{json.dumps(corrections)}"
+        )
+    for i, pair in enumerate(corrections):
+        if not (isinstance(pair, list) and len(pair) == 2 and all(_is_whole(v) for v in pair)):
+            raise PromptError(
+                f"{name}, corrections entry {i + 1}: expected a [frame, obj_id] pair of whole numbers such as [3, 1]; "
+                f"got {json.dumps(pair)}"
+            )
 
 
 def _load_csv(path: Path) -> PromptSet:

@@ -35,10 +35,17 @@ from napari_sam2.errors import NapariSam2Error
 __all__ = ["download_checkpoint", "ensure_checkpoint"]
 
 
-def _by_hand(info: CheckpointInfo, url: str, dest: Path) -> str:
+def _by_hand(info: CheckpointInfo, url: str, dest: Path, size: int | None, sha: str | None) -> str:
+    # offline users copy the file by hand: size and SHA-256 let them check their copy first
+    facts = []
+    if size is not None:
+        facts.append(f"{size:,} bytes")
+    if sha is not None:
+        facts.append(f"sha256 {sha.lower()}")
+    about = f" ({'; '.join(facts)})" if facts else ""
     return (
-        f"You can download {url} yourself (e.g. with a web browser) and save it as {dest} — "
-        "napari-sam2 will then use it without downloading."
+        f"You can download {url}{about} yourself (e.g. with a web browser, on another machine) and save it as "
+        f"{dest} — napari-sam2 will then use it without downloading."
     )
 
 
@@ -179,7 +186,7 @@ def download_checkpoint(
         return dest
     except _Failure as e:
         raise CheckpointError(
-            f"Could not download the SAM 2 checkpoint '{info.config_name}' from {url}: {e}. {_by_hand(info, url, dest)}"
+            f"Could not download the SAM 2 checkpoint '{info.config_name}' from {url}: {e}. {_by_hand(info, url, dest, size, sha)}"
         ) from e.__cause__
     finally:
         if bar is not None:
