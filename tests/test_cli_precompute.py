@@ -35,7 +35,7 @@ def small_build(small_model, monkeypatch):
 
     calls = []
     original = small_model.forward_image
-    monkeypatch.setattr(small_model, "forward_image", lambda x: calls.append(1) or original(x))
+    monkeypatch.setitem(vars(small_model), "forward_image", lambda x: calls.append(1) or original(x))
     monkeypatch.setattr(
         precompute, "_build", lambda spec, cache: SAM2VideoPredictor(small_model, embedding_cache=cache)
     )

@@ -91,7 +91,7 @@ def test_encoder_and_per_image_decoder_work_run_once_per_image(
     model = small_model
     decoder = model.sam_mask_decoder
     encoder, prepare, tokens = _Counter(), _Counter(), _Counter()
-    monkeypatch.setattr(model, "forward_image", encoder.wrap(model.forward_image))
+    monkeypatch.setitem(vars(model), "forward_image", encoder.wrap(model.forward_image))
     monkeypatch.setattr(decoder, "prepare_image", prepare.wrap(decoder.prepare_image))
     monkeypatch.setattr(decoder, "decode_tokens", tokens.wrap(decoder.decode_tokens))
     # the first block's image-side key projection: per image, never per batch or per point

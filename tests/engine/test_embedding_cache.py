@@ -59,7 +59,7 @@ def encoder_calls(small_model, monkeypatch):
         calls.append(int(image.shape[0]))
         return original(image)
 
-    monkeypatch.setattr(small_model, "forward_image", counting)
+    monkeypatch.setitem(vars(small_model), "forward_image", counting)
     return calls
 
 

@@ -163,6 +163,10 @@ def _real(small_model, monkeypatch, **predictor_kwargs):
         counts["fit"] += 1
         return fit(cls, *args, **kwargs)
 
+    # an earlier test's monkeypatch of the instance leaves a bound method in its __dict__
+    # that would hide the class's counting method
+    if "forward_image" in vars(small_model):
+        monkeypatch.delitem(vars(small_model), "forward_image")
     monkeypatch.setattr(SAM2Model, "forward_image", counting_forward_image)
     monkeypatch.setattr(Normalizer, "fit", classmethod(counting_fit))
     predictor = _Counting(SAM2VideoPredictor(small_model, **predictor_kwargs))

@@ -242,6 +242,6 @@ def test_diagonal_neighbours_are_one_hole():
 
 def test_nothing_to_fill_returns_the_input():
     full = torch.full((1, 1, 4, 4), 5.0)
-    assert fill_holes_in_mask_scores(full, 10) is full
+    assert torch.equal(fill_holes_in_mask_scores(full, 10), full)
     empty = torch.full((1, 1, 4, 4), -5.0)  # all background: one big region, above the area
-    assert fill_holes_in_mask_scores(empty, 3) is empty
+    assert torch.equal(fill_holes_in_mask_scores(empty, 3), empty)
