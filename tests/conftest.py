@@ -117,3 +117,27 @@ def small_model():
             if p.ndim == 1 and "bias" not in name and "gamma" not in name:
                 p.normal_(1.0, 0.1) if "norm" in name else p.normal_(0, 0.5)
     return model
+
+
+# ---- the training tests (tests/engine/train/): a conftest.py there would shadow this one
+# for the tests that import names from `conftest`
+@pytest.fixture
+def make_model(tiny_checkpoint):
+    """A fresh reduced-size tiny model with the test weights, per call."""
+    from train_support import reduced_model  # tests/engine/train/ (on sys.path for its tests)
+
+    return lambda: reduced_model(tiny_checkpoint)
+
+
+@pytest.fixture(scope="session")
+def cell_crop():
+    """Three frames of the synthetic time-lapse cropped around the first cell (so that it is
+    large on the model's grid): (images (3, 72, 72) uint16, labels (3, 72, 72))."""
+    from napari_sam2.plugin.sample_data import synthetic_timelapse
+
+    img, lab = synthetic_timelapse(3, (256, 256), 3, seed=0)
+    img, lab = img[:, 36:108, 36:108], lab[:, 36:108, 36:108]
+    import numpy as np
+
+    assert np.all([len(np.unique(f)) >= 2 for f in lab])
+    return img, lab
