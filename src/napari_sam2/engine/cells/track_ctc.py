@@ -20,13 +20,11 @@ import numpy as np
 
 from napari_sam2.engine.cells.lineage import TrackGraph, consecutive_runs
 from napari_sam2.engine.io._files import (
-    OutputError,
     OutputExistsError,
     OutputPathError,
-    _remove,
     _temporary_sibling,
     check_output_path,
-    describe_os_error,
+    discard_on_failure,
     make_folder,
     replace_owned_files,
 )
@@ -143,7 +141,7 @@ def write_ctc(
     else:
         make_folder(folder.parent)
         tmp = _temporary_sibling(folder, "")
-    try:
+    with discard_on_failure(tmp, folder):
         tmp.mkdir()  # plain mkdir: the user's umask (a tempfile.mkdtemp folder would be 0700)
         pieces_by_track: dict[int, list[int]] = {}
         for i, b in seg_label:
@@ -163,15 +161,6 @@ def write_ctc(
             tifffile.imwrite(tmp / f"{prefix}{t:0{digits}d}.tif", out, photometric="minisblack")
         np.savetxt(tmp / track_file, table, fmt="%d", delimiter=" ")
         replace_owned_files(tmp, folder, _ctc_owned(kind), overwrite)
-    except OutputError:
-        _remove(tmp)
-        raise
-    except OSError as exc:
-        _remove(tmp)
-        raise describe_os_error(folder, exc) from exc
-    except BaseException:
-        _remove(tmp)
-        raise
     return folder
 
 

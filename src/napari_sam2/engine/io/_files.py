@@ -11,11 +11,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -148,6 +149,19 @@ def _remove(p: Path) -> None:
         p.unlink()
 
 
+@contextlib.contextmanager
+def discard_on_failure(tmp: Path, target: Path) -> Iterator[None]:
+    """Build an output in ``tmp``: if the block fails, ``tmp`` is removed (the old output stays),
+    and an OS error that is not already one of ours names ``target`` and what to do."""
+    try:
+        yield
+    except BaseException as exc:
+        _remove(tmp)
+        if isinstance(exc, OSError) and not isinstance(exc, OutputError):
+            raise describe_os_error(target, exc) from exc
+        raise
+
+
 def _atomic(path: Path, overwrite: bool, suffix: str, write: Callable[[Path], None]) -> Path:
     """Write ``path`` through ``write(tmp)`` under a temporary sibling, then move it in place.
 
@@ -160,18 +174,9 @@ def _atomic(path: Path, overwrite: bool, suffix: str, write: Callable[[Path], No
     check_output_path(path)
     make_folder(path.parent)
     tmp = _temporary_sibling(path, suffix)
-    try:
+    with discard_on_failure(tmp, path):
         write(tmp)
         _publish(tmp, path, overwrite)
-    except OutputError:
-        _remove(tmp)
-        raise
-    except OSError as exc:
-        _remove(tmp)
-        raise describe_os_error(path, exc) from exc
-    except BaseException:
-        _remove(tmp)
-        raise
     return path
 
 
