@@ -292,7 +292,7 @@ def test_the_user_guides_scripted_api_exists(annotator):
     from napari_sam2.plugin.annotator import resolve
 
     widget_module = pytest.importorskip("napari_sam2.plugin._qt.widget", exc_type=ImportError)
-    guide = (PACKAGE.parents[1] / "docs" / "user-guide.md").read_text(encoding="utf-8")
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "user-guide.md").read_text(encoding="utf-8")
     section = guide.split("## Scripted sessions", 1)[1].split("\n## ", 1)[0]
     on_widget = set(re.findall(r"\bsam\.([a-z_]+)", section))
     for row in re.findall(r"^\| (.+?) \|", section, flags=re.M):
