@@ -51,6 +51,9 @@ class CellSettings:
     divisions: bool = True
     tile_size: int = 0  # 0: one generator pass over the whole frame; else tiles of this size
     points_per_side: int = 32
+    # an instance head file (napari-sam2 train --instance-head-steps): seeds and new cells come
+    # from its one pass per frame instead of segment everything's point grid; None: the grid
+    instance_head: str | None = None
 
 
 @dataclass(frozen=True)
@@ -87,7 +90,8 @@ class CellsWorkflow:
     def set_cells(self, **changes: Any) -> None:
         """Change the workflow's settings: ``min_area``, ``max_area``, ``min_score``,
         ``drop_border_touching`` (the seed filter), ``reseed_every``, ``lost_after``,
-        ``divisions``, ``tile_size``, ``points_per_side``."""
+        ``divisions``, ``tile_size``, ``points_per_side``, ``instance_head`` (a head file's path, or
+        None for segment everything)."""
         cells = self._store.value.cells
         seed_keys = {"min_area", "max_area", "min_score", "drop_border_touching", "max_overlap"}
         seed_changes = {k: v for k, v in changes.items() if k in seed_keys}
