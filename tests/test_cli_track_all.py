@@ -285,3 +285,70 @@ def test_help_lists_the_subcommand(capsys):
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "track-all" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------- instance head
+
+
+def _head_file(path, info):
+    from napari_sam2.engine.segment.instance_head import InstanceHead
+
+    return InstanceHead(width=16).save(path, info)
+
+
+def test_instance_head_takes_its_variant_and_checkpoint_and_replaces_segment_everything(
+    stack, tmp_path, monkeypatch, small_model
+):
+    """--instance-head: the head's variant and checkpoint are used unless given, and the
+    cells are found by the head on the predictor's own model (no point-grid generator)."""
+    import napari_sam2.engine.predict.video_predictor as vp
+    from napari_sam2.engine.segment.instance_head import InstanceHeadGenerator
+
+    ckpt = tmp_path / "tuned.pt"
+    ckpt.write_bytes(b"x")
+    head = _head_file(
+        tmp_path / "tuned.instance-head.pt", {"model": "sam2.1_hiera_t", "checkpoint": str(ckpt)}
+    )
+    asked = []
+
+    def build(config, checkpoint, **kwargs):
+        asked.append((config, checkpoint))
+        return vp.SAM2VideoPredictor(small_model)
+
+    monkeypatch.setattr(vp, "build_sam2_video_predictor", build)
+    monkeypatch.setitem(sys.modules, "napari_sam2.engine.segment.automatic_mask_generator", None)
+    args = cli_args(stack, tmp_path, "--instance-head", str(head))
+    cli.validate(args)[2].close()
+    predictor, generator = cli.build_engine(args)
+    assert asked == [("sam2.1_hiera_t", str(ckpt))]
+    assert isinstance(generator, InstanceHeadGenerator) and generator.model is predictor.model
+
+
+def cli_args(stack, tmp_path, *extra):
+    import argparse
+
+    from napari_sam2.cli import track_all
+
+    parser = argparse.ArgumentParser()
+    track_all.add_parser(parser.add_subparsers())
+    return parser.parse_args(["track-all", str(stack), str(tmp_path / "out"), *extra])
+
+
+@pytest.mark.parametrize(
+    ("info", "extra", "message"),
+    [
+        ({"model": "sam2.1_hiera_s"}, ["--model", "sam2.1_hiera_t"], "reads the features of sam2.1_hiera_s"),
+        ({"model": "sam2.1_hiera_t", "checkpoint": "/gone/tuned.pt"}, [], "not there any more"),
+        (None, [], "does not exist"),
+    ],
+)
+def test_instance_head_problems_are_refused_before_the_model_loads(
+    stack, tmp_path, monkeypatch, capsys, info, extra, message
+):
+    import napari_sam2.engine.predict.video_predictor as vp
+
+    monkeypatch.setattr(vp, "build_sam2_video_predictor", lambda *a, **k: pytest.fail("weights were loaded"))
+    head = tmp_path / "h.pt" if info is None else _head_file(tmp_path / "h.pt", info)
+    rc = main(["track-all", str(stack), str(tmp_path / "out"), "--instance-head", str(head), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2 and message in err and "--instance-head" in err

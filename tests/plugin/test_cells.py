@@ -241,3 +241,47 @@ def test_a_seeding_that_keeps_nothing_says_why_and_leaves_the_seeds(ann):
     assert "frame 0" in text and "min_area" in text and "Your seeds are unchanged." in text, text
     assert ann.errors and "min_area" in ann.errors[-1]  # a notification in the widget
     np.testing.assert_array_equal(ann.cells.seeds_layer().data[0], first)
+
+
+def _whole_frame_head(path, model_name="sam2.1_hiera_t"):
+    """A head file whose maps say "one cell filling the frame" whatever the features (its last
+    layer's weights zero, its biases: foreground, at the centre, deep inside)."""
+    import torch
+
+    from napari_sam2.engine.segment.instance_head import InstanceHead
+
+    head = InstanceHead(width=16)
+    with torch.no_grad():
+        head.out.weight.zero_()
+        head.out.bias.copy_(torch.tensor([10.0, -10.0, 10.0]))
+    return head.save(path, {"model": model_name})
+
+
+def test_the_instance_head_finds_the_seeds_when_chosen(small_model, tmp_path, monkeypatch):
+    from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.segment.instance_head import InstanceHeadGenerator
+
+    passes = []
+    generate = InstanceHeadGenerator.generate
+    monkeypatch.setattr(
+        InstanceHeadGenerator, "generate", lambda self, *a, **k: passes.append(1) or generate(self, *a, **k)
+    )
+    image = np.random.default_rng(0).normal(100, 10, (3, 48, 48)).astype(np.float32)
+    viewer = ViewerModel()
+    viewer.add_image(image, name="cells")
+    ann = Annotator(viewer, synchronous=True)
+    ann.use_predictor(SAM2VideoPredictor(small_model))
+    with pytest.raises(SessionError, match="does not exist"):
+        ann.set_cells(instance_head=str(tmp_path / "missing.pt"))
+    assert ann.settings.cells.instance_head is None
+    ann.set_cells(instance_head=str(_whole_frame_head(tmp_path / "cells.instance-head.pt")))
+    seeds = ann.segment_everything(frame=0)
+    assert not ann.last_error, ann.last_error
+    assert passes == [1] and seeds is not None and (seeds == 1).all()
+    # a head of another variant is refused with both names, and the seeds stay
+    ann.set_cells(instance_head=str(_whole_frame_head(tmp_path / "s.pt", "sam2.1_hiera_s")))
+    ann.segment_everything(frame=0, replace_edited=True)
+    assert "sam2.1_hiera_s" in (ann.last_error or "") and "sam2.1_hiera_t" in ann.last_error
+    assert (ann.cells.seeds_layer().data[0] == 1).all()
+    ann.set_cells(instance_head=None)  # back to segment everything
+    assert ann.settings.cells.instance_head is None

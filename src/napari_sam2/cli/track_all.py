@@ -66,6 +66,10 @@ def validate(args: argparse.Namespace):
     for ok, message in checks:
         if not ok:
             raise UsageError(message)
+    if args.instance_head is not None:
+        _head_defaults(args)
+    if args.model is None:
+        args.model = "sam2.1_hiera_t"
     if args.model not in available_configs():
         raise UsageError(
             f"--model {args.model!r} is not a known model; choose from {', '.join(available_configs())}"
@@ -102,6 +106,34 @@ def validate(args: argparse.Namespace):
     return formats, config, frames
 
 
+def _head_defaults(args: argparse.Namespace) -> None:
+    """Read ``--instance-head``'s file now (before the model loads) and take the variant and the
+    checkpoint it was trained on where ``--model`` / ``--checkpoint`` are not given: the head
+    reads those features and no others."""
+    from napari_sam2.engine.segment.instance_head import load_instance_head
+
+    try:
+        _, info = load_instance_head(args.instance_head)
+    except (OSError, ValueError, RuntimeError) as exc:
+        raise UsageError(f"--instance-head: {exc}") from exc
+    trained_on = info.get("model")
+    if args.model is None:
+        args.model = trained_on
+    elif trained_on is not None and args.model != trained_on:
+        raise UsageError(
+            f"--instance-head {Path(args.instance_head).name} reads the features of {trained_on}, not of "
+            f"--model {args.model}: leave out --model (the head's variant is taken) or train a head for {args.model}"
+        )
+    ckpt = info.get("checkpoint")
+    if args.checkpoint is None and ckpt is not None:
+        if not Path(ckpt).is_file():
+            raise UsageError(
+                f"--instance-head {Path(args.instance_head).name} was trained with the checkpoint {ckpt}, "
+                "which is not there any more: pass that checkpoint's new path with --checkpoint"
+            )
+        args.checkpoint = ckpt
+
+
 def preflight(outdir: Path, formats: list[str], *, overwrite: bool = False) -> None:
     """Fail now, before the model loads, if the outputs could not be written at the end: OUTDIR
     under a file or read-only, an earlier output there without ``--overwrite``, GEFF without geff."""
@@ -118,16 +150,22 @@ def preflight(outdir: Path, formats: list[str], *, overwrite: bool = False) -> N
 
 
 def build_engine(args: argparse.Namespace):
-    """The video predictor and the mask generator (one model shared by both)."""
+    """The video predictor and the mask generator (one model shared by both): segment
+    everything, or the instance head of ``--instance-head``."""
     from napari_sam2.engine.cells.seeding import automatic_mask_generator_class
     from napari_sam2.engine.predict.video_predictor import build_sam2_video_predictor
 
-    generator_class = automatic_mask_generator_class()  # fails before any weights are loaded
+    if args.instance_head is None:
+        generator_class = automatic_mask_generator_class()  # fails before any weights are loaded
+    else:
+        from napari_sam2.engine.segment.instance_head import InstanceHeadGenerator as generator_class
     # the persistent feature cache, as `track` has it (--no-cache or NAPARI_SAM2_EMBEDDING_CACHE=0: off)
     predictor = build_sam2_video_predictor(
         args.model, args.checkpoint, device=args.device, embedding_cache=cache_from_args(args)
     )
-    return predictor, generator_class(predictor.model)
+    if args.instance_head is None:
+        return predictor, generator_class(predictor.model)
+    return predictor, generator_class(predictor.model, args.instance_head)
 
 
 def write_outputs(
@@ -322,9 +360,23 @@ def add_parser(subparsers) -> None:
     p.add_argument("--start-frame", type=int, default=0, help="frame to seed and start from (default 0)")
     p.add_argument("--end-frame", type=int, default=None, help="last frame to track (default: the last)")
     p.add_argument(
-        "--model", default="sam2.1_hiera_t", help="model config, e.g. sam2.1_hiera_t, sam2_hiera_l"
+        "--model",
+        default=None,
+        help="model config, e.g. sam2.1_hiera_t, sam2_hiera_l (default sam2.1_hiera_t, or the instance head's)",
     )
-    p.add_argument("--checkpoint", default=None, help="checkpoint file (default: the cached official one)")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint file (default: the cached official one, or the one the instance head was trained with)",
+    )
+    p.add_argument(
+        "--instance-head",
+        default=None,
+        metavar="HEAD",
+        help="find the cells with this instance head (napari-sam2 train --instance-head-steps writes "
+        "OUTPUT.instance-head.pt): one pass per frame instead of segment everything's point grid, for the "
+        "seeds, the re-seeds and the new cells",
+    )
     p.add_argument("--device", default="auto", help="auto (cuda, mps, cpu), cpu, cuda, cuda:N, mps")
     add_cache_arguments(p)
     p.add_argument(

@@ -99,6 +99,8 @@ class CellsWorkflow:
         unknown = set(other) - {f for f in CellSettings.__dataclass_fields__ if f != "seeds"}
         if unknown:
             raise SessionError(f"unknown setting(s) {sorted(unknown)} of the cell workflow")
+        if other.get("instance_head") is not None:
+            other["instance_head"] = self._checked_head(other["instance_head"])
         try:
             seeds = replace(cells.seeds, **seed_changes) if seed_changes else cells.seeds
             cells = replace(cells, seeds=seeds, **other)
@@ -106,6 +108,18 @@ class CellsWorkflow:
         except ValueError as e:
             raise SessionError(str(e)) from None
         self._store.update(cells=cells)
+
+    @staticmethod
+    def _checked_head(path: Any) -> str:
+        """The instance head file's path, once it is known to be one (its variant is checked
+        against the model when the cells are found)."""
+        from napari_sam2.engine.segment.instance_head import load_instance_head
+
+        try:
+            load_instance_head(path)
+        except (OSError, ValueError, RuntimeError) as exc:
+            raise SessionError(str(exc)) from exc
+        return str(Path(path).expanduser())
 
     def use_mask_generator(self, generator: Any) -> None:
         """Segment everything with this generator (a callable frame -> masks, or anything with
@@ -173,6 +187,17 @@ class CellsWorkflow:
         contrast mapping (one fit per session) and the tracker's image features."""
         cells = self._store.value.cells
         generator = self._generator_given
+        if cells.instance_head:  # the user's choice in the panel wins over a scripted generator
+            if model is None:
+                raise SessionError(
+                    "the instance head reads SAM 2's image features: choose a model (a given predictor has none)"
+                )
+            from napari_sam2.engine.segment.instance_head import InstanceHeadGenerator
+
+            try:  # the file and its variant are checked here, before any frame is computed
+                generator = InstanceHeadGenerator(model, cells.instance_head)
+            except (OSError, ValueError) as exc:
+                raise SessionError(str(exc)) from exc
         if generator is None:
             if model is None:
                 raise SessionError(

@@ -238,3 +238,27 @@ def test_closing_the_dock_leaves_the_viewer_working(make_napari_viewer):
     viewer.dims.set_current_step(0, 2)
     for func in pts.keymap.values():
         func(pts)
+
+
+def test_the_cells_panel_chooses_between_the_point_grid_and_an_instance_head(
+    viewer_widget, tmp_path, monkeypatch
+):
+    from napari_sam2.engine.segment.instance_head import InstanceHead
+    from napari_sam2.plugin._qt import cells_panel
+
+    _, w = viewer_widget
+    panel, ann = w.cells_panel, w.annotator
+    assert panel.segment_btn.text() == "Segment everything" and not panel.grid_btn.isEnabled()
+    head = InstanceHead(width=16).save(tmp_path / "cells.instance-head.pt", {"model": "sam2.1_hiera_t"})
+    monkeypatch.setattr(cells_panel.QFileDialog, "getOpenFileName", lambda *a, **k: (str(head), ""))
+    panel.head_btn.click()
+    assert ann.settings.cells.instance_head == str(head)
+    assert "cells.instance-head.pt" in panel.finder_label.text()
+    assert panel.segment_btn.text() == "Find cells (instance head)" and not panel.tile_spin.isEnabled()
+    panel.grid_btn.click()
+    assert ann.settings.cells.instance_head is None and panel.segment_btn.text() == "Segment everything"
+    monkeypatch.setattr(cells_panel.QFileDialog, "getOpenFileName", lambda *a, **k: (str(tmp_path), ""))
+    errors = []
+    monkeypatch.setattr(cells_panel, "notify_error", errors.append)
+    panel.head_btn.click()  # a folder is not a head: said, and nothing changes
+    assert errors and ann.settings.cells.instance_head is None

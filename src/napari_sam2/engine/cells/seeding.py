@@ -128,7 +128,8 @@ class SeedReport:
             return (
                 f"segment everything{where} found no mask: nothing to track. Check the frame's contrast "
                 "and channels, or use more points (points_per_side) or lower the generator's "
-                "pred_iou_thresh / stability_score_thresh"
+                "pred_iou_thresh / stability_score_thresh (an instance head: lower its "
+                "WatershedConfig.foreground_threshold, or train it longer on more labelled frames)"
             )
         removed = {k: getattr(self, k) for k in _ADVICE}
         counts = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in removed.items())
@@ -352,7 +353,8 @@ def default_mask_generator(model: Any, **generator_kwargs: Any) -> Any:
 
 
 def _image_predictors(generator: Any) -> list[Any]:
-    """The image predictors inside a generator (ours, or ours tiled) that take a feature provider."""
+    """What inside a generator takes a feature provider: the image predictors of ours (or ours
+    tiled), or the generator itself (the instance head reads features without a predictor)."""
     found, seen = [], set()
     stack = [generator]
     while stack:
@@ -360,6 +362,9 @@ def _image_predictors(generator: Any) -> list[Any]:
         if g is None or id(g) in seen:
             continue
         seen.add(id(g))
+        if hasattr(g, "feature_provider") and hasattr(g, "generate"):
+            found.append(g)
+            continue
         predictor = getattr(g, "predictor", None)
         if predictor is not None and hasattr(predictor, "feature_provider"):
             found.append(predictor)

@@ -1,4 +1,4 @@
-"""An automatic instance head: every cell of a frame in one pass, without a point grid.
+"""Training the automatic instance head (every cell of a frame in one pass, without a point grid).
 
 As micro-sam's instance segmentation decoder: a small convolutional head on the frozen image
 features of SAM 2 (the stride-16 embedding and the decoder's stride-8 and stride-4 maps)
@@ -15,89 +15,51 @@ watershed, instead of the 1,024 decoder prompts of segment-everything.
 
 Trained from instance label stacks with the image encoder frozen (features computed once per
 frame): :func:`train_instance_head`. Saved as a small file (:meth:`InstanceHead.save`) that
-names the SAM 2 variant whose features it reads.
+names the SAM 2 variant whose features it reads. The head itself, the watershed and its use
+in seeding and tracking live in :mod:`napari_sam2.engine.segment.instance_head` (re-exported here).
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from napari_sam2.engine.frames.normalization import preprocess
-from napari_sam2.errors import AlreadyExistsError, InputError
-from napari_sam2.model import FrameFeatures, SAM2Model
+from napari_sam2.engine.segment.instance_head import (
+    HEAD_FORMAT,
+    InstanceHead,
+    InstanceHeadGenerator,
+    WatershedConfig,
+    load_instance_head,
+    maps_to_instances,
+    predict_maps,
+    segment_instances,
+)
+from napari_sam2.errors import InputError
+from napari_sam2.model import SAM2Model
 
-HEAD_FORMAT = "napari-sam2-instance-head/1"
-
-
-def _block(c: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(c, c, 3, padding=1), nn.GroupNorm(8, c), nn.GELU())
-
-
-class InstanceHead(nn.Module):
-    """Features (stride 16, 8, 4) -> (B, 3, S/4, S/4): foreground logit, centre and boundary distances (logits)."""
-
-    def __init__(self, in_dims: tuple[int, int, int] = (256, 64, 32), width: int = 64) -> None:
-        super().__init__()
-        self.in_dims, self.width = tuple(in_dims), width
-        # GroupNorm after each lateral: the frozen features' scale varies between checkpoints
-        self.lat16 = nn.Sequential(nn.Conv2d(in_dims[0], width, 1), nn.GroupNorm(8, width))
-        self.lat8 = nn.Sequential(nn.Conv2d(in_dims[1], width, 1), nn.GroupNorm(8, width))
-        self.lat4 = nn.Sequential(nn.Conv2d(in_dims[2], width, 1), nn.GroupNorm(8, width))
-        self.block16, self.block8, self.block4 = _block(width), _block(width), _block(width)
-        self.out = nn.Conv2d(width, 3, 1)
-
-    def forward(self, vision_feat: torch.Tensor, high_res: Sequence[torch.Tensor]) -> torch.Tensor:
-        h4, h8 = high_res[0], high_res[1]
-        x = self.block16(self.lat16(vision_feat))
-        x = F.interpolate(x, size=h8.shape[-2:], mode="bilinear", align_corners=False) + self.lat8(h8)
-        x = self.block8(x)
-        x = F.interpolate(x, size=h4.shape[-2:], mode="bilinear", align_corners=False) + self.lat4(h4)
-        return self.out(self.block4(x))
-
-    def forward_features(self, feats: FrameFeatures) -> torch.Tensor:
-        return self(feats.vision_feat.float(), [h.float() for h in feats.high_res])
-
-    # ------------------------------------------------------------------ files
-    def save(
-        self, path: str | os.PathLike, info: dict[str, Any] | None = None, overwrite: bool = False
-    ) -> Path:
-        """Write the head with ``info`` (which SAM 2 variant's features it reads, training summary)."""
-        p = Path(path).expanduser()
-        if p.exists() and not overwrite:
-            raise AlreadyExistsError(f"{p} already exists; choose another name or pass overwrite=True")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        obj = {
-            "format": HEAD_FORMAT,
-            "in_dims": list(self.in_dims),
-            "width": self.width,
-            "state_dict": {k: v.detach().cpu() for k, v in self.state_dict().items()},
-            "info": info or {},
-        }
-        tmp = p.with_name(p.name + ".tmp")
-        torch.save(obj, tmp)
-        tmp.replace(p)
-        return p
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> tuple[InstanceHead, dict[str, Any]]:
-        """``(head, info)`` from a file written by :meth:`save`."""
-        p = Path(path).expanduser()
-        obj = torch.load(p, map_location="cpu", weights_only=True)
-        if not isinstance(obj, dict) or obj.get("format") != HEAD_FORMAT:
-            raise InputError(f"{p} is not an instance head file (expected format {HEAD_FORMAT!r})")
-        head = cls(tuple(obj["in_dims"]), obj["width"])
-        head.load_state_dict(obj["state_dict"], strict=True)
-        return head.eval(), obj["info"]
+__all__ = [
+    "HEAD_FORMAT",
+    "HeadTrainConfig",
+    "InstanceHead",
+    "InstanceHeadGenerator",
+    "WatershedConfig",
+    "distance_targets",
+    "evaluate_instance_head",
+    "head_loss",
+    "instance_f1",
+    "load_instance_head",
+    "maps_to_instances",
+    "match_instances",
+    "predict_maps",
+    "segment_instances",
+    "train_instance_head",
+]
 
 
 # ---------------------------------------------------------------------- targets
@@ -135,67 +97,6 @@ def head_loss(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     dist = (torch.sigmoid(pred[:, 1:]) - target[:, 1:]) ** 2
     mse = (dist * fg).sum() / (fg.sum() * 2).clamp(min=1.0)
     return bce + mse
-
-
-# ---------------------------------------------------------------------- instances
-@dataclass(frozen=True)
-class WatershedConfig:
-    """Thresholds of the seeded watershed (micro-sam's defaults for its distance maps)."""
-
-    foreground_threshold: float = 0.5
-    center_distance_threshold: float = 0.5
-    boundary_distance_threshold: float = 0.5
-    min_size: int = 10
-
-
-def maps_to_instances(maps: np.ndarray, cfg: WatershedConfig = WatershedConfig()) -> np.ndarray:
-    """(3, H, W) probabilities (foreground, centre distance, boundary distance) -> (H, W) int32 labels."""
-    from scipy import ndimage as ndi
-    from skimage.segmentation import watershed
-
-    fg = maps[0] > cfg.foreground_threshold
-    seeds_mask = fg & (maps[1] < cfg.center_distance_threshold) & (maps[2] > cfg.boundary_distance_threshold)
-    seeds, _ = ndi.label(seeds_mask)
-    labels = watershed(-maps[2], markers=seeds, mask=fg)
-    # drop objects under min_size pixels and number the rest 1..N
-    sizes = np.bincount(labels.ravel())
-    keep = (sizes >= cfg.min_size) & (np.arange(len(sizes)) > 0)
-    lut = np.zeros(len(sizes), np.int32)
-    lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.int32)
-    return lut[labels]
-
-
-@torch.no_grad()
-def predict_maps(head: InstanceHead, feats: FrameFeatures, out_shape: tuple[int, int]) -> np.ndarray:
-    """The head's (3, H, W) probability maps, resized from the model grid to the frame's (H, W)."""
-    logits = head.to(feats.vision_feat.device).forward_features(feats)
-    probs = torch.sigmoid(F.interpolate(logits, size=tuple(out_shape), mode="bilinear", align_corners=False))
-    return probs[0].cpu().numpy()
-
-
-@torch.no_grad()
-def segment_instances(
-    model: SAM2Model,
-    head: InstanceHead,
-    frame_rgb: np.ndarray | None = None,
-    *,
-    features: FrameFeatures | None = None,
-    out_shape: tuple[int, int] | None = None,
-    watershed: WatershedConfig = WatershedConfig(),
-) -> np.ndarray:
-    """Every object of one frame as an (H, W) int32 label image, in one encoder + head pass.
-
-    Give the frame as float RGB in [0, 1] (``Normalizer.to_rgb``) or its already computed
-    ``features`` with the frame's ``out_shape``.
-    """
-    if features is None:
-        if frame_rgb is None:
-            raise InputError("segment_instances needs frame_rgb (float RGB in [0, 1]) or features")
-        features = model.forward_image(preprocess(frame_rgb, model.image_size, device=model.device)[None])[0]
-        out_shape = frame_rgb.shape[:2]
-    if out_shape is None:
-        raise InputError("with features, give out_shape: the (H, W) of the frame they were computed from")
-    return maps_to_instances(predict_maps(head, features, out_shape), watershed)
 
 
 # ---------------------------------------------------------------------- metrics

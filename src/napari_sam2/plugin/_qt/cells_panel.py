@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from qtpy.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
@@ -65,6 +67,21 @@ class CellsPanel(Panel):
             "not lost in the resize to the model's 1024 pixels"
         )
         form.addRow("Tiles", self.tile_spin)
+        row = QHBoxLayout()
+        self.finder_label = QLabel()
+        self.head_btn = QPushButton("Instance head…")
+        self.head_btn.setToolTip(
+            "Find the cells with an instance head trained on your labels (Train tab, or napari-sam2 train "
+            "--instance-head-steps): one pass per frame instead of segment everything's point grid"
+        )
+        self.grid_btn = QPushButton("Point grid")
+        self.grid_btn.setToolTip(
+            "Find the cells with segment everything (SAM 2 prompted on a grid of points)"
+        )
+        row.addWidget(self.finder_label, 1)
+        row.addWidget(self.head_btn)
+        row.addWidget(self.grid_btn)
+        form.addRow("Find cells with", row)
         self.segment_btn = QPushButton("Segment everything")
         self.segment_btn.setToolTip("Find every object on the current frame: the seeds")
         form.addRow(self.segment_btn)
@@ -106,6 +123,8 @@ class CellsPanel(Panel):
         self.border_check.toggled.connect(self._on_settings)
         self.divisions_check.toggled.connect(self._on_settings)
         self.segment_btn.clicked.connect(self._on_segment)
+        self.head_btn.clicked.connect(self._on_choose_head)
+        self.grid_btn.clicked.connect(lambda: self._set_head(None))
         self.track_btn.clicked.connect(lambda: annotator.track_all_cells())
         self.cancel_btn.clicked.connect(annotator.cancel)
         self.export_btn.clicked.connect(self._on_export)
@@ -134,6 +153,19 @@ class CellsPanel(Panel):
         except SessionError as e:
             notify_error(str(e))
             self.refresh()
+
+    def _on_choose_head(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Choose an instance head", "", "Instance heads (*.instance-head.pt *.pt);;All files (*)"
+        )
+        if path:
+            self._set_head(path)
+
+    def _set_head(self, path: str | None) -> None:
+        try:
+            self.annotator.set_cells(instance_head=path)
+        except SessionError as e:
+            notify_error(str(e))
 
     def _on_segment(self) -> None:
         """Segment everything; seeds edited by hand on this frame are replaced only if the
@@ -176,6 +208,12 @@ class CellsPanel(Panel):
         self.reseed_spin.setValue(c.reseed_every)
         self.lost_spin.setValue(c.lost_after)
         self.divisions_check.setChecked(c.divisions)
+        head = Path(c.instance_head).name if c.instance_head else None
+        self.finder_label.setText(f"instance head {head}" if head else "segment everything (point grid)")
+        self.finder_label.setToolTip(c.instance_head or "SAM 2 prompted on a grid of points")
+        self.segment_btn.setText("Find cells (instance head)" if head else "Segment everything")
+        self.tile_spin.setEnabled(not head)  # tiles are the point grid's; the head sees the whole frame
+        self.grid_btn.setEnabled(bool(head))
         idle = ann.busy is None and ann.image_layer is not None
         geom = ann.image.geometry(quiet=True)
         self.segment_btn.setEnabled(idle)
