@@ -248,3 +248,9 @@ def test_matmul_peak_writes_one_record_per_shape_and_dtype(tmp_path, monkeypatch
         assert r["best_s"] <= r["median_s"]
         assert r["gflops_best"] >= r["gflops_median"]
     assert "| small |" in capsys.readouterr().out
+
+
+def test_track_all_head_dry_run_plans_and_runs_nothing(tmp_path, capsys):
+    out = tmp_path / "head.jsonl"
+    assert _load("track_all_head").main(["--dry-run", "--seeds", "3", "--out", str(out)]) == 0
+    assert "seeds [3]" in capsys.readouterr().out and not out.exists()
