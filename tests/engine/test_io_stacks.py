@@ -182,3 +182,19 @@ def test_png_files_are_read_through_imageio(tmp_path, monkeypatch):
     src = open_folder(tmp_path, None)
     np.testing.assert_array_equal(stacks._read_image_file(tmp_path / "f1.png"), data[1])
     np.testing.assert_array_equal(src[0], data[0])
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_a_truncated_tiff_is_refused_when_opened_as_truncated(tmp_path, compression):
+    """An interrupted copy opens (its header is whole) and would fail only when the missing
+    frames are read, hours into a run: open_tiff refuses it at once, as what it is (the one
+    check, used by track, track-all, track-many and the reader alike)."""
+    path = tmp_path / "cut.tif"
+    tifffile.imwrite(
+        path, np.arange(6 * 32 * 32, dtype=np.uint16).reshape(6, 32, 32), compression=compression
+    )
+    whole = path.read_bytes()
+    open_tiff(path, None).close()
+    path.write_bytes(whole[: len(whole) * 2 // 3])
+    with pytest.raises(FrameSourceError, match=r"cut\.tif is truncated: .*copy or export the stack again"):
+        open_tiff(path, None)

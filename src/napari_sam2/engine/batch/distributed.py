@@ -43,7 +43,7 @@ from napari_sam2.engine.batch.manifest import (
 from napari_sam2.engine.track.session import ModelSpec
 from napari_sam2.errors import AlreadyExistsError, InputError, InputTypeError
 
-__all__ = ["BatchReport", "JobResult", "track_many", "truncated_tiff", "validate_jobs"]
+__all__ = ["BatchReport", "JobResult", "track_many", "validate_jobs"]
 
 
 @dataclass(frozen=True)
@@ -135,55 +135,6 @@ def model_key(spec: ModelSpec) -> dict[str, Any]:
     return {"config": spec.config_name, "checkpoint": checkpoint, "precision": spec.precision}
 
 
-def truncated_tiff(path: str | Path) -> str | None:
-    """Why the TIFF file ``path`` is truncated (its image data runs past the end of the file), else None.
-
-    An interrupted copy of a stack opens (its header is whole) and fails only when the missing
-    frames are read, with tifffile's words ("corrupted strip cannot be reshaped ..."); checked
-    here so the job is refused before anything runs, as what it is. Not a TIFF file: None (the
-    readers report what it is).
-    """
-    import tifffile
-
-    path = Path(path)
-    if not path.is_file() or not path.name.lower().endswith((".tif", ".tiff")):
-        return None
-    import logging
-
-    log = logging.getLogger("tifffile")
-    level = log.level
-    log.setLevel(logging.ERROR)  # its "invalid page offset" warnings: the message below says it
-    try:
-        with tifffile.TiffFile(path) as tif:
-            size = tif.filehandle.size
-            if not tif.series:
-                return None
-            series = tif.series[0]
-            if series.dataoffset is not None:  # one contiguous block (tifffile, ImageJ writers)
-                end = series.dataoffset + series.nbytes
-            else:
-                end = max(
-                    (
-                        o + c
-                        for page in series.pages
-                        if page is not None
-                        and page.parent is tif  # a multi-file OME-TIFF's other files: their own sizes
-                        for o, c in zip(page.dataoffsets, page.databytecounts)
-                    ),
-                    default=0,
-                )
-    except Exception:  # noqa: BLE001 - a header tifffile cannot read: the readers name it
-        return None
-    finally:
-        log.setLevel(level)
-    if end <= size:
-        return None
-    return (
-        f"{path} is truncated: the TIFF file has {size:,} bytes but its image data runs to byte {end:,} "
-        f"({end - size:,} bytes missing). It was cut short (an interrupted copy or write): copy or export the stack again"
-    )
-
-
 def validate_jobs(
     jobs: Iterable[Job], model: Mapping[str, Any], overwrite: bool = False
 ) -> tuple[dict[int, bool], dict[int, JobResult]]:
@@ -209,9 +160,6 @@ def validate_jobs(
                 raise InputError(f"direction must be forward, backward or both, not {job.direction!r}")
             if state == "foreign" and not redo:
                 raise AlreadyExistsError(f"{why}; pass --overwrite (overwrite=True) to replace it")
-            truncated = truncated_tiff(job.stack)
-            if truncated:
-                raise InputError(truncated)
             prepare_track(job.stack, job.prompts, job.output, overwrite=redo, **_check_options(job)).close()
         except Exception as exc:  # noqa: BLE001 - every refusal is reported with its message
             results[i] = JobResult(job, "invalid", _one_line(exc))

@@ -91,6 +91,7 @@ def _open_tiff(path: Path) -> tuple[Any, SourceMetadata, Callable[[], None]]:
     import zarr
 
     from napari_sam2.engine.frames.open import FrameSourceError
+    from napari_sam2.engine.io.stacks import tiff_truncation
 
     try:
         tif = tifffile.TiffFile(path)
@@ -99,6 +100,9 @@ def _open_tiff(path: Path) -> tuple[Any, SourceMetadata, Callable[[], None]]:
     try:
         if not tif.series:
             raise FrameSourceError(f"{path} contains no image data")
+        truncated = tiff_truncation(tif, path)
+        if truncated:
+            raise FrameSourceError(truncated)
         metadata = _tiff_metadata(tif, path)
         store = tif.series[0].aszarr()
         z = zarr.open(store, mode="r")

@@ -20,10 +20,66 @@ from napari_sam2.engine.io.source import (
 )
 from napari_sam2.errors import InputError
 
-__all__ = ["open_folder", "open_tiff"]
+__all__ = ["open_folder", "open_tiff", "tiff_truncation"]
 
 
 # TIFF files
+
+
+def tiff_truncation(tif, path: Path) -> str | None:
+    """Why the open TIFF ``tif`` is truncated (its image data runs past the end of the file), else None.
+
+    An interrupted copy of a stack opens (its header is whole) and fails only when the missing
+    frames are read, with tifffile's words ("corrupted strip cannot be reshaped ..."), maybe
+    hours into a run; checked when the file is opened, so it is refused as what it is.
+    """
+    size = tif.filehandle.size
+    if not tif.series:
+        return None
+    series = tif.series[0]
+    described = _described_size(tif)
+    found = int(np.prod(series.shape))
+    if described is not None and found < described:  # the chain of pages breaks where the file was cut
+        return (
+            f"{path} is truncated: its header describes {described:,} pixels but only {found:,} could be "
+            f"found ({len(series.pages)} readable pages, shape {tuple(series.shape)}; the file has {size:,} bytes). "
+            "It was cut short (an interrupted copy or write): copy or export the stack again"
+        )
+    if series.dataoffset is not None:  # one contiguous block (tifffile, ImageJ writers)
+        end = series.dataoffset + series.nbytes
+    else:
+        end = max(
+            (
+                o + c
+                for page in series.pages
+                if page is not None
+                and page.parent is tif  # a multi-file OME-TIFF's other files: their own sizes
+                for o, c in zip(page.dataoffsets, page.databytecounts)
+            ),
+            default=0,
+        )
+    if end <= size:
+        return None
+    return (
+        f"{path} is truncated: the TIFF file has {size:,} bytes but its image data runs to byte {end:,} "
+        f"({end - size:,} bytes missing). It was cut short (an interrupted copy or write): copy or export "
+        "the stack again"
+    )
+
+
+def _described_size(tif) -> int | None:
+    """The pixels the writer's own metadata says the first series holds (tifffile's shaped
+    description or ImageJ's image count), when it says."""
+    try:
+        shaped = tif.shaped_metadata
+        if shaped and shaped[0].get("shape"):
+            return int(np.prod(shaped[0]["shape"]))
+        ij = tif.imagej_metadata
+        if ij and ij.get("images"):
+            return int(ij["images"]) * int(np.prod(tif.pages.first.shape))
+    except Exception:  # noqa: BLE001 - metadata that cannot be read says nothing
+        return None
+    return None
 
 
 def open_tiff(path: Path, channel_axis: int | None) -> FrameSource:
@@ -36,6 +92,9 @@ def open_tiff(path: Path, channel_axis: int | None) -> FrameSource:
     try:
         if not tif.series:
             raise FrameSourceError(f"{path} contains no image data")
+        truncated = tiff_truncation(tif, path)
+        if truncated:
+            raise FrameSourceError(truncated)
         series = tif.series[0]
         axes = series.axes
         if (
