@@ -241,3 +241,16 @@ def test_fine_tune_then_the_instance_head_in_one_call(make_model, cell_crop, tin
     assert [e.get("phase") for e in events] == [None, None, "instance head", "instance head"]
     assert events[0]["before"] == {"loss": [], "val_iou": [(0, out["val_iou_before"])]}
     assert "before" not in events[1]
+    # a stop during the head keeps the written checkpoint and writes no head
+    events.clear()
+    out = fine_tune(
+        [stack],
+        tmp_path / "u.pt",
+        model=make_model(),
+        instance_head=head,
+        progress=events.append,
+        should_stop=lambda: any(e.get("phase") for e in events),
+        **kw,
+    )
+    assert out["instance_head_stopped"] and out["files"]["checkpoint"].exists()
+    assert not (tmp_path / "u.instance-head.pt").exists() and "instance_head" not in out["files"]
