@@ -84,6 +84,7 @@ MOVED = {
     "runner": "runs.runner",
     "seeds_layer": "cells.seeds_layer",
     "session": "model.session",
+    "set_propagation_axis": "image.set_propagation_axis",
     "set_channel_axis": "image.set_channel_axis",
     "set_channels": "image.set_channels",
     "set_fill_features": "features.set_enabled",
@@ -241,10 +242,6 @@ class Annotator:
         layer; ``"auto"``: the first free axis) and, for multichannel data without RGB, the
         ``channel_axis`` and the ``channels`` the model sees (1 to 3; default the first three)."""
         self.image.choose(layer, axis, channel_axis, channels)
-
-    def set_propagation_axis(self, axis: int | None) -> None:
-        """Propagate along this axis of the image layer (e.g. 0 for t in (T, Z, Y, X), 1 for z)."""
-        self.image.set_propagation_axis(axis)
 
     def set_model(
         self,

@@ -58,7 +58,6 @@ _DELEGATED = {
             "set_model",
             "set_object",
             "set_positive",
-            "set_propagation_axis",
             "track_all_cells",
             "use_edits_as_corrections",
             "use_predictor",
@@ -73,6 +72,7 @@ _DELEGATED = {
     "geometry": "image.geometry",
     "points_layer": "prompting.points_layer",
     "seeds_layer": "cells.seeds_layer",
+    "set_propagation_axis": "image.set_propagation_axis",
     "tracks_layer": "cells.tracks_layer",
     "use_mask_generator": "cells.use_mask_generator",
 }
