@@ -16,6 +16,7 @@ attribute      what it owns                                                     
 ``runs``       the running job, its context and its handler (one class per kind)   ``plugin/runs.py``
 ``features``   the background fill of the embedding cache                          ``plugin/embeddings.py``
 ``cells``      the "Track all cells" workflow: seeds, tracks, lineage, export     ``plugin/cells.py``
+``training``   the Train tab: layer pairs, the fine-tuning job, its curves         ``plugin/training.py``
 ============== =================================================================== ==========================
 
 The parts get what they use when they are built (never the annotator), so calls go down.
@@ -57,6 +58,7 @@ from .prompting import PromptModel
 from .run_kinds import plural
 from .runs import START_CHOICES, Runs
 from .state import SettingsStore, StatusLine
+from .training import Training, TrainSettings
 
 __all__ = ["DEVICES", "START_CHOICES", "Annotator", "AnnotatorEvents", "AnnotatorSettings"]
 
@@ -84,6 +86,7 @@ MOVED = {
     "runner": "runs.runner",
     "seeds_layer": "cells.seeds_layer",
     "session": "model.session",
+    "set_propagation_axis": "image.set_propagation_axis",
     "set_channel_axis": "image.set_channel_axis",
     "set_channels": "image.set_channels",
     "set_fill_features": "features.set_enabled",
@@ -122,6 +125,7 @@ class AnnotatorEvents(SignalGroup):
     edits = Signal(object)  # list of UserEdit: user changes found (and kept) in the output
     error = Signal(str)  # a job was refused or failed: the message (the widget shows a notification)
     features = Signal(int, int)  # background encoding into the embedding cache: frames done, total
+    training = Signal(object)  # TrainProgress: a training step done (the Train tab draws its curves)
 
 
 @dataclass(frozen=True)
@@ -144,6 +148,7 @@ class AnnotatorSettings:
     # prompts, so that the propagation reads them (plugin/embeddings.py)
     fill_features: bool = True
     cells: CellSettings = field(default_factory=CellSettings)  # the "Track all cells" workflow
+    training: TrainSettings = field(default_factory=TrainSettings)  # the Train tab
 
 
 class Annotator:
@@ -187,6 +192,9 @@ class Annotator:
         self.cells = CellsWorkflow(
             viewer, self._store, self.status, self.image, self.model, self.runs, self.outputs
         )
+        self.training = Training(
+            viewer, self._store, self.status, self.events, self.model, self.runs, self.image, self.set_cells
+        )
         images = self.image.image_layers()
         if images:
             self.set_image(images[-1])
@@ -216,7 +224,7 @@ class Annotator:
 
     @property
     def busy(self) -> str | None:
-        """The running job ("preview", "propagate", "segment", "track-all", "download") or None."""
+        """The running job ("preview", "propagate", "segment", "track-all", "train", "download") or None."""
         return self.runs.busy
 
     @property
@@ -241,10 +249,6 @@ class Annotator:
         layer; ``"auto"``: the first free axis) and, for multichannel data without RGB, the
         ``channel_axis`` and the ``channels`` the model sees (1 to 3; default the first three)."""
         self.image.choose(layer, axis, channel_axis, channels)
-
-    def set_propagation_axis(self, axis: int | None) -> None:
-        """Propagate along this axis of the image layer (e.g. 0 for t in (T, Z, Y, X), 1 for z)."""
-        self.image.set_propagation_axis(axis)
 
     def set_model(
         self,

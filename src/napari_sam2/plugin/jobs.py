@@ -11,6 +11,7 @@ GUI thread with Qt). If ``on_event`` raises, the job is stopped and finishes as 
 
 from __future__ import annotations
 
+import queue
 import threading
 import time
 from collections import deque
@@ -19,7 +20,7 @@ from typing import Any
 
 from napari_sam2.errors import StateError
 
-__all__ = ["JobRunner"]
+__all__ = ["JobRunner", "in_thread"]
 
 EventHandler = Callable[[Any], None]
 FinishHandler = Callable[[str, BaseException | None], None]
@@ -147,3 +148,42 @@ class JobRunner:
             QApplication.processEvents()
             time.sleep(0.01)
         return self.kind is None
+
+
+_DONE = object()
+
+
+def in_thread(
+    work: Callable[[Callable[[Any], None]], Any], name: str, stop: Callable[[], None] | None = None
+) -> Generator[Any, None, Any]:
+    """A job's steps for an engine call that reports through a callback: ``work(emit)`` runs in
+    a thread of its own, and what it emits is yielded here as it comes (a generator cannot yield
+    from inside the callback). Returns what ``work`` returned; raises what it raised. Closed
+    early (its events' handler failed), it calls ``stop()`` and waits for ``work`` to end, so that
+    nothing runs on after the job."""
+    items: queue.Queue = queue.Queue()
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["value"] = work(items.put)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the job's thread below
+            result["error"] = e
+        finally:
+            items.put(_DONE)
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    ended = False
+    try:
+        while (item := items.get()) is not _DONE:
+            yield item
+        ended = True
+    finally:
+        if not ended:
+            if stop is not None:
+                stop()
+            thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")

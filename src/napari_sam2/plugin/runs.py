@@ -6,7 +6,6 @@ needs is deleted; and the preview, propagation and download jobs themselves."""
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections.abc import Callable, Generator
 from typing import Any
@@ -15,7 +14,7 @@ from napari_sam2.engine.track.session import DIRECTIONS, SessionError, Status
 from napari_sam2.engine.validation import PromptError
 
 from .geometry import layer_data
-from .jobs import JobRunner
+from .jobs import JobRunner, in_thread
 from .layer_prompts import ConversionReport
 from .run_kinds import DownloadProgress, DownloadRun, PreviewRun, PropagateRun, Run, RunContext, RunParts
 
@@ -258,22 +257,9 @@ def _propagate_job(ctx: RunContext, session, direction, start, max_frames, cance
 def _download_job(config: str, cancel: threading.Event):
     from napari_sam2.engine.weights.download import download_checkpoint
 
-    updates: queue.Queue = queue.Queue()
-    result: dict = {}
+    def work(emit) -> None:
+        download_checkpoint(config, progress=lambda done, total: emit((done, total or 0)), cancel=cancel)
 
-    def work() -> None:
-        try:
-            result["path"] = download_checkpoint(
-                config, progress=lambda done, total: updates.put((done, total or 0)), cancel=cancel
-            )
-        except BaseException as e:  # noqa: BLE001 - re-raised in the job below
-            result["error"] = e
-        finally:
-            updates.put(None)
-
-    threading.Thread(target=work, name="napari-sam2 download", daemon=True).start()
-    while (item := updates.get()) is not None:
-        yield DownloadProgress(int(item[0]), int(item[1]))
-    if "error" in result:
-        raise result["error"]
+    for done, total in in_thread(work, "napari-sam2 download", cancel.set):
+        yield DownloadProgress(int(done), int(total))
     return "done"

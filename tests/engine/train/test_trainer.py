@@ -214,3 +214,43 @@ def test_fine_tune_stops_and_resumes_to_the_same_checkpoint(make_model, cell_cro
         load_state_dict_file(done["files"]["checkpoint"]),
     )
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_fine_tune_then_the_instance_head_in_one_call(make_model, cell_crop, tiny_checkpoint, tmp_path):
+    # the chain of the CLI and the widget's Train tab: the head's file is refused before training,
+    # trained on the fine-tuned model after it, and the first progress event carries the curves' start
+    from napari_sam2.engine.train import fine_tune
+    from napari_sam2.engine.train.instance_head import HeadTrainConfig, InstanceHead
+
+    stack = _stack(cell_crop)
+    cfg = TrainConfig(steps=2, prompts=PromptConfig(correction_clicks=0), **SMALL)
+    kw = dict(checkpoint=tiny_checkpoint, config=cfg, split="time", block=1, val_fraction=0.3)
+    head = HeadTrainConfig(steps=2, width=16)
+    head_path = tmp_path / "t.instance-head.pt"
+    head_path.write_bytes(b"mine")
+    with pytest.raises(FileExistsError, match="instance-head.pt"):
+        fine_tune([stack], tmp_path / "t.pt", model=make_model(), instance_head=head, **kw)
+    assert head_path.read_bytes() == b"mine" and not (tmp_path / "t.pt").exists()
+    head_path.unlink()
+    events = []
+    out = fine_tune(
+        [stack], tmp_path / "t.pt", model=make_model(), instance_head=head, progress=events.append, **kw
+    )
+    assert out["files"]["instance_head"] == head_path and "val_f1" in out["instance_head"]
+    assert InstanceHead.load(head_path)[1]["checkpoint"] == str(tmp_path / "t.pt")
+    assert [e.get("phase") for e in events] == [None, None, "instance head", "instance head"]
+    assert events[0]["before"] == {"loss": [], "val_iou": [(0, out["val_iou_before"])]}
+    assert "before" not in events[1]
+    # a stop during the head keeps the written checkpoint and writes no head
+    events.clear()
+    out = fine_tune(
+        [stack],
+        tmp_path / "u.pt",
+        model=make_model(),
+        instance_head=head,
+        progress=events.append,
+        should_stop=lambda: any(e.get("phase") for e in events),
+        **kw,
+    )
+    assert out["instance_head_stopped"] and out["files"]["checkpoint"].exists()
+    assert not (tmp_path / "u.instance-head.pt").exists() and "instance_head" not in out["files"]

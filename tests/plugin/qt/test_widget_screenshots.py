@@ -121,3 +121,52 @@ def test_track_all_cells_screenshots(make_napari_viewer):
     viewer.layers["SAM2 seeds [synthetic dividing cells]"].visible = False
     viewer.dims.set_current_step(0, gt.shape[0] - 1)
     _grab(viewer, "cells-lineage.png")
+
+
+def test_train_tab_screenshot(make_napari_viewer, tiny_checkpoint, tmp_path, monkeypatch):
+    """The Train tab after a short real training on corrected frames (the test weights at a
+    reduced input size: the curves show the mechanics, not what Meta's weights would reach)."""
+    import sys
+
+    from napari_sam2.plugin import training
+
+    sys.path.insert(0, str(Path(__file__).parents[2] / "engine" / "train"))
+    import torch
+    from train_support import reduced_model
+
+    monkeypatch.setattr(training, "_model", lambda spec: reduced_model(spec.checkpoint))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a small model on a shared CPU: more threads only wait on each other
+    viewer, w = _open(make_napari_viewer, "timelapse")
+    gt = np.asarray(viewer.layers["ground truth"].data)
+    corrected = np.zeros_like(gt)
+    corrected[:12] = gt[:12]  # the user corrected the first 12 frames
+    viewer.add_labels(corrected, name="corrected cells", opacity=0.5)
+    w.set_model("sam2.1_hiera_t", checkpoint=tiny_checkpoint, device="cpu")
+    w.tabs.setCurrentIndex(w.tabs.count() - 1)
+    p, t = w.train_panel, w.annotator.training
+    p.image_combo.setCurrentText("synthetic time-lapse")
+    p.labels_combo.setCurrentText("corrected cells")
+    p.add_btn.click()
+    t.set_training(
+        output=str(tmp_path / "models" / "cells-tuned.pt"),
+        steps=40,
+        validate_every=5,
+        split="time",
+        block=4,
+        val_fraction=0.25,
+        instance_head_steps=50,
+    )
+    try:
+        p.start_btn.click()
+    finally:
+        torch.set_num_threads(threads)
+    assert w.annotator.status.outcome == "done", w.annotator.status.text
+    assert len(p.plot.curves.loss) == 40 and len(p.plot.curves.val_iou) == 9
+    viewer.dims.set_current_step(0, 5)
+    from qtpy.QtWidgets import QApplication
+
+    QApplication.processEvents()  # the tab's height with the final texts
+    column = w.tabs.currentWidget().verticalScrollBar()
+    column.setValue(column.maximum())  # the curves, at the bottom of the tab
+    _grab(viewer, "train-tab.png")

@@ -1,4 +1,5 @@
-"""One call from labelled stacks to a fine-tuned checkpoint: :func:`fine_tune` (the CLI's engine)."""
+"""One call from labelled stacks to a fine-tuned checkpoint, and optionally an instance head
+trained on its features: :func:`fine_tune` (the engine of the CLI and of the widget's Train tab)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 from napari_sam2.engine.train.data import LabeledStack, split_frames
 from napari_sam2.engine.train.export import output_paths, save_trained
+from napari_sam2.engine.train.instance_head import HeadTrainConfig
 from napari_sam2.engine.train.trainer import TrainConfig, Trainer
 from napari_sam2.errors import AlreadyExistsError, MissingFileError
 
@@ -21,6 +23,16 @@ def state_dir_for(out: str | os.PathLike) -> Path:
     """Where the resumable state of a run writing ``out`` lives: ``<out>.train-state/``."""
     ckpt = output_paths(out)["checkpoint"]
     return ckpt.parent / f"{ckpt.stem}.train-state"
+
+
+def instance_head_path(out: str | os.PathLike) -> Path:
+    """The instance head a run writing ``out`` trains: ``<out>.instance-head.pt``, beside the checkpoint."""
+    ckpt = output_paths(out)["checkpoint"]
+    return ckpt.parent / f"{ckpt.stem}.instance-head.pt"
+
+
+class _HeadStopped(Exception):
+    """Raised from the head's progress callback when asked to stop (its loop has no stop check)."""
 
 
 def fine_tune(
@@ -40,6 +52,7 @@ def fine_tune(
     model: Any = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     should_stop: Callable[[], bool] | None = None,
+    instance_head: HeadTrainConfig | None = None,
 ) -> dict[str, Any]:
     """Fine-tune SAM 2 on ``stacks`` and write ``out`` (checkpoint, delta, model card).
 
@@ -49,6 +62,12 @@ def fine_tune(
     reduced-size model; it must hold the ``checkpoint`` weights). Returns the run's summary
     with ``"files"`` (absent when stopped before the end), the trained ``"model"`` and the
     ``"train"`` / ``"val"`` frames.
+
+    ``instance_head``: then train an instance head on the fine-tuned model's features, on the
+    same training frames, and write it to :func:`instance_head_path` (``files["instance_head"]``;
+    its summary, with the held-out F1, is ``"instance_head"``). Its progress events carry
+    ``"phase": "instance head"``; a stop during it keeps the written checkpoint and writes no
+    head (``"instance_head_stopped": True``).
     """
     from napari_sam2.engine.weights.build import build_sam2, load_model_weights, resolve_device
     from napari_sam2.engine.weights.checkpoints import load_state_dict_file
@@ -56,6 +75,8 @@ def fine_tune(
 
     config = config or TrainConfig()
     paths = output_paths(out)
+    if instance_head is not None:
+        paths["instance_head"] = instance_head_path(out)
     taken = [str(p) for p in paths.values() if p.exists()]
     if taken and not overwrite:  # checked before hours of training, not after
         raise AlreadyExistsError(
@@ -113,4 +134,36 @@ def fine_tune(
         "settings": asdict(config),
     }
     summary["files"] = save_trained(model, out, base_sd, card, base_checkpoint=ckpt_path, overwrite=overwrite)
+    if instance_head is not None:
+        _train_head(summary, stacks, instance_head, paths["instance_head"], overwrite, progress, should_stop)
     return summary
+
+
+def _train_head(
+    summary: dict[str, Any],
+    stacks: Sequence[LabeledStack],
+    config: HeadTrainConfig,
+    path: Path,
+    overwrite: bool,
+    progress: Callable[[dict[str, Any]], None] | None,
+    should_stop: Callable[[], bool] | None,
+) -> None:
+    """The instance head on the fine-tuned model (its features are the ones tracking will compute)."""
+    from napari_sam2.engine.train.instance_head import train_instance_head
+
+    def head_progress(info: dict[str, Any]) -> None:
+        if progress is not None:
+            progress({**info, "phase": "instance head"})
+        if should_stop is not None and should_stop():
+            raise _HeadStopped
+
+    try:
+        head, info = train_instance_head(
+            summary["model"], stacks, summary["train"], config, val=summary["val"], progress=head_progress
+        )
+    except _HeadStopped:
+        summary["instance_head_stopped"] = True
+        return
+    info["checkpoint"] = str(summary["files"]["checkpoint"])
+    summary["files"]["instance_head"] = head.save(path, info, overwrite=overwrite)
+    summary["instance_head"] = info

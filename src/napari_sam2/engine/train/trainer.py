@@ -410,13 +410,19 @@ class Trainer:
     ) -> dict[str, Any]:
         """Train up to ``config.steps`` (from where a loaded state left off); returns a summary.
 
-        ``progress`` gets ``{"step", "steps", "loss", "val_iou"?}`` after each step;
-        ``should_stop`` is asked before each step: a stop saves the state (when a
-        ``state_dir`` is set) so that :meth:`load_state` resumes it.
+        ``progress`` gets ``{"step", "steps", "loss", "val_iou"?}`` after each step, the first
+        call also ``"before"``: ``{"loss": [(step, loss)...], "val_iou": [(step, iou)...]}`` of
+        the steps done before this run (a resumed run's) and the validation before training, so
+        that live curves start complete; ``should_stop`` is asked before each step: a stop saves
+        the state (when a ``state_dir`` is set) so that :meth:`load_state` resumes it.
         """
         c = self.config
         if self.val_refs and not self.validation:
             self.validation.append((self.step_count, self.evaluate()))
+        before: dict[str, Any] | None = {
+            "loss": [(r.step + 1, r.loss) for r in self.history],
+            "val_iou": list(self.validation),
+        }
         stopped = False
         while self.step_count < c.steps:
             if should_stop is not None and should_stop():
@@ -424,6 +430,8 @@ class Trainer:
                 break
             rec = self.train_step()
             info: dict[str, Any] = {"step": self.step_count, "steps": c.steps, "loss": rec.loss}
+            if before is not None:
+                info["before"], before = before, None
             if self.val_refs and (self.step_count % c.validate_every == 0 or self.step_count == c.steps):
                 self.validation.append((self.step_count, self.evaluate()))
                 info["val_iou"] = self.validation[-1][1]

@@ -58,7 +58,7 @@ class ImagePanel(Panel):
 
     def _on_axis(self, *_) -> None:
         if not self.refreshing:
-            self.annotator.set_propagation_axis(self.axis_combo.currentData())
+            self.annotator.image.set_propagation_axis(self.axis_combo.currentData())
 
     def _on_channel_axis(self, *_) -> None:
         if not self.refreshing:

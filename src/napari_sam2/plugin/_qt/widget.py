@@ -26,6 +26,7 @@ from .model_panel import ModelPanel
 from .output_panel import OutputPanel
 from .prompts_panel import PromptsPanel
 from .track_panel import TrackPanel
+from .train_panel import TrainPanel
 
 PREVIEW_DELAY_MS = 200
 
@@ -58,7 +59,6 @@ _DELEGATED = {
             "set_model",
             "set_object",
             "set_positive",
-            "set_propagation_axis",
             "track_all_cells",
             "use_edits_as_corrections",
             "use_predictor",
@@ -73,6 +73,7 @@ _DELEGATED = {
     "geometry": "image.geometry",
     "points_layer": "prompting.points_layer",
     "seeds_layer": "cells.seeds_layer",
+    "set_propagation_axis": "image.set_propagation_axis",
     "tracks_layer": "cells.tracks_layer",
     "use_mask_generator": "cells.use_mask_generator",
 }
@@ -113,7 +114,7 @@ class SAM2Widget(QWidget):
         after the masks of a frame were written to the output layer (GUI thread).
     job_finished(str, str)
         after a job ended: ``(kind, outcome)``, kind ``"preview"``, ``"propagate"``,
-        ``"segment"``, ``"track-all"`` or ``"download"``; outcome ``"done"``, ``"cancelled"``
+        ``"segment"``, ``"track-all"``, ``"train"`` or ``"download"``; outcome ``"done"``, ``"cancelled"``
         or ``"failed"``.
     """
 
@@ -134,12 +135,15 @@ class SAM2Widget(QWidget):
         self.track_panel = TrackPanel(self.annotator)
         self.output_panel = OutputPanel(self.annotator)
         self.cells_panel = CellsPanel(self.annotator)
+        self.train_panel = TrainPanel(self.annotator)
         root.addWidget(self.image_panel)
         root.addWidget(self.model_panel)
-        # two ways to work: click the objects to follow, or find and follow every cell
+        # two ways to work: click the objects to follow, or find and follow every cell; and a
+        # third tab to train the model on the corrected results
         self.tabs = QTabWidget()
         self.tabs.addTab(_Column(self.prompts_panel, self.track_panel, self.output_panel), "Click objects")
         self.tabs.addTab(_Column(self.cells_panel), "All cells")
+        self.tabs.addTab(_Column(self.train_panel), "Train")
         root.addWidget(self.tabs, 1)  # the tabs take the height the dock has
         # long lines (paths, messages) wrap; the full text is in the tooltip
         self.status_label = wrapping_label("")
