@@ -52,7 +52,9 @@ def test_train_writes_checkpoint_delta_and_card(data, small, tmp_path, capsys):
 
     _, info = InstanceHead.load(tmp_path / "tuned.instance-head.pt")
     assert info["steps"] == 3 and "val_f1" in info
-    assert "step 2/2" in printed.err
+    assert "step 2/2" in printed.err and "instance head step 3/3" in printed.err
+    assert f"--instance-head {tmp_path / 'tuned.instance-head.pt'}" in printed.out  # how to use it
+    assert info["checkpoint"] == str(out) and info["model"] == "sam2.1_hiera_t"  # what track-all takes
     card = json.loads((tmp_path / "tuned.card.json").read_text())
     assert card["steps"] == 2 and card["data"]["split"] == "time" and card["val_iou_before"] is not None
     assert (tmp_path / "tuned.delta.pt").exists() and (tmp_path / "tuned.card.md").exists()

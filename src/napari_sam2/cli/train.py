@@ -16,7 +16,7 @@ import argparse
 import sys
 import threading
 
-from napari_sam2.errors import AlreadyExistsError, InputError, MissingFileError
+from napari_sam2.errors import InputError, MissingFileError
 
 from ._common import parse_channels, report_error
 
@@ -54,6 +54,7 @@ def _run(args: argparse.Namespace) -> int:
     import signal
 
     from napari_sam2.engine.train import PromptConfig, TrainConfig, fine_tune
+    from napari_sam2.engine.train.instance_head import HeadTrainConfig
     from napari_sam2.engine.weights.build import resolve_device
     from napari_sam2.model.variants import resolve_variant
 
@@ -77,8 +78,6 @@ def _run(args: argparse.Namespace) -> int:
         )
         if args.instance_head_steps < 0:
             raise InputError(f"--instance-head-steps must be >= 0, got {args.instance_head_steps}")
-        if args.instance_head_steps:
-            _head_path(args)
         stacks = _stacks(args)
         if args.channels is not None:
             from napari_sam2.engine.frames.normalization import Normalizer
@@ -90,6 +89,14 @@ def _run(args: argparse.Namespace) -> int:
             if args.quiet:
                 return
             step, steps = info["step"], info["steps"]
+            if info.get("phase") == "instance head":
+                if step % args.log_every == 0 or step == steps:
+                    print(
+                        f"instance head step {step}/{steps}: loss {info['loss']:.4f}",
+                        file=sys.stderr,
+                        flush=True,
+                    )
+                return
             if "val_iou" in info or step % args.log_every == 0 or step == steps:
                 val = f", validation IoU {info['val_iou']:.3f}" if info.get("val_iou") is not None else ""
                 print(f"step {step}/{steps}: loss {info['loss']:.4f}{val}", file=sys.stderr, flush=True)
@@ -117,6 +124,11 @@ def _run(args: argparse.Namespace) -> int:
             model=_model(args),
             progress=progress,
             should_stop=stop.is_set,
+            instance_head=(
+                HeadTrainConfig(steps=args.instance_head_steps, seed=args.seed)
+                if args.instance_head_steps
+                else None
+            ),
         )
     except Exception as exc:  # noqa: BLE001 - every failure is reported in one line, with what to do
         return report_error("train", exc)
@@ -130,46 +142,30 @@ def _run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
+    files = summary["files"]
     head_msg = ""
-    if args.instance_head_steps:
-        try:
-            head_msg = _train_head(args, stacks, summary)
-        except Exception as exc:  # noqa: BLE001
-            return report_error("train", exc)
+    if summary.get("instance_head_stopped"):
+        print(
+            f"napari-sam2 train: stopped while training the instance head; {files['checkpoint']} is written, "
+            "the head is not: train one on it from a script with train_instance_head (docs/fine-tuning.md)",
+            file=sys.stderr,
+        )
+        return 130
+    if "instance_head" in files:
+        val_f1 = summary["instance_head"].get("val_f1")
+        f1 = f", held-out instance F1 {val_f1:.3f}" if val_f1 is not None else ""
+        head_msg = (
+            f", and the instance head {files['instance_head'].name}{f1} "
+            f"(napari-sam2 track-all ... --instance-head {files['instance_head']})"
+        )
     if not args.quiet:
         before, after = summary["val_iou_before"], summary["val_iou_after"]
         val = f"; validation IoU {before:.3f} -> {after:.3f}" if before is not None else ""
-        files = summary["files"]
         print(
             f"{summary['steps']} steps in {summary['seconds']:.0f} s{val}. Wrote {files['checkpoint']} "
             f"(use it with --checkpoint), {files['delta'].name} and {files['card_md'].name}{head_msg}"
         )
     return 0
-
-
-def _head_path(args: argparse.Namespace):
-    """OUTPUT's instance head file; refused now when it exists (not after hours of training)."""
-    from napari_sam2.engine.train.export import output_paths
-
-    ckpt = output_paths(args.output)["checkpoint"]
-    path = ckpt.parent / f"{ckpt.stem}.instance-head.pt"
-    if path.exists() and not args.overwrite:
-        raise AlreadyExistsError(f"{path} already exists; choose another output or pass --overwrite")
-    return path
-
-
-def _train_head(args: argparse.Namespace, stacks, summary: dict) -> str:
-    """Train the instance head on the fine-tuned model's features; write OUTPUT's .instance-head.pt."""
-    from napari_sam2.engine.train.instance_head import HeadTrainConfig, train_instance_head
-
-    ckpt = summary["files"]["checkpoint"]
-    path = _head_path(args)
-    cfg = HeadTrainConfig(steps=args.instance_head_steps, seed=args.seed)
-    head, info = train_instance_head(summary["model"], stacks, summary["train"], cfg, val=summary["val"])
-    info["checkpoint"] = str(ckpt)
-    head.save(path, info, overwrite=args.overwrite)
-    f1 = f", held-out instance F1 {info['val_f1']:.3f}" if "val_f1" in info else ""
-    return f", and the instance head {path.name}{f1}"
 
 
 def add_parser(subparsers) -> None:
