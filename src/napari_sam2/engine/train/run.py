@@ -14,7 +14,7 @@ from napari_sam2.engine.train.data import LabeledStack, split_frames
 from napari_sam2.engine.train.export import output_paths, save_trained
 from napari_sam2.engine.train.instance_head import HeadTrainConfig
 from napari_sam2.engine.train.trainer import TrainConfig, Trainer
-from napari_sam2.errors import AlreadyExistsError, MissingFileError
+from napari_sam2.errors import AlreadyExistsError, MissingFileError, NapariSam2Error
 
 STATE_FILE = "train_state.pt"
 
@@ -31,7 +31,7 @@ def instance_head_path(out: str | os.PathLike) -> Path:
     return ckpt.parent / f"{ckpt.stem}.instance-head.pt"
 
 
-class _HeadStopped(Exception):
+class _HeadStopped(NapariSam2Error):
     """Raised from the head's progress callback when asked to stop (its loop has no stop check)."""
 
 
