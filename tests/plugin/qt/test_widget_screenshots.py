@@ -123,6 +123,45 @@ def test_track_all_cells_screenshots(make_napari_viewer):
     _grab(viewer, "cells-lineage.png")
 
 
+def test_cells_with_instance_head_screenshot(make_napari_viewer, tiny_checkpoint, tmp_path):
+    """The All cells tab with a trained instance head finding the seeds: the head is trained
+    here on the sample's ground truth, on the features of the test weights at a reduced input
+    size (the features mean nothing, the head learns where the cells are), and the seeds are
+    found on a frame it was not trained on, through a real video predictor's features."""
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).parents[2] / "engine" / "train"))
+    import torch
+    from train_support import reduced_model
+
+    from napari_sam2.engine.predict.video_predictor import SAM2VideoPredictor
+    from napari_sam2.engine.train import labeled_stack
+    from napari_sam2.engine.train.data import FrameRef
+    from napari_sam2.engine.train.instance_head import HeadTrainConfig, train_instance_head
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        viewer, w = _open(make_napari_viewer, "lineage")
+        image = np.asarray(viewer.layers["synthetic dividing cells"].data)
+        gt = np.asarray(viewer.layers["ground truth"].data)
+        model = reduced_model(tiny_checkpoint)
+        stack = labeled_stack(image, gt)
+        head, summary = train_instance_head(
+            model, [stack], [FrameRef(0, t) for t in range(1, gt.shape[0], 4)], HeadTrainConfig(steps=300)
+        )
+        path = head.save(tmp_path / "cells-tuned.instance-head.pt", {"model": "sam2.1_hiera_t", **summary})
+        w.use_predictor(SAM2VideoPredictor(model))
+        w.tabs.setCurrentIndex(1)
+        w.annotator.set_cells(instance_head=str(path))
+        seeds = w.segment_everything(frame=0)  # frame 0: not a training frame
+    finally:
+        torch.set_num_threads(threads)
+    assert seeds is not None and seeds.max() >= 3, w.annotator.status.text
+    viewer.layers["ground truth"].visible = False
+    _grab(viewer, "cells-instance-head.png")
+
+
 def test_train_tab_screenshot(make_napari_viewer, tiny_checkpoint, tmp_path, monkeypatch):
     """The Train tab after a short real training on corrected frames (the test weights at a
     reduced input size: the curves show the mechanics, not what Meta's weights would reach)."""

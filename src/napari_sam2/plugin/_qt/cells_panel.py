@@ -27,8 +27,9 @@ class CellsPanel(Panel):
         self.annotator = annotator
         form = QFormLayout(self)
         intro = wrapping_label(
-            "1. Segment everything on this frame. 2. Check the seeds in the 'SAM2 seeds' layer "
-            "(delete, merge or paint labels). 3. Track all cells: new cells, divisions and the lineage."
+            "1. Find the cells on this frame (segment everything, or an instance head trained on your "
+            "labels). 2. Check the seeds in the 'SAM2 seeds' layer (delete, merge or paint labels). "
+            "3. Track all cells: new cells, divisions and the lineage."
         )
         form.addRow(intro)
         row = QHBoxLayout()
