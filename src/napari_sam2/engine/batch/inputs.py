@@ -87,22 +87,13 @@ def _tiff_metadata(tif: Any, path: Path) -> SourceMetadata:
 
 def _open_tiff(path: Path) -> tuple[Any, SourceMetadata, Callable[[], None]]:
     """A TIFF stack as a zarr view (nothing read up front), its metadata and its closer."""
-    import tifffile
     import zarr
 
     from napari_sam2.engine.frames.open import FrameSourceError
-    from napari_sam2.engine.io.stacks import tiff_truncation
+    from napari_sam2.engine.io.stacks import open_tiff_file
 
+    tif = open_tiff_file(path, "TIFF stack")
     try:
-        tif = tifffile.TiffFile(path)
-    except Exception as e:  # noqa: BLE001 - any failure means "not readable as TIFF"
-        raise FrameSourceError(f"cannot read {path} as a TIFF stack: {e}") from e
-    try:
-        if not tif.series:
-            raise FrameSourceError(f"{path} contains no image data")
-        truncated = tiff_truncation(tif, path)
-        if truncated:
-            raise FrameSourceError(truncated)
         metadata = _tiff_metadata(tif, path)
         store = tif.series[0].aszarr()
         z = zarr.open(store, mode="r")

@@ -20,13 +20,13 @@ from napari_sam2.engine.io.source import (
 )
 from napari_sam2.errors import InputError
 
-__all__ = ["open_folder", "open_tiff", "tiff_truncation"]
+__all__ = ["open_folder", "open_tiff", "open_tiff_file"]
 
 
 # TIFF files
 
 
-def tiff_truncation(tif, path: Path) -> str | None:
+def _truncation(tif, path: Path) -> str | None:
     """Why the open TIFF ``tif`` is truncated (its image data runs past the end of the file), else None.
 
     An interrupted copy of a stack opens (its header is whole) and fails only when the missing
@@ -82,19 +82,33 @@ def _described_size(tif) -> int | None:
     return None
 
 
-def open_tiff(path: Path, channel_axis: int | None) -> FrameSource:
+def open_tiff_file(path: Path, what: str = "TIFF file"):
+    """The TIFF file at ``path``, open, once it is known to hold image data that is all there
+    (the one check of both TIFF readers: this module's and the batch's zarr view); closed again
+    when refused. ``what`` names the file in the message of one that cannot be read."""
     import tifffile
 
     try:
         tif = tifffile.TiffFile(path)
-    except Exception as e:  # not a TIFF, truncated header, permission...
-        raise FrameSourceError(f"cannot read {path} as a TIFF file: {e}") from e
+    except Exception as e:  # noqa: BLE001 - not a TIFF, truncated header, permission...
+        raise FrameSourceError(f"cannot read {path} as a {what}: {e}") from e
     try:
         if not tif.series:
             raise FrameSourceError(f"{path} contains no image data")
-        truncated = tiff_truncation(tif, path)
+        truncated = _truncation(tif, path)
         if truncated:
             raise FrameSourceError(truncated)
+    except BaseException:
+        tif.close()
+        raise
+    return tif
+
+
+def open_tiff(path: Path, channel_axis: int | None) -> FrameSource:
+    import tifffile
+
+    tif = open_tiff_file(path)
+    try:
         series = tif.series[0]
         axes = series.axes
         if (
