@@ -464,3 +464,18 @@ class GroundTruthMaskGenerator:
                 }
             )
         return out
+
+
+class CountingInitState:
+    """Wraps a video predictor and counts its ``init_state`` calls (each one is a video
+    session), for the tests that pin one session per run."""
+
+    def __init__(self, inner) -> None:
+        self.inner, self.init_states = inner, 0
+
+    def init_state(self, *args, **kwargs):
+        self.init_states += 1
+        return self.inner.init_state(*args, **kwargs)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)

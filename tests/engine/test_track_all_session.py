@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fakes import GroundTruthMaskGenerator, GroundTruthPredictor
+from fakes import CountingInitState, GroundTruthMaskGenerator, GroundTruthPredictor
 
 from napari_sam2.engine.cells.seeding import NoSeedsError, SeedFilter, segment_frame, tracker_features
 from napari_sam2.engine.cells.track_all import TrackAllConfig, TrackAllRun
@@ -43,25 +43,11 @@ CONFIG = TrackAllConfig(
 )
 
 
-class _Counting:
-    """Wraps a predictor and counts its init_state calls."""
-
-    def __init__(self, inner):
-        self.inner, self.init_states = inner, 0
-
-    def init_state(self, *args, **kwargs):
-        self.init_states += 1
-        return self.inner.init_state(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
 def test_a_run_on_an_open_session_uses_its_state_and_equals_a_run_of_its_own():
     image, gt = _movie()
     own = TrackAllRun(GroundTruthPredictor(gt), image, GroundTruthMaskGenerator(image, gt), CONFIG).run()
 
-    predictor = _Counting(GroundTruthPredictor(gt))
+    predictor = CountingInitState(GroundTruthPredictor(gt))
     session = TrackingSession()
     session.use_predictor(predictor)
     list(session.open(None, "movie", lambda: image))
@@ -169,7 +155,7 @@ def _real(small_model, monkeypatch, **predictor_kwargs):
         monkeypatch.delitem(vars(small_model), "forward_image")
     monkeypatch.setattr(SAM2Model, "forward_image", counting_forward_image)
     monkeypatch.setattr(Normalizer, "fit", classmethod(counting_fit))
-    predictor = _Counting(SAM2VideoPredictor(small_model, **predictor_kwargs))
+    predictor = CountingInitState(SAM2VideoPredictor(small_model, **predictor_kwargs))
     return predictor, counts
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fakes import GroundTruthMaskGenerator, GroundTruthPredictor
+from fakes import CountingInitState, GroundTruthMaskGenerator, GroundTruthPredictor
 from napari.components import ViewerModel
 from napari.layers import Tracks
 
@@ -160,26 +160,12 @@ def test_the_image_deleted_during_a_cell_run_stops_it_with_a_clear_message(ann, 
 # --------------------------------------------------------------------------- one tracking path
 
 
-class _Counting:
-    """A predictor wrapper that counts init_state calls (each is a video session)."""
-
-    def __init__(self, inner) -> None:
-        self.inner, self.init_states = inner, 0
-
-    def init_state(self, *args, **kwargs):
-        self.init_states += 1
-        return self.inner.init_state(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-
 def test_all_cells_runs_on_the_clicks_session_one_video_session(data):
     image, truth, _ = data
     viewer = ViewerModel()
     viewer.add_image(image, name="cells")
     ann = Annotator(viewer, synchronous=True)
-    predictor = _Counting(GroundTruthPredictor(truth))
+    predictor = CountingInitState(GroundTruthPredictor(truth))
     ann.use_predictor(predictor)
     ann.cells.use_mask_generator(GroundTruthMaskGenerator(image, truth))
     ann.set_cells(reseed_every=5)
@@ -217,7 +203,7 @@ def test_one_init_state_and_one_normalizer_fit_for_clicks_seeds_and_all_cells(sm
     viewer = ViewerModel()
     viewer.add_image(image, name="cells")
     ann = Annotator(viewer, synchronous=True)
-    predictor = _Counting(SAM2VideoPredictor(small_model))
+    predictor = CountingInitState(SAM2VideoPredictor(small_model))
     ann.use_predictor(predictor)
     ann.cells.use_mask_generator(
         SAM2AutomaticMaskGenerator(
