@@ -79,3 +79,19 @@ def test_bad_arguments_fail_in_one_line(data, small, tmp_path, capsys):
         main(_args(data, tmp_path / "x.pt", small, "--trainable", "everything"))
     assert main(_args(data, tmp_path / "x.pt", small, "--resume")) == 2
     assert "no saved state" in capsys.readouterr().err
+
+
+def test_the_commands_choices_are_the_engines():
+    """The parser names the choices itself (``napari-sam2 --help`` loads no torch); they must
+    stay the engine's."""
+    import argparse
+
+    from napari_sam2.cli import train as cli
+    from napari_sam2.engine.train.data import SPLITS
+    from napari_sam2.engine.train.trainer import TRAINABLE
+
+    parser = argparse.ArgumentParser()
+    cli.add_parser(parser.add_subparsers())
+    train = parser._subparsers._group_actions[0].choices["train"]
+    choices = {a.dest: tuple(a.choices) for a in train._actions if a.choices}
+    assert choices["trainable"] == TRAINABLE and choices["split"] == SPLITS

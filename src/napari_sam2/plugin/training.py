@@ -28,6 +28,8 @@ from typing import Any
 import numpy as np
 
 from napari_sam2.engine.track.session import SessionError, Status
+from napari_sam2.engine.train.data import SPLITS
+from napari_sam2.engine.train.trainer import TRAINABLE
 from napari_sam2.errors import AlreadyExistsError
 
 from .geometry import layer_data, layer_shape
@@ -36,10 +38,6 @@ from .run_kinds import Run, RunContext, plural
 
 __all__ = ["SPLITS", "TRAINABLE", "TrainCurves", "TrainProgress", "TrainSettings", "Training"]
 
-# the engine's choices (engine/train/trainer.py, data.py), named here so that this module
-# loads without torch
-TRAINABLE = ("decoder", "lora", "memory")
-SPLITS = ("auto", "stack", "time")
 HEAD_PHASE = "instance head"
 
 

@@ -26,6 +26,9 @@ from napari_sam2.engine.frames.open import open_frames
 from napari_sam2.engine.io.source import FrameSource
 from napari_sam2.errors import NapariSam2Error
 
+#: how the validation frames are held out (see :func:`split_frames`)
+SPLITS = ("auto", "stack", "time")
+
 
 class TrainingDataError(NapariSam2Error, ValueError):
     """Training data that cannot be used; the message names the input and what to do."""
@@ -156,7 +159,7 @@ def split_frames(
         raise TrainingDataError("no training stacks given; pass at least one image stack with its labels")
     if not 0.0 <= val_fraction < 1.0:
         raise TrainingDataError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if by not in ("auto", "stack", "time"):
+    if by not in SPLITS:
         raise TrainingDataError(f"split by={by!r}: use 'stack', 'time' or 'auto'")
     if block < 1 or gap < 0:
         raise TrainingDataError(f"block must be >= 1 and gap >= 0, got block={block}, gap={gap}")
