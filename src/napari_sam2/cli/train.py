@@ -46,7 +46,9 @@ def _stacks(args: argparse.Namespace):
         for what, p in (("images", images), ("labels", labels)):
             if not Path(p).expanduser().exists():
                 raise MissingFileError(f"--data: the {what} {p} do not exist")
-        stacks.append(labeled_stack(images, labels, name=Path(images).name, channel_axis=None))
+        stacks.append(
+            labeled_stack(images, labels, name=Path(images).name, channel_axis=None, channels=args.channels)
+        )
     return stacks
 
 
@@ -79,11 +81,6 @@ def _run(args: argparse.Namespace) -> int:
         if args.instance_head_steps < 0:
             raise InputError(f"--instance-head-steps must be >= 0, got {args.instance_head_steps}")
         stacks = _stacks(args)
-        if args.channels is not None:
-            from napari_sam2.engine.frames.normalization import Normalizer
-
-            for s in stacks:
-                s.normalizer = Normalizer.fit(s.frames, channels=args.channels)
 
         def progress(info: dict) -> None:
             if args.quiet:

@@ -365,18 +365,16 @@ def _name(layer) -> str:
 def _train_job(
     run: TrainRun, pairs: list[_Pair], s: TrainSettings, spec, out: Path, resume, overwrite, cancel
 ):
-    from napari_sam2.engine.frames.normalization import Normalizer
     from napari_sam2.engine.train import TrainConfig, fine_tune, labeled_stack
     from napari_sam2.engine.train.instance_head import HeadTrainConfig
     from napari_sam2.engine.train.run import state_dir_for
 
     yield Status("Reading the labelled frames…")
-    stacks = []
-    for p in pairs:
-        stack = labeled_stack(p.image, p.labels, name=p.name, channel_axis=p.channel_axis)
-        if p.channels is not None:  # the channels the model sees when tracking (as the CLI's --channels)
-            stack.normalizer = Normalizer.fit(stack.frames, channels=p.channels)
-        stacks.append(stack)
+    # with the channels the model sees when tracking (as the CLI's --channels)
+    stacks = [
+        labeled_stack(p.image, p.labels, name=p.name, channel_axis=p.channel_axis, channels=p.channels)
+        for p in pairs
+    ]
     config = TrainConfig(
         steps=s.steps,
         trainable=s.trainable,

@@ -104,3 +104,21 @@ def test_prompts_from_ground_truth():
     lab = np.arange(16).reshape(4, 4)  # nearest neighbour, pixel centres aligned: each label twice
     np.testing.assert_array_equal(resize_labels(lab, 8)[::2, ::2], lab)
     np.testing.assert_array_equal(resize_labels(lab, 8)[1::2, 1::2], lab)
+
+
+def test_the_normaliser_sees_the_channels_the_model_sees():
+    """One fit, with the channels tracking uses (the CLI's --channels, the widget's Channels)."""
+    from napari_sam2.engine.frames.normalization import Normalizer
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 1000, (4, 16, 16, 3)).astype(np.uint16)
+    image[..., 2] *= 20  # a bright channel the model does not see
+    lab = np.zeros((4, 16, 16), np.int32)
+    lab[0, 4:8, 4:8] = 1
+    stack = labeled_stack(image, lab, channel_axis=3, channels=(0, 1))
+    wanted = Normalizer.fit(stack.frames, channels=(0, 1))
+    assert stack.normalizer.to_rgb(image[0]).tobytes() == wanted.to_rgb(image[0]).tobytes()
+    assert (
+        stack.normalizer.to_rgb(image[0]).tobytes()
+        != labeled_stack(image, lab, channel_axis=3).normalizer.to_rgb(image[0]).tobytes()
+    )

@@ -111,12 +111,14 @@ def labeled_stack(
     *,
     normalizer: Normalizer | None = None,
     channel_axis: int | None = None,
+    channels: tuple[int, ...] | None = None,
 ) -> LabeledStack:
     """Pair ``images`` (anything :func:`open_frames` takes, or one (H, W[, C]) image) with ``labels``.
 
     ``labels`` is a (T, H, W) integer array, a label TIFF / OME-Zarr stack or a CTC folder.
-    The normaliser is fitted on the stack unless given (pass the one the widget uses so
-    that training sees the frames as tracking does).
+    The normaliser is fitted on the stack, seeing ``channels`` (the 1 to 3 the model sees, as
+    tracking's ``init_state`` fits it), unless given (pass the one the widget uses so that
+    training sees the frames as tracking does).
     """
     name = name or (str(images) if isinstance(images, (str, Path)) else "stack")
     if isinstance(images, np.ndarray) and images.ndim == 2:
@@ -130,7 +132,7 @@ def labeled_stack(
         )
     labelled = tuple(t for t in range(frames.shape[0]) if np.any(np.asarray(lab[t])))
     if normalizer is None:
-        normalizer = Normalizer.fit(frames)
+        normalizer = Normalizer.fit(frames, channels=channels)
     return LabeledStack(name, frames, lab, normalizer, labelled)
 
 
